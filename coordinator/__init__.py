@@ -1,0 +1,1 @@
+"""The coordinator side of fedq: dispatch, aggregation, orchestration and baselines."""

@@ -1,0 +1,48 @@
+"""The ``fedq`` command: a thin root group that loads each package's commands by dotted name.
+
+Loading lazily keeps a worker host from importing coordinator code (and everything from importing
+torch) just to print ``--help``. Library errors (``FedqError``, bad values) print as one line.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import click
+
+from shared.errors import FedqError
+
+COMMANDS = {
+    "data": "shared.task.cli:data",
+    "baseline": "coordinator.cli:baseline",
+}
+
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*COMMANDS, *super().list_commands(ctx)})
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name in COMMANDS:
+            module, _, attr = COMMANDS[name].partition(":")
+            return getattr(importlib.import_module(module), attr)
+        return super().get_command(ctx, name)
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except FedqError as exc:
+            raise click.ClickException(str(exc)) from None
+        except (ValueError, OSError) as exc:  # bad settings, unreadable paths: still one line
+            raise click.ClickException(f"{type(exc).__name__}: {exc}") from None
+
+
+@click.group(cls=LazyGroup)
+@click.version_option(package_name="fedq")
+def cli() -> None:
+    """fedq: asynchronous federated learning over Redis queues."""
+
+
+def main() -> None:
+    sys.exit(cli.main(prog_name="fedq"))

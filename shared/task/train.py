@@ -1,0 +1,136 @@
+"""Local training: weights + one region's examples + hyper-parameters -> new weights.
+
+This is the function every regional worker calls, so it is deterministic under a seed (example
+order, id dropout and initialisation all follow it) and it bounds torch's thread pool, which
+matters on shared hosts and in forked work horses.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from shared.task.features import ItemFeatures
+from shared.task.model import ModelConfig, Recommender, load_numpy_state, state_to_numpy
+from shared.task.sequences import Examples
+
+StateDict = dict[str, np.ndarray]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 1
+    batch_size: int = 512
+    lr: float = 3e-3
+    weight_decay: float = 0.0
+    prox_mu: float = 0.0  # FedProx: mu/2 * ||w - w_start||^2 keeps a region near the global model
+    max_examples: int | None = None  # cap per call (a random subset, drawn from the seed)
+    seed: int = 0
+    threads: int = 1
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0 or self.threads < 1:
+            raise ValueError(f"bad training settings: {self}")
+        if self.prox_mu < 0 or (self.max_examples is not None and self.max_examples < 1):
+            raise ValueError(f"bad training settings: {self}")
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    weights: StateDict
+    n_samples: int
+    loss: float
+    seconds: float
+
+
+class Trainer:
+    """A model and its optimizer, kept across epochs (``fit`` selects epochs on validation)."""
+
+    def __init__(
+        self,
+        config: ModelConfig,
+        features: ItemFeatures,
+        weights: StateDict,
+        settings: TrainConfig,
+    ) -> None:
+        torch.set_num_threads(settings.threads)
+        self.settings = settings
+        self.rng = np.random.default_rng(settings.seed)
+        self.model = Recommender(config, features)
+        load_numpy_state(self.model, weights)
+        self.anchor = (
+            [p.detach().clone() for p in self.model.parameters()] if settings.prox_mu else None
+        )
+        self.optimizer = torch.optim.Adam(
+            self.model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay
+        )
+
+    def run_epoch(
+        self, examples: Examples, progress: Callable[[int, int], None] | None = None
+    ) -> float:
+        """One pass in a seeded order; returns the mean data loss (without the proximal term)."""
+        self.model.train()
+        n, size = len(examples), self.settings.batch_size
+        order = self.rng.permutation(n)
+        total = 0.0
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(self.rng.integers(2**31)))  # id dropout follows the seed
+            for step, lo in enumerate(range(0, n, size), start=1):
+                batch = examples.take(order[lo : lo + size])
+                loss = _batch_loss(self.model, batch)
+                total += float(loss.detach()) * len(batch)
+                if self.anchor is not None:
+                    loss = loss + self.settings.prox_mu / 2 * sum(
+                        (p - a).pow(2).sum()
+                        for p, a in zip(self.model.parameters(), self.anchor, strict=True)
+                    )
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                self.optimizer.step()
+                if progress is not None:
+                    progress(step, -(-n // size))
+        self.model.eval()
+        mean = total / max(n, 1)
+        if not np.isfinite(mean):
+            raise FloatingPointError(f"training diverged (mean loss {mean}); lower the lr")
+        return mean
+
+    def weights(self) -> StateDict:
+        return state_to_numpy(self.model)
+
+
+def train_local(
+    config: ModelConfig,
+    features: ItemFeatures,
+    weights: StateDict,
+    examples: Examples,
+    settings: TrainConfig,
+    progress: Callable[[int, int], None] | None = None,
+) -> TrainResult:
+    """Train from ``weights`` on ``examples``; returns the new weights and the mean loss."""
+    if len(examples) == 0:
+        raise ValueError("no training examples: the region's data has no user with two events")
+    started = time.perf_counter()
+    trainer = Trainer(config, features, weights, settings)
+    if settings.max_examples is not None and settings.max_examples < len(examples):
+        pick = trainer.rng.choice(len(examples), settings.max_examples, replace=False)
+        examples = examples.take(pick)
+    losses = [trainer.run_epoch(examples, progress) for _ in range(settings.epochs)]
+    return TrainResult(
+        trainer.weights(), len(examples), float(np.mean(losses)), time.perf_counter() - started
+    )
+
+
+def _batch_loss(model: Recommender, batch: Examples) -> torch.Tensor:
+    logits = model(
+        torch.as_tensor(batch.history), torch.as_tensor(batch.region), torch.as_tensor(batch.time)
+    )
+    return F.cross_entropy(logits, torch.as_tensor(batch.target))

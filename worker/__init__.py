@@ -1,0 +1,1 @@
+"""The regional worker side of fedq (RQ tasks and the worker process)."""
