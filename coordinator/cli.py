@@ -14,11 +14,13 @@ import click
               required=True, help="A fedq data directory.")  # fmt: skip
 @click.option("--mode", type=click.Choice(["popularity", "local", "centralized"]), required=True)
 @click.option("--json", "json_out", type=click.Path(path_type=Path), help="Write the report here.")
-@click.option("--epochs", type=int, default=8, show_default=True, help="Most epochs per model.")
+@click.option("--epochs", type=int, default=None,
+              help="Most epochs per model [default: 8 centralized, 40 local; stops earlier "
+                   "when validation HR@10 stops improving].")  # fmt: skip
 @click.option("--threads", type=int, default=min(2, os.cpu_count() or 1), show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 def baseline(
-    root: Path, mode: str, json_out: Path | None, epochs: int, threads: int, seed: int
+    root: Path, mode: str, json_out: Path | None, epochs: int | None, threads: int, seed: int
 ) -> None:
     """Popularity, local-only or centralized baseline with per-region HR@10 / NDCG@10."""
     from coordinator.baselines import FitSettings, run_baseline

@@ -90,3 +90,11 @@ def test_wrong_shapes_are_a_clear_error(trained):
         load_numpy_state(build(config, shared.features), bad)
     with pytest.raises(ValueError, match="unknown region"):
         config.region_index("mars")
+
+
+def test_bucket_bias_gradient_matches_finite_differences():
+    from shared.task.model import _BucketBias
+
+    table = torch.randn(6, dtype=torch.float64, requires_grad=True)
+    bucket = torch.randint(0, 6, (7, 9), generator=torch.Generator().manual_seed(0))
+    assert torch.autograd.gradcheck(lambda t: _BucketBias.apply(t, bucket), (table,))

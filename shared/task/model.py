@@ -89,11 +89,10 @@ class Recommender(nn.Module):
         self.age_bias = nn.Parameter(torch.zeros(len(AGE_EDGES_DAYS) + 1))
         self.register_buffer("codes", torch.as_tensor(features.codes), persistent=False)
         self.register_buffer(
-            "launch", torch.as_tensor(features.launch_time, dtype=torch.float64), persistent=False
+            "launch_days", _days(torch.as_tensor(features.launch_time)), persistent=False
         )
-        self.register_buffer(
-            "age_edges", torch.tensor(AGE_EDGES_DAYS, dtype=torch.float64) * DAY, persistent=False
-        )
+        edges = torch.tensor((0.0, *AGE_EDGES_DAYS), dtype=torch.float32)
+        self.register_buffer("age_edges", edges, persistent=False)
 
     def item_vectors(self, codes: torch.Tensor | None = None) -> torch.Tensor:
         """Catalogue item vectors (n_items, d); with ``codes``, attribute-only vectors for those."""
@@ -130,31 +129,49 @@ class Recommender(nn.Module):
         """Scores (B, n) of the catalogue (or of ``candidates`` (B, c)) at each example's time."""
         if candidates is None:
             scores = users @ items.T + self.item_bias.weight.T
-            launch = self.launch.unsqueeze(0)
-            age = time.to(torch.float64).unsqueeze(1) - launch
+            launch = self.launch_days.unsqueeze(0)
         else:
             scores = (users.unsqueeze(1) * items[candidates]).sum(-1)
             scores = scores + self.item_bias.weight[candidates].squeeze(-1)
-            age = time.to(torch.float64).unsqueeze(1) - self.launch[candidates]
-        return (scores + self._age_bias(age)).masked_fill(age < 0, NOT_ON_SALE)
-
-    def _age_bias(self, age: torch.Tensor) -> torch.Tensor:
-        """The bias of each age bucket, as steps at the bucket edges.
-
-        Written as a sum of masked steps rather than ``age_bias[bucket]``: the gather's backward
-        scatters millions of indices into five slots and dominated training time.
-        """
-        bias = self.age_bias[0].expand_as(age).to(torch.float32)
-        steps = self.age_bias[1:] - self.age_bias[:-1]
-        for k in range(steps.shape[0]):
-            bias = bias + steps[k] * (age >= self.age_edges[k])
-        return bias
+            launch = self.launch_days[candidates]
+        age = _days(time).unsqueeze(1) - launch
+        # bucket 0 is "not on sale yet": a fixed, finite penalty; the others are learned
+        bucket = torch.bucketize(age, self.age_edges, right=True)
+        table = torch.cat([self.age_bias.new_full((1,), NOT_ON_SALE), self.age_bias])
+        return scores + _BucketBias.apply(table, bucket)
 
     def forward(
         self, history: torch.Tensor, region: torch.Tensor, time: torch.Tensor
     ) -> torch.Tensor:
         items = self.item_vectors()
         return self.logits(items, self.user_vectors(items, history, region), time)
+
+
+EPOCH = 946_684_800  # 2000-01-01: days since then fit float32 to well under a minute
+
+
+def _days(unix_seconds: torch.Tensor) -> torch.Tensor:
+    return ((unix_seconds.to(torch.int64) - EPOCH).to(torch.float64) / DAY).to(torch.float32)
+
+
+class _BucketBias(torch.autograd.Function):
+    """``table[bucket]`` whose backward is one bincount.
+
+    The plain gather's backward scatters a (B, n_items) index into a six-entry table and
+    dominated training time; a weighted bincount does the same sum in one pass.
+    """
+
+    @staticmethod
+    def forward(ctx, table: torch.Tensor, bucket: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(bucket)
+        ctx.size = table.shape[0]
+        return table[bucket]
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (bucket,) = ctx.saved_tensors
+        sums = torch.bincount(bucket.reshape(-1), weights=grad.reshape(-1), minlength=ctx.size)
+        return sums.to(grad.dtype), None
 
 
 def build(config: ModelConfig, features: ItemFeatures, seed: int = 0) -> Recommender:

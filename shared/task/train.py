@@ -25,7 +25,7 @@ StateDict = dict[str, np.ndarray]
 @dataclass(frozen=True)
 class TrainConfig:
     epochs: int = 1
-    batch_size: int = 512
+    batch_size: int = 1024
     lr: float = 3e-3
     weight_decay: float = 0.0
     prox_mu: float = 0.0  # FedProx: mu/2 * ||w - w_start||^2 keeps a region near the global model

@@ -1,0 +1,48 @@
+"""Time centralized training on the default data (goal: under 3 minutes on 2 CPU cores).
+
+    python scripts/bench_centralized.py [--data DIR]
+
+Generates the default data (seed 0) if no directory is given, then runs the centralized
+baseline exactly as ``fedq baseline --mode centralized`` does and prints the wall time of the
+training-and-evaluation part and of the whole command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from coordinator.baselines import FitSettings, run_baseline  # noqa: E402
+from shared.task import generate  # noqa: E402
+from shared.task.train import TrainConfig  # noqa: E402
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", type=Path)
+    ap.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        root = args.data
+        if root is None:
+            started = time.perf_counter()
+            root = Path(tmp) / "data"
+            generate.write(generate.generate(seed=0, scale="default"), root)
+            print(f"generate default data: {time.perf_counter() - started:.1f}s")
+        started = time.perf_counter()
+        settings = FitSettings(train=TrainConfig(threads=args.threads))
+        report = run_baseline(root, "centralized", settings, say=print)
+        total = time.perf_counter() - started
+    print(f"centralized: {report.epochs['all']} best epoch, HR@10 {report.overall['hr@10']:.4f}")
+    print(f"centralized training + evaluation: {total:.1f}s on {args.threads} threads "
+          f"({os.cpu_count()} cores); goal < 180s")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

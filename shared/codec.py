@@ -1,0 +1,233 @@
+"""The wire format: msgpack models and updates, three tensor encodings, typed decode errors.
+
+A message is a msgpack map ``{"schema": 1, "kind": "update" | "model", "header": {...},
+"tensors": {name: [dtype, shape, bytes, scale]}}``. Tensors travel as raw little-endian bytes:
+``fp32`` decodes with ``numpy.frombuffer`` without a copy (read-only arrays); ``fp16`` halves the
+bytes; ``int8`` stores ``round(x / scale)`` with one scale per tensor (``max|x| / 127``), a
+quarter of the bytes at a relative error of at most 1/254 of the tensor's largest value.
+
+Decoding never raises anything but ``DecodeError``, whose ``reason`` is a short code the
+consumer records (see ``RejectReason``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from enum import Enum
+from typing import Any
+
+import msgpack
+import numpy as np
+
+SCHEMA = 1
+ENCODINGS = ("fp32", "fp16", "int8")
+_WIRE_DTYPE = {"fp32": "<f4", "fp16": "<f2", "int8": "i1"}
+MAX_DIMS = 8
+
+
+class RejectReason(str, Enum):
+    """Why an update was not applied; recorded with every rejection."""
+
+    MALFORMED = "malformed"  # not msgpack, not the schema's structure
+    SCHEMA = "schema"  # a schema version this aggregator does not speak
+    ENCODING = "encoding"  # unknown encoding or dtype, bytes not matching the shape
+    UNKNOWN_REGION = "unknown_region"
+    SHAPE = "shape"  # tensor names or shapes do not fit the model
+    NON_FINITE = "non_finite"  # NaN or infinity
+    NORM = "norm"  # update norm above the bound
+    STALE = "stale"  # base version older than the staleness window
+    FUTURE_BASE = "future_base"  # base version newer than the model (impossible for honest workers)
+    LATE = "late"  # sync mode: an update for a round that has closed
+    TOO_LARGE = "too_large"
+
+
+class DecodeError(Exception):
+    def __init__(self, reason: RejectReason, detail: str) -> None:
+        super().__init__(f"{reason.value}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass(frozen=True)
+class UpdateHeader:
+    update_id: str
+    job_id: str
+    region: str
+    worker_id: str
+    base_version: int
+    n_samples: int
+    train_loss: float
+    train_seconds: float
+    total_seconds: float
+    encoding: str = "fp32"
+    created_at: float = 0.0
+    round: int | None = None  # sync mode: the round the job belonged to
+
+    def to_wire(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Update:
+    header: UpdateHeader
+    delta: dict[str, np.ndarray]
+
+
+@dataclass(frozen=True)
+class Model:
+    version: int
+    weights: dict[str, np.ndarray]
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def encode_update(update: Update) -> bytes:
+    encoding = update.header.encoding
+    return _pack("update", update.header.to_wire(), update.delta, encoding)
+
+
+def decode_update(data: bytes) -> Update:
+    header, tensors = _unpack(data, "update")
+    try:
+        h = UpdateHeader(
+            update_id=_str(header, "update_id"),
+            job_id=_str(header, "job_id"),
+            region=_str(header, "region"),
+            worker_id=_str(header, "worker_id"),
+            base_version=_int(header, "base_version"),
+            n_samples=_int(header, "n_samples"),
+            train_loss=_float(header, "train_loss"),
+            train_seconds=_float(header, "train_seconds"),
+            total_seconds=_float(header, "total_seconds"),
+            encoding=_str(header, "encoding"),
+            created_at=_float(header, "created_at"),
+            round=None if header.get("round") is None else _int(header, "round"),
+        )
+    except (KeyError, TypeError) as exc:
+        raise DecodeError(RejectReason.MALFORMED, f"header: {exc}") from None
+    if h.n_samples < 1 or h.base_version < 0:
+        raise DecodeError(RejectReason.MALFORMED, "header: n_samples < 1 or base_version < 0")
+    return Update(h, tensors)
+
+
+def encode_model(model: Model) -> bytes:
+    return _pack("model", {"version": model.version, **model.info}, model.weights, "fp32")
+
+
+def decode_model(data: bytes) -> Model:
+    header, tensors = _unpack(data, "model")
+    version = header.get("version")
+    if not isinstance(version, int):
+        raise DecodeError(RejectReason.MALFORMED, "model header has no integer version")
+    info = {k: v for k, v in header.items() if k != "version"}
+    return Model(version, tensors, info)
+
+
+def encode_tensor(x: np.ndarray, encoding: str) -> list[Any]:
+    """``[dtype, shape, bytes, scale]`` for one tensor."""
+    if encoding not in ENCODINGS:
+        raise ValueError(f"unknown encoding {encoding!r}; choose one of {', '.join(ENCODINGS)}")
+    x = np.asarray(x, dtype=np.float32)
+    scale = 1.0
+    if encoding == "int8":
+        peak = float(np.max(np.abs(x))) if x.size else 0.0
+        scale = peak / 127.0 if peak > 0 else 1.0
+        wire = np.clip(np.rint(x / scale), -127, 127).astype("i1")
+    else:
+        wire = x.astype(_WIRE_DTYPE[encoding], copy=False)
+    return [encoding, list(x.shape), np.ascontiguousarray(wire).tobytes(), scale]
+
+
+def decode_tensor(name: str, raw: Any) -> np.ndarray:
+    if not isinstance(raw, list | tuple) or len(raw) != 4:
+        raise DecodeError(
+            RejectReason.MALFORMED, f"tensor {name!r}: not [dtype, shape, bytes, scale]"
+        )
+    encoding, shape, payload, scale = raw
+    if encoding not in _WIRE_DTYPE:
+        raise DecodeError(RejectReason.ENCODING, f"tensor {name!r}: unknown encoding {encoding!r}")
+    if (
+        not isinstance(shape, list | tuple)
+        or len(shape) > MAX_DIMS
+        or not all(isinstance(d, int) and d >= 0 for d in shape)
+    ):
+        raise DecodeError(RejectReason.MALFORMED, f"tensor {name!r}: bad shape {shape!r}")
+    if not isinstance(payload, bytes):
+        raise DecodeError(RejectReason.MALFORMED, f"tensor {name!r}: payload is not bytes")
+    if not isinstance(scale, int | float) or not math.isfinite(scale) or scale <= 0:
+        raise DecodeError(RejectReason.ENCODING, f"tensor {name!r}: bad scale {scale!r}")
+    dtype = np.dtype(_WIRE_DTYPE[encoding])
+    count = math.prod(shape)
+    if count * dtype.itemsize != len(payload):
+        raise DecodeError(
+            RejectReason.ENCODING,
+            f"tensor {name!r}: {len(payload)} bytes for shape {list(shape)} in {encoding}",
+        )
+    wire = np.frombuffer(payload, dtype=dtype).reshape(shape)
+    if encoding == "fp32":
+        return wire  # zero-copy, read-only view of the message bytes
+    if encoding == "fp16":
+        return wire.astype(np.float32)
+    return wire.astype(np.float32) * np.float32(scale)
+
+
+def encoded_size(tensors: Mapping[str, np.ndarray], encoding: str) -> int:
+    return len(_pack("update", {}, tensors, encoding))
+
+
+def _pack(
+    kind: str, header: dict[str, Any], tensors: Mapping[str, np.ndarray], encoding: str
+) -> bytes:
+    body = {
+        "schema": SCHEMA,
+        "kind": kind,
+        "header": header,
+        "tensors": {name: encode_tensor(t, encoding) for name, t in tensors.items()},
+    }
+    return msgpack.packb(body, use_bin_type=True)
+
+
+def _unpack(data: bytes, kind: str) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise DecodeError(RejectReason.MALFORMED, f"expected bytes, got {type(data).__name__}")
+    try:
+        body = msgpack.unpackb(data, raw=False, strict_map_key=True, max_bin_len=len(data))
+    except Exception as exc:  # msgpack raises several unrelated types on garbage
+        raise DecodeError(RejectReason.MALFORMED, f"not msgpack ({type(exc).__name__})") from None
+    if not isinstance(body, dict):
+        raise DecodeError(RejectReason.MALFORMED, "message is not a map")
+    if body.get("schema") != SCHEMA:
+        raise DecodeError(RejectReason.SCHEMA, f"schema {body.get('schema')!r}, expected {SCHEMA}")
+    if body.get("kind") != kind:
+        raise DecodeError(RejectReason.MALFORMED, f"kind {body.get('kind')!r}, expected {kind!r}")
+    header, tensors = body.get("header"), body.get("tensors")
+    if not isinstance(header, dict) or not isinstance(tensors, dict) or not tensors:
+        raise DecodeError(RejectReason.MALFORMED, "header or tensors missing")
+    decoded = {}
+    for name, raw in tensors.items():
+        if not isinstance(name, str):
+            raise DecodeError(RejectReason.MALFORMED, "tensor name is not a string")
+        decoded[name] = decode_tensor(name, raw)
+    return header, decoded
+
+
+def _str(h: dict, key: str) -> str:
+    value = h[key]
+    if not isinstance(value, str):
+        raise TypeError(f"{key} is not a string")
+    return value
+
+
+def _int(h: dict, key: str) -> int:
+    value = h[key]
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{key} is not an integer")
+    return value
+
+
+def _float(h: dict, key: str) -> float:
+    value = h[key]
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"{key} is not a number")
+    return float(value)

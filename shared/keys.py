@@ -1,0 +1,120 @@
+"""Every Redis key, stream and queue name fedq uses, built in this one place.
+
+All names live under a namespace (``fedq`` unless told otherwise), so several federations can
+share one Redis, and an ACL can grant a role exactly the patterns it needs. RQ's own keys
+(``rq:queue:<name>``, ``rq:job:<id>``, registries) are RQ's; fedq only names its queues.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+DEFAULT_NAMESPACE = "fedq"
+_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
+AGGREGATOR_GROUP = "aggregators"
+
+
+def check_name(kind: str, value: str) -> str:
+    """Region codes and namespaces become parts of key names: lowercase, digits, - and _."""
+    if not _NAME.match(value):
+        raise ValueError(f"bad {kind} {value!r}: use lowercase letters, digits, - and _ (max 32)")
+    return value
+
+
+@dataclass(frozen=True)
+class Keys:
+    namespace: str = DEFAULT_NAMESPACE
+
+    def __post_init__(self) -> None:
+        check_name("namespace", self.namespace)
+
+    def _k(self, *parts: object) -> str:
+        return ":".join((self.namespace, *(str(p) for p in parts)))
+
+    # --- RQ queues (RQ stores them as rq:queue:<name>) ---
+    def queue(self, region: str) -> str:
+        return self._k("region", check_name("region", region))
+
+    # --- the federation's settings and membership ---
+    @property
+    def config(self) -> str:
+        """Hash: the run's settings (mode, regions, model config, targets), written once."""
+        return self._k("config")
+
+    # --- model store ---
+    @property
+    def version(self) -> str:
+        """String: the current global model version (an integer)."""
+        return self._k("model", "version")
+
+    def model(self, version: int) -> str:
+        """String: the msgpack blob of one version (immutable once written)."""
+        return self._k("model", int(version))
+
+    def model_info(self, version: int) -> str:
+        """Hash: when a version was made and from what (update ids, staleness, mode)."""
+        return self._k("model", int(version), "info")
+
+    # --- updates and their outcomes ---
+    @property
+    def updates(self) -> str:
+        """Stream: encoded updates published by workers (field ``u``)."""
+        return self._k("updates")
+
+    @property
+    def applied(self) -> str:
+        """Set: ids of updates that were applied (exactly once)."""
+        return self._k("applied")
+
+    @property
+    def rejected(self) -> str:
+        """Hash: update id (or stream entry id) -> rejection reason."""
+        return self._k("rejected")
+
+    @property
+    def rejections(self) -> str:
+        """Stream: one entry per rejection, with reason and detail (headers only)."""
+        return self._k("rejections")
+
+    @property
+    def applies(self) -> str:
+        """Stream: one entry per new version (version, update ids, regions, staleness, weight)."""
+        return self._k("applies")
+
+    @property
+    def buffer(self) -> str:
+        """Hash: buffered mode's pending update entry ids (for inspection)."""
+        return self._k("buffer")
+
+    # --- evaluation and jobs ---
+    @property
+    def metrics(self) -> str:
+        """Stream: per-region evaluation results of a version."""
+        return self._k("metrics")
+
+    def inflight(self, region: str) -> str:
+        """Set: ids of this region's train jobs the dispatcher counts as in flight."""
+        return self._k("inflight", check_name("region", region))
+
+    @property
+    def dispatched(self) -> str:
+        """Counter: train jobs dispatched so far (all regions)."""
+        return self._k("dispatched")
+
+    @property
+    def round(self) -> str:
+        """Hash: sync mode's current round (number, base version, deadline, regions)."""
+        return self._k("round")
+
+    @property
+    def done(self) -> str:
+        """String: set when the coordinator reached its target (reason)."""
+        return self._k("done")
+
+    def heartbeat(self, role: str) -> str:
+        return self._k("heartbeat", check_name("role", role))
+
+    def pattern(self) -> str:
+        """Every fedq key of this namespace (for inspection and cleanup)."""
+        return self._k("*")

@@ -1,0 +1,55 @@
+"""The ``fedq`` command end to end: real processes, JSON outputs, one-line errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+FEDQ = str(Path(sys.executable).with_name("fedq"))
+
+
+def fedq(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run([FEDQ, *args], capture_output=True, text=True, timeout=600)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"fedq {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def test_generate_then_popularity_baseline_json(tmp_path):
+    out = tmp_path / "data"
+    proc = fedq("data", "generate", "--out", str(out), "--scale", "small", "--seed", "1")
+    assert "wrote" in proc.stdout and (out / "catalogue.csv").exists()
+    report_path = tmp_path / "pop.json"
+    fedq("baseline", "--data", str(out), "--mode", "popularity", "--json", str(report_path))
+    report = json.loads(report_path.read_text())
+    assert report["mode"] == "popularity"
+    keys = {"hr@10", "ndcg@10", "hr@10_sampled", "ndcg@10_sampled", "cold_start.hr@10"}
+    assert keys <= set(report["overall"])
+    assert set(report["regions"]) == {"cn", "us", "eu", "in", "jp", "me"}
+    for metrics in report["regions"].values():
+        assert keys <= set(metrics)
+        assert 0.0 <= metrics["hr@10"] <= metrics["hr@10_sampled"] <= 1.0
+    # popularity cannot rank items nobody bought in training: they tie at zero and lose
+    assert report["overall"]["cold_start.hr@10"] == 0.0
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["baseline", "--data", "{empty}", "--mode", "popularity"], "meta.json: not found"),
+        (["data", "import", "--format", "generic", "{bad}", "--out", "{out}"], "header"),
+    ],
+)
+def test_errors_are_one_line_without_traceback(tmp_path, args, needle):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "bad.csv").write_text("a,b\n")
+    paths = {"empty": tmp_path / "empty", "bad": tmp_path / "bad.csv", "out": tmp_path / "o"}
+    proc = fedq(*(a.format(**paths) for a in args), check=False)
+    assert proc.returncode != 0
+    assert needle in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
