@@ -10,12 +10,17 @@ import importlib
 import sys
 
 import click
+import redis
 
 from shared.errors import FedqError
 
 COMMANDS = {
     "data": "shared.task.cli:data",
     "baseline": "coordinator.cli:baseline",
+    "redis": "shared.redis_cli:redis_group",
+    "worker": "worker.cli:worker",
+    "coordinator": "coordinator.cli:coordinator",
+    "aggregator": "coordinator.cli:aggregator",
 }
 
 
@@ -34,6 +39,8 @@ class LazyGroup(click.Group):
             return super().invoke(ctx)
         except FedqError as exc:
             raise click.ClickException(str(exc)) from None
+        except redis.RedisError as exc:
+            raise click.ClickException(f"Redis error: {exc}") from None
         except (ValueError, OSError) as exc:  # bad settings, unreadable paths: still one line
             raise click.ClickException(f"{type(exc).__name__}: {exc}") from None
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 import msgpack
@@ -27,7 +27,7 @@ _WIRE_DTYPE = {"fp32": "<f4", "fp16": "<f2", "int8": "i1"}
 MAX_DIMS = 8
 
 
-class RejectReason(str, Enum):
+class RejectReason(StrEnum):
     """Why an update was not applied; recorded with every rejection."""
 
     MALFORMED = "malformed"  # not msgpack, not the schema's structure

@@ -73,6 +73,11 @@ class Keys:
         return self._k("rejected")
 
     @property
+    def duplicates(self) -> str:
+        """Hash: update id -> how many extra copies of it arrived (acknowledged, not applied)."""
+        return self._k("duplicates")
+
+    @property
     def rejections(self) -> str:
         """Stream: one entry per rejection, with reason and detail (headers only)."""
         return self._k("rejections")
@@ -83,9 +88,9 @@ class Keys:
         return self._k("applies")
 
     @property
-    def buffer(self) -> str:
-        """Hash: buffered mode's pending update entry ids (for inspection)."""
-        return self._k("buffer")
+    def evaluated(self) -> str:
+        """Set: versions whose federated evaluation the dispatcher has scheduled."""
+        return self._k("evaluated")
 
     # --- evaluation and jobs ---
     @property

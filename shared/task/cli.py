@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import click
@@ -85,4 +85,4 @@ def _parse_cutoff(text: str | None) -> int | None:
         when = datetime.fromisoformat(text)
     except ValueError:
         raise click.BadParameter(f"{text!r} is not an ISO date", param_hint="--cutoff") from None
-    return int((when if when.tzinfo else when.replace(tzinfo=timezone.utc)).timestamp())
+    return int((when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp())

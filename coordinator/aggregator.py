@@ -1,0 +1,296 @@
+"""The aggregator: the only writer of the global model.
+
+It consumes the updates stream with a consumer group, validates each update, hands it to the
+mode's strategy, and persists every outcome atomically: a new version is one MULTI/EXEC with its
+blob, the version counter, the ids of the updates it applied, their acknowledgement and deletion
+from the stream, and an entry on the applies stream; a rejection is one MULTI/EXEC with its
+reason, the rejections stream entry, the acknowledgement and the deletion. An update id already
+applied or rejected is acknowledged as a duplicate and counted, never applied twice.
+
+Entries stay pending (unacknowledged) while a strategy holds them (FedBuff's buffer, an open
+FedAvg round), so a restarted aggregator re-reads them and nothing held in memory is lost.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import redis
+
+from coordinator.strategies import Outcome, Pending, Round, Strategy, make_strategy
+from shared.codec import DecodeError, RejectReason, decode_update
+from shared.federation import Federation
+from shared.keys import AGGREGATOR_GROUP, Keys
+from shared.store import ModelStore
+
+Weights = dict[str, np.ndarray]
+READ_COUNT = 16
+MAX_UPDATE_BYTES = 64 * 1024 * 1024
+
+
+@dataclass
+class Counters:
+    applied: int = 0
+    rejected: int = 0
+    duplicates: int = 0
+    versions: int = 0
+    by_reason: dict[str, int] = field(default_factory=dict)
+
+
+class Aggregator:
+    def __init__(
+        self, connection: redis.Redis, keys: Keys, fed: Federation, consumer: str = "aggregator"
+    ) -> None:
+        self.r = connection
+        self.keys = keys
+        self.fed = fed
+        self.consumer = consumer
+        self.settings = fed.settings
+        self.store = ModelStore(connection, keys, window=fed.settings.max_staleness + 1)
+        self.strategy: Strategy = make_strategy(fed.settings)
+        self.counters = Counters()
+        self._base_cache: dict[int, Weights] = {}
+        model = self.store.read_current()
+        if model is None:
+            raise LookupError("no model in Redis: the coordinator initialises it")
+        self.version = model.version
+        self.weights: Weights = {k: np.array(v) for k, v in model.weights.items()}
+        self._ensure_group()
+
+    # --- the loop ---
+
+    def run(self, should_stop: Callable[[], bool], block_ms: int = 500) -> Counters:
+        self.tick()  # sync mode: learn the open round before re-reading held updates
+        self.recover()
+        while not should_stop():
+            self.step(block_ms)
+        return self.counters
+
+    def step(self, block_ms: int = 500) -> int:
+        """Read and settle one batch of new entries; returns how many were read."""
+        if self.settings.mode == "sync":
+            self.tick()
+        resp = self.r.xreadgroup(
+            AGGREGATOR_GROUP, self.consumer, {self.keys.updates: ">"}, count=READ_COUNT,
+            block=block_ms,
+        )  # fmt: skip
+        n = 0
+        for _stream, entries in resp or []:
+            for entry_id, fields in entries:
+                self.handle(entry_id.decode(), fields)
+                n += 1
+        self.tick()
+        return n
+
+    def recover(self) -> None:
+        """Settle entries delivered before a crash: ours (pending) and dead consumers' (claimed)."""
+        start = "0-0"
+        while True:
+            resp = self.r.xreadgroup(
+                AGGREGATOR_GROUP, self.consumer, {self.keys.updates: start}, count=100
+            )
+            entries = resp[0][1] if resp else []
+            entries = [(e, f) for e, f in entries if f]  # deleted entries come back empty
+            if not entries:
+                break
+            for entry_id, fields in entries:
+                self.handle(entry_id.decode(), fields)
+            start = entries[-1][0].decode()
+        cursor = "0-0"
+        while True:
+            cursor, claimed, *_ = self.r.xautoclaim(
+                self.keys.updates, AGGREGATOR_GROUP, self.consumer, min_idle_time=0,
+                start_id=cursor, count=100,
+            )  # fmt: skip
+            for entry_id, fields in claimed:
+                if fields:
+                    self.handle(entry_id.decode(), fields)
+            if cursor in (b"0-0", "0-0"):
+                break
+
+    def tick(self) -> None:
+        round_ = self._round() if self.settings.mode == "sync" else None
+        self.settle(self.strategy.tick(self.version, self.weights, time.time(), round_))
+
+    # --- one entry ---
+
+    def handle(self, entry_id: str, fields: dict[bytes, bytes]) -> None:
+        raw_id = fields.get(b"id", b"").decode(errors="replace") or f"entry:{entry_id}"
+        if self._seen(raw_id):
+            self._drop_duplicate(entry_id, raw_id)
+            return
+        payload = fields.get(b"u")
+        if payload is None:
+            self._reject_raw(entry_id, raw_id, RejectReason.MALFORMED, "entry has no field 'u'")
+            return
+        if len(payload) > MAX_UPDATE_BYTES:
+            detail = f"{len(payload)} bytes > {MAX_UPDATE_BYTES}"
+            self._reject_raw(entry_id, raw_id, RejectReason.TOO_LARGE, detail)
+            return
+        try:
+            update = decode_update(payload)
+        except DecodeError as exc:
+            self._reject_raw(entry_id, raw_id, exc.reason, exc.detail)
+            return
+        item = Pending(entry_id, update)
+        if update.header.update_id != raw_id:
+            detail = f"header id {update.header.update_id!r} != entry id {raw_id!r}"
+            self._reject_raw(entry_id, raw_id, RejectReason.MALFORMED, detail)
+            return
+        problem = self._validate(item)
+        if problem:
+            self.settle(Outcome().reject(item, *problem))
+            return
+        self.settle(self.strategy.offer(item, self.version, self.weights, self._base))
+
+    def _validate(self, item: Pending) -> tuple[RejectReason, str] | None:
+        h = item.update.header
+        if h.region not in self.fed.regions:
+            return RejectReason.UNKNOWN_REGION, f"region {h.region!r} is not in the federation"
+        delta = item.update.delta
+        if delta.keys() != self.weights.keys():
+            missing = sorted(set(self.weights) - set(delta))
+            extra = sorted(set(delta) - set(self.weights))
+            return RejectReason.SHAPE, f"tensors missing {missing[:3]}, unexpected {extra[:3]}"
+        for name, t in delta.items():
+            if t.shape != self.weights[name].shape:
+                return RejectReason.SHAPE, f"{name}: {t.shape}, expected {self.weights[name].shape}"
+            if not np.isfinite(t).all():
+                return RejectReason.NON_FINITE, f"{name} has NaN or infinite values"
+        return None
+
+    # --- persisting outcomes ---
+
+    def settle(self, outcome: Outcome) -> None:
+        for item, reason, detail in outcome.rejected:
+            self._reject(item, reason, detail)
+        if outcome.new_weights is not None:
+            self._commit(outcome)
+
+    def _commit(self, outcome: Outcome) -> None:
+        new_version = self.version + 1
+        ids = [p.update_id for p in outcome.applied]
+        entries = [p.entry_id for p in outcome.applied]
+        regions = sorted({p.update.header.region for p in outcome.applied})
+        info = {
+            "mode": self.strategy.name,
+            "updates": ",".join(ids),
+            "regions": ",".join(regions),
+            **{k: v for k, v in outcome.info.items()},
+        }
+        with self.r.pipeline(transaction=True) as pipe:
+            pipe.watch(self.keys.version)
+            current = pipe.get(self.keys.version)
+            if current is None or int(current) != self.version:
+                pipe.unwatch()
+                raise RuntimeError(
+                    f"the model version moved to {current!r} under this aggregator "
+                    f"(expected {self.version}): is a second aggregator writing?"
+                )
+            pipe.multi()
+            self.store.stage_commit(pipe, new_version, outcome.new_weights, info)
+            pipe.sadd(self.keys.applied, *ids)
+            pipe.xack(self.keys.updates, AGGREGATOR_GROUP, *entries)
+            pipe.xdel(self.keys.updates, *entries)
+            applies = {
+                "version": new_version,
+                "at": f"{time.time():.3f}",
+                "updates": json.dumps(
+                    [
+                        {
+                            "id": p.update_id,
+                            "region": p.update.header.region,
+                            "base": p.update.header.base_version,
+                            "n": p.update.header.n_samples,
+                            "loss": round(p.update.header.train_loss, 5),
+                        }
+                        for p in outcome.applied
+                    ]
+                ),
+                **{k: str(v) for k, v in outcome.info.items()},
+            }
+            pipe.xadd(self.keys.applies, applies, maxlen=1_000_000, approximate=True)
+            pipe.execute()
+        if self.version in self._base_cache or len(self._base_cache) > 4:
+            self._base_cache.pop(min(self._base_cache), None)
+        self._base_cache[self.version] = self.weights
+        self.version = new_version
+        self.weights = {k: np.asarray(v, dtype=np.float32) for k, v in outcome.new_weights.items()}
+        self.counters.applied += len(ids)
+        self.counters.versions += 1
+
+    def _reject(self, item: Pending, reason: RejectReason, detail: str) -> None:
+        h = item.update.header
+        extra = {"region": h.region, "base_version": str(h.base_version), "worker": h.worker_id}
+        self._reject_raw(item.entry_id, item.update_id, reason, detail, extra)
+
+    def _reject_raw(
+        self,
+        entry_id: str,
+        update_id: str,
+        reason: RejectReason,
+        detail: str,
+        extra: dict[str, str] | None = None,
+    ) -> None:
+        with self.r.pipeline(transaction=True) as pipe:
+            pipe.hset(self.keys.rejected, update_id, reason.value)
+            pipe.xadd(
+                self.keys.rejections,
+                {"id": update_id, "reason": reason.value, "detail": detail[:500],
+                 "version": str(self.version), "at": f"{time.time():.3f}", **(extra or {})},
+                maxlen=1_000_000,
+                approximate=True,
+            )  # fmt: skip
+            pipe.xack(self.keys.updates, AGGREGATOR_GROUP, entry_id)
+            pipe.xdel(self.keys.updates, entry_id)
+            pipe.execute()
+        self.counters.rejected += 1
+        self.counters.by_reason[reason.value] = self.counters.by_reason.get(reason.value, 0) + 1
+
+    def _drop_duplicate(self, entry_id: str, update_id: str) -> None:
+        with self.r.pipeline(transaction=True) as pipe:
+            pipe.hincrby(self.keys.duplicates, update_id, 1)
+            pipe.xack(self.keys.updates, AGGREGATOR_GROUP, entry_id)
+            pipe.xdel(self.keys.updates, entry_id)
+            pipe.execute()
+        self.counters.duplicates += 1
+
+    # --- helpers ---
+
+    def _seen(self, update_id: str) -> bool:
+        if self.strategy.holds(update_id):
+            return True
+        with self.r.pipeline(transaction=False) as pipe:
+            pipe.sismember(self.keys.applied, update_id)
+            pipe.hexists(self.keys.rejected, update_id)
+            applied, rejected = pipe.execute()
+        return bool(applied or rejected)
+
+    def _base(self, version: int) -> Weights | None:
+        if version in self._base_cache:
+            return self._base_cache[version]
+        model = self.store.read(version)
+        return None if model is None else model.weights
+
+    def _round(self) -> Round | None:
+        raw = self.r.hgetall(self.keys.round)
+        if not raw:
+            return None
+        d = {k.decode(): v.decode() for k, v in raw.items()}
+        return Round(
+            number=int(d["number"]),
+            base_version=int(d["base_version"]),
+            deadline=float(d["deadline"]),
+            regions=tuple(json.loads(d["regions"])),
+        )
+
+    def _ensure_group(self) -> None:
+        try:
+            self.r.xgroup_create(self.keys.updates, AGGREGATOR_GROUP, id="0", mkstream=True)
+        except redis.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise

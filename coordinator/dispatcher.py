@@ -1,0 +1,200 @@
+"""The dispatcher: keeps regions busy, schedules federated evaluation, decides when to stop.
+
+It never touches weights. Async modes keep ``inflight_per_region`` train jobs per region: a slot
+frees when its job finished, failed, was stopped or canceled, or expired unstarted (a region
+with no live worker holds at most that many queued jobs; they expire after ``queue_ttl``). Sync
+mode runs rounds: one job per region on the same base version, a deadline, then the next round
+once the aggregator has made the new version (or the deadline passed with nothing to apply).
+
+All its state is in Redis (in-flight sets, the dispatch counter, the round, the evaluated
+versions), so a restarted dispatcher continues where the last one stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+
+import redis
+from rq.job import Job
+
+from shared.federation import Federation
+from shared.jobs import EVALUATE_TASK, TRAIN_TASK, JobSpec, region_queue
+from shared.keys import Keys
+from shared.store import ModelStore
+
+FINAL_STATES = {b"finished", b"failed", b"stopped", b"canceled"}
+ROUND_GRACE = 2.0  # seconds after a round's deadline the aggregator gets to close it
+RESULT_TTL = 3600
+FAILURE_TTL = 86_400
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        connection: redis.Redis,
+        keys: Keys,
+        fed: Federation,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.r = connection
+        self.keys = keys
+        self.fed = fed
+        self.s = fed.settings
+        self.clock = clock
+        self.store = ModelStore(connection, keys, window=fed.settings.max_staleness + 1)
+        self.queues = {r: region_queue(connection, keys, r) for r in fed.regions}
+
+    # --- one pass ---
+
+    def tick(self) -> str | None:
+        """Dispatch what is due; returns the reason to stop once a target is reached."""
+        done = self.r.get(self.keys.done)
+        if done:
+            return done.decode()
+        version = self.store.current_version() or 0
+        reason = self.target_reached(version)
+        if reason:
+            self.r.set(self.keys.done, reason, nx=True)
+            return reason
+        if self.s.mode == "sync":
+            self._sync(version)
+        else:
+            self._async()
+        self._evaluations(version)
+        return None
+
+    def target_reached(self, version: int) -> str | None:
+        if self.s.target_versions and version >= self.s.target_versions:
+            return f"reached {version} versions"
+        if self.s.time_budget and self.clock() - self.fed.created_at >= self.s.time_budget:
+            return f"time budget of {self.s.time_budget:.0f}s spent"
+        if self.s.target_metric:
+            best = self._latest_validation_hr()
+            if best is not None and best >= self.s.target_metric:
+                return f"validation HR@10 {best:.4f} >= {self.s.target_metric}"
+        return None
+
+    # --- async modes ---
+
+    def _async(self) -> None:
+        for region in self.fed.regions:
+            live = self.reconcile(region)
+            for _ in range(self.s.inflight_per_region - live):
+                self._enqueue_train(region, None)
+
+    def reconcile(self, region: str) -> int:
+        """Drop in-flight jobs that ended or expired; return how many are still in flight."""
+        key = self.keys.inflight(region)
+        ids = [i.decode() for i in self.r.smembers(key)]
+        if not ids:
+            return 0
+        with self.r.pipeline(transaction=False) as pipe:
+            for job_id in ids:
+                pipe.hget(Job.key_for(job_id), "status")
+            states = pipe.execute()
+        ended = [i for i, st in zip(ids, states, strict=True) if st is None or st in FINAL_STATES]
+        if ended:
+            self.r.srem(key, *ended)
+        return len(ids) - len(ended)
+
+    def _enqueue_train(self, region: str, round_number: int | None) -> str:
+        n = int(self.r.incr(self.keys.dispatched))
+        job_id = f"{region}.r{round_number}" if round_number is not None else f"{region}.t{n}"
+        spec = JobSpec(
+            kind="train",
+            region=region,
+            seed=self.s.seed * 1_000_003 + n,
+            train=_train_mapping(self.fed),
+            round=round_number,
+            issued_at=self.clock(),
+        )
+        self.queues[region].enqueue(
+            TRAIN_TASK,
+            spec.to_json(),
+            job_id=job_id,
+            job_timeout=int(self.s.job_timeout),
+            ttl=int(self.s.queue_ttl),
+            result_ttl=RESULT_TTL,
+            failure_ttl=FAILURE_TTL,
+        )
+        self.r.sadd(self.keys.inflight(region), job_id)
+        return job_id
+
+    # --- sync mode ---
+
+    def _sync(self, version: int) -> None:
+        raw = self.r.hgetall(self.keys.round)
+        now = self.clock()
+        if raw:
+            number = int(raw[b"number"])
+            base = int(raw[b"base_version"])
+            deadline = float(raw[b"deadline"])
+            if base == version and now < deadline + ROUND_GRACE:
+                return  # the round is open
+            if base == version:
+                self._cancel_round(number)  # nothing applied by the deadline: start over
+        else:
+            number = 0
+        self._start_round(number + 1, version, now)
+
+    def _start_round(self, number: int, version: int, now: float) -> None:
+        for region in self.fed.regions:
+            self.r.delete(self.keys.inflight(region))
+        self.r.hset(
+            self.keys.round,
+            mapping={
+                "number": number,
+                "base_version": version,
+                "started": f"{now:.3f}",
+                "deadline": f"{now + self.s.round_deadline:.3f}",
+                "regions": json.dumps(list(self.fed.regions)),
+            },
+        )
+        for region in self.fed.regions:
+            self._enqueue_train(region, number)
+
+    def _cancel_round(self, number: int) -> None:
+        for region in self.fed.regions:
+            job_id = f"{region}.r{number}"
+            self.queues[region].remove(job_id)
+
+    # --- evaluation ---
+
+    def _evaluations(self, version: int) -> None:
+        every = self.s.eval_every
+        if every <= 0:
+            return
+        due = version - version % every
+        if due > 0 and self.r.sadd(self.keys.evaluated, due):
+            self.schedule_evaluation(due)
+
+    def schedule_evaluation(self, version: int) -> None:
+        """One evaluate job per region for ``version``, ahead of queued train jobs."""
+        self.r.sadd(self.keys.evaluated, version)
+        for region in self.fed.regions:
+            spec = JobSpec(kind="evaluate", region=region, seed=self.s.seed, version=version,
+                           issued_at=self.clock())  # fmt: skip
+            self.queues[region].enqueue(
+                EVALUATE_TASK,
+                spec.to_json(),
+                job_id=f"{region}.e{version}",
+                job_timeout=int(self.s.job_timeout),
+                ttl=int(max(self.s.queue_ttl, 600)),
+                result_ttl=RESULT_TTL,
+                failure_ttl=FAILURE_TTL,
+                at_front=True,
+            )
+
+    def _latest_validation_hr(self) -> float | None:
+        from coordinator.curve import learning_curve
+
+        curve = learning_curve(self.r, self.keys, self.fed)
+        return curve[-1]["validation_hr@10"] if curve else None
+
+
+def _train_mapping(fed: Federation) -> dict:
+    from dataclasses import asdict
+
+    return asdict(fed.settings.train)

@@ -1,0 +1,78 @@
+"""The coordinator and aggregator processes' main loops, as library functions.
+
+``initialise`` writes the federation record and version 0 of the model (both only if absent, so
+a restarted coordinator joins the federation it finds). The loops stop when ``should_stop``
+says so (SIGTERM in the CLI) and return what they did.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import redis
+
+from coordinator.aggregator import Aggregator, Counters
+from coordinator.dispatcher import Dispatcher
+from shared import federation
+from shared.federation import Federation
+from shared.keys import Keys
+from shared.settings import FederationSettings
+from shared.store import ModelStore
+from shared.task.local_data import load_shared
+from shared.task.model import build, state_to_numpy
+
+
+def initialise(
+    connection: redis.Redis, keys: Keys, data_dir: Path, settings: FederationSettings
+) -> Federation:
+    """Create the federation from the data's public part (meta, catalogue), unless it exists."""
+    shared = load_shared(data_dir)
+    wanted = Federation(
+        settings=settings,
+        regions=shared.meta.regions,
+        catalogue_digest=federation.catalogue_digest(data_dir),
+        data_name=shared.meta.name,
+        created_at=time.time(),
+    )
+    fed = federation.create(connection, keys, wanted)
+    federation.check_catalogue(fed, data_dir)
+    config = shared.model_config(dim=fed.settings.model_dim)
+    weights = state_to_numpy(build(config, shared.features, seed=fed.settings.seed))
+    store = ModelStore(connection, keys, window=fed.settings.max_staleness + 1)
+    store.initialise(weights, {"mode": fed.settings.mode, "seed": fed.settings.seed})
+    return fed
+
+
+def coordinate(
+    connection: redis.Redis,
+    keys: Keys,
+    fed: Federation,
+    should_stop: Callable[[], bool],
+    interval: float = 0.2,
+    final_evaluation: bool = True,
+) -> str | None:
+    """Dispatch until a target is reached (returns its reason) or ``should_stop``."""
+    dispatcher = Dispatcher(connection, keys, fed)
+    while not should_stop():
+        reason = dispatcher.tick()
+        if reason:
+            if final_evaluation:
+                version = dispatcher.store.current_version() or 0
+                if not connection.sismember(keys.evaluated, version):
+                    dispatcher.schedule_evaluation(version)
+            return reason
+        time.sleep(interval)
+    return None
+
+
+def aggregate(
+    connection: redis.Redis,
+    keys: Keys,
+    fed: Federation,
+    should_stop: Callable[[], bool],
+    consumer: str = "aggregator",
+) -> Counters:
+    aggregator = Aggregator(connection, keys, fed, consumer)
+    return aggregator.run(should_stop)

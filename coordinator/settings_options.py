@@ -1,0 +1,70 @@
+"""Click options for a federation's settings, shared by ``fedq coordinator`` and ``fedq run``.
+
+Each flag overrides the TOML file given with ``--config``, which overrides the defaults; the
+names match ``shared.settings.FederationSettings`` (``--lr`` is ``train.lr``).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from shared import settings as settings_mod
+from shared.aggregation import STALENESS_FUNCTIONS
+from shared.codec import ENCODINGS
+from shared.settings import MODES, FederationSettings
+
+# flag -> (settings key, click type, help)
+FLAGS: dict[str, tuple[str, Any, str]] = {
+    "--mode": ("mode", click.Choice(MODES), "async (FedAsync), buffered (FedBuff), sync (FedAvg)"),
+    "--alpha": ("alpha", float, "FedAsync mixing weight alpha"),
+    "--staleness": ("staleness", click.Choice(STALENESS_FUNCTIONS), "staleness function"),
+    "--staleness-a": ("staleness_a", float, "polynomial exponent / hinge slope"),
+    "--staleness-b": ("staleness_b", float, "hinge: staleness tolerated at full weight"),
+    "--sample-weighting/--no-sample-weighting": ("sample_weighting", None, "weigh by samples"),
+    "--buffer-size": ("buffer_size", int, "FedBuff: updates per flush (K)"),
+    "--server-lr": ("server_lr", float, "FedBuff: server learning rate"),
+    "--round-deadline": ("round_deadline", float, "FedAvg: seconds a round waits"),
+    "--max-staleness": ("max_staleness", int, "reject updates staler than this"),
+    "--inflight": ("inflight_per_region", int, "train jobs in flight per region"),
+    "--eval-every": ("eval_every", int, "versions between federated evaluations"),
+    "--target-versions": ("target_versions", int, "stop at this many versions (0: none)"),
+    "--time-budget": ("time_budget", float, "stop after this many seconds (0: none)"),
+    "--target-metric": ("target_metric", float, "stop at this validation HR@10 (0: none)"),
+    "--lr": ("train.lr", float, "local learning rate"),
+    "--examples-per-job": ("train.examples_per_job", int, "training examples per train job"),
+    "--batch-size": ("train.batch_size", int, "local batch size"),
+    "--local-epochs": ("train.epochs", int, "local epochs per job"),
+    "--prox-mu": ("train.prox_mu", float, "FedProx mu (0: off)"),
+    "--encoding": ("train.encoding", click.Choice(ENCODINGS), "update encoding"),
+    "--seed": ("seed", int, "seed of the initial model and of the jobs"),
+}
+
+
+def _param(flag: str) -> str:
+    return flag.split("/")[0].lstrip("-").replace("-", "_")
+
+
+def settings_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(f)
+    def wrapper(*args: Any, config: Path | None, **kwargs: Any) -> Any:
+        overrides = {FLAGS[flag][0]: kwargs.pop(_param(flag)) for flag in FLAGS}
+        settings = settings_mod.load(config, overrides)
+        return f(*args, settings=settings, **kwargs)
+
+    for flag, (key, kind, help_text) in reversed(FLAGS.items()):
+        default = getattr(FederationSettings(), key.split(".")[0]) if "." not in key else None
+        extra = f" [default: {default}]" if default is not None else ""
+        if kind is None:
+            wrapper = click.option(flag, default=None, help=help_text)(wrapper)
+        else:
+            wrapper = click.option(flag, type=kind, default=None, help=help_text + extra)(wrapper)
+    wrapper = click.option(
+        "--config", type=click.Path(path_type=Path, dir_okay=False), default=None,
+        help="TOML file of settings (flags override it).",
+    )(wrapper)  # fmt: skip
+    return wrapper

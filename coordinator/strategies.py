@@ -1,0 +1,207 @@
+"""Aggregation strategies: the state transitions of each mode, on decoded updates.
+
+A strategy owns what the mode remembers (FedBuff's buffer, FedAvg's round) and decides, for each
+update offered, whether it makes a new version now, waits, or is rejected and why. The math is
+``shared.aggregation``'s; Redis, clocks and acknowledgements are the aggregator's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from shared import aggregation as agg
+from shared.codec import RejectReason, Update
+from shared.settings import FederationSettings
+
+Weights = dict[str, np.ndarray]
+BaseLookup = Callable[[int], Weights | None]
+
+
+@dataclass(frozen=True)
+class Pending:
+    entry_id: str
+    update: Update
+
+    @property
+    def update_id(self) -> str:
+        return self.update.header.update_id
+
+
+@dataclass
+class Outcome:
+    new_weights: Weights | None = None
+    applied: list[Pending] = field(default_factory=list)
+    rejected: list[tuple[Pending, RejectReason, str]] = field(default_factory=list)
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def reject(self, item: Pending, reason: RejectReason, detail: str) -> Outcome:
+        self.rejected.append((item, reason, detail))
+        return self
+
+
+@dataclass(frozen=True)
+class Round:
+    """Sync mode's current round, as the dispatcher published it."""
+
+    number: int
+    base_version: int
+    deadline: float
+    regions: tuple[str, ...]
+
+
+class Strategy:
+    name = "base"
+
+    def __init__(self, settings: FederationSettings) -> None:
+        self.settings = settings
+
+    def holds(self, update_id: str) -> bool:
+        """Whether an update is waiting inside the strategy (buffered, or in an open round)."""
+        return False
+
+    def held(self) -> list[Pending]:
+        return []
+
+    def offer(self, item: Pending, version: int, weights: Weights, base: BaseLookup) -> Outcome:
+        raise NotImplementedError
+
+    def tick(self, version: int, weights: Weights, now: float, round_: Round | None) -> Outcome:
+        return Outcome()
+
+    def _staleness(self, item: Pending, version: int) -> tuple[int, Outcome | None]:
+        s = version - item.update.header.base_version
+        if s < 0:
+            detail = f"base version {item.update.header.base_version} > model version {version}"
+            return s, Outcome().reject(item, RejectReason.FUTURE_BASE, detail)
+        if s > self.settings.max_staleness:
+            detail = f"staleness {s} > max {self.settings.max_staleness}"
+            return s, Outcome().reject(item, RejectReason.STALE, detail)
+        return s, None
+
+
+class FedAsync(Strategy):
+    """Apply each update on arrival: ``w <- (1 - a) w + a (w_base + delta)``."""
+
+    name = "async"
+
+    def __init__(self, settings: FederationSettings) -> None:
+        super().__init__(settings)
+        self.fn = settings.staleness_function()
+        self.mean_samples: float | None = None
+
+    def offer(self, item: Pending, version: int, weights: Weights, base: BaseLookup) -> Outcome:
+        s, rejected = self._staleness(item, version)
+        if rejected:
+            return rejected
+        h = item.update.header
+        base_weights = weights if s == 0 else base(h.base_version)
+        if base_weights is None:
+            detail = f"base version {h.base_version} is no longer stored"
+            return Outcome().reject(item, RejectReason.STALE, detail)
+        reference = None
+        if self.settings.sample_weighting:
+            m = self.mean_samples
+            self.mean_samples = h.n_samples if m is None else 0.9 * m + 0.1 * h.n_samples
+            reference = self.mean_samples
+        a = agg.mixing_weight(self.settings.alpha, s, self.fn, h.n_samples, reference)
+        new = agg.fedasync_apply(weights, base_weights, item.update.delta, a)
+        return Outcome(new, [item], info={"staleness": s, "weight": round(a, 6)})
+
+
+class FedBuff(Strategy):
+    """Buffer K updates, then ``w <- w + eta * mean(delta_k / sqrt(1 + s_k))``."""
+
+    name = "buffered"
+
+    def __init__(self, settings: FederationSettings) -> None:
+        super().__init__(settings)
+        self.buffer: list[Pending] = []
+
+    def holds(self, update_id: str) -> bool:
+        return any(p.update_id == update_id for p in self.buffer)
+
+    def held(self) -> list[Pending]:
+        return list(self.buffer)
+
+    def offer(self, item: Pending, version: int, weights: Weights, base: BaseLookup) -> Outcome:
+        _, rejected = self._staleness(item, version)
+        if rejected:
+            return rejected
+        self.buffer.append(item)
+        if len(self.buffer) < self.settings.buffer_size:
+            return Outcome()
+        return self._flush(version, weights)
+
+    def _flush(self, version: int, weights: Weights) -> Outcome:
+        items, self.buffer = self.buffer, []
+        staleness = [version - p.update.header.base_version for p in items]
+        deltas: list[agg.Weights] = [p.update.delta for p in items]
+        if self.settings.sample_weighting:
+            n = np.array([p.update.header.n_samples for p in items], dtype=np.float64)
+            scale = n / n.mean()
+            deltas = [{k: v * c for k, v in d.items()} for d, c in zip(deltas, scale, strict=True)]
+        new = agg.fedbuff_apply(weights, deltas, staleness, self.settings.server_lr)
+        return Outcome(new, items, info={"staleness": max(staleness), "buffered": len(items)})
+
+
+class FedAvg(Strategy):
+    """Synchronous rounds: one update per region, averaged by samples when all are in."""
+
+    name = "sync"
+
+    def __init__(self, settings: FederationSettings) -> None:
+        super().__init__(settings)
+        self.round: Round | None = None
+        self.collected: dict[str, Pending] = {}
+
+    def holds(self, update_id: str) -> bool:
+        return any(p.update_id == update_id for p in self.collected.values())
+
+    def held(self) -> list[Pending]:
+        return list(self.collected.values())
+
+    def offer(self, item: Pending, version: int, weights: Weights, base: BaseLookup) -> Outcome:
+        h = item.update.header
+        current = self.round
+        if current is None or h.round != current.number or h.base_version != current.base_version:
+            where = "no open round" if current is None else f"round {current.number}"
+            detail = f"update for round {h.round} (base {h.base_version}); {where} is open"
+            return Outcome().reject(item, RejectReason.LATE, detail)
+        if h.base_version != version:
+            return Outcome().reject(item, RejectReason.LATE, f"round base {h.base_version} is old")
+        if h.region in self.collected:
+            detail = f"region {h.region} already reported for round {current.number}"
+            return Outcome().reject(item, RejectReason.LATE, detail)
+        self.collected[h.region] = item
+        if set(current.regions) <= set(self.collected):
+            return self._close(weights, "complete")
+        return Outcome()
+
+    def tick(self, version: int, weights: Weights, now: float, round_: Round | None) -> Outcome:
+        out = Outcome()
+        if round_ is not None and (self.round is None or round_.number != self.round.number):
+            # a new round: whatever the old one still held can no longer be applied
+            for item in self.collected.values():
+                out.reject(item, RejectReason.LATE, f"round {self.round.number} closed")
+            self.round, self.collected = round_, {}
+        if self.round and self.collected and now >= self.round.deadline:
+            closed = self._close(weights, "deadline")
+            closed.rejected.extend(out.rejected)
+            return closed
+        return out
+
+    def _close(self, weights: Weights, why: str) -> Outcome:
+        items = list(self.collected.values())
+        self.collected = {}
+        models = [agg.add(weights, p.update.delta) for p in items]
+        new = agg.fedavg(models, [p.update.header.n_samples for p in items])
+        number = self.round.number if self.round else -1
+        return Outcome(new, items, info={"staleness": 0, "round": number, "closed": why})
+
+
+def make_strategy(settings: FederationSettings) -> Strategy:
+    return {"async": FedAsync, "buffered": FedBuff, "sync": FedAvg}[settings.mode](settings)

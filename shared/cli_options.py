@@ -1,0 +1,77 @@
+"""Options every Redis-facing command shares, and the one place that turns them into a client.
+
+``--redis-url`` (env ``FEDQ_REDIS_URL``; ``redis://``, ``rediss://`` or ``unix://``) and
+``--namespace`` (env ``FEDQ_NAMESPACE``). Without a URL, the embedded server of ``FEDQ_HOME``
+is used, started on first use.
+"""
+
+from __future__ import annotations
+
+import functools
+import signal
+from collections.abc import Callable
+from typing import Any
+
+import click
+import redis
+
+from shared.errors import FedqError
+from shared.keys import DEFAULT_NAMESPACE, Keys
+from shared.redis_server import connect, resolve_url
+
+
+def redis_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    @click.option(
+        "--redis-url",
+        envvar="FEDQ_REDIS_URL",
+        default=None,
+        help="Redis URL [env FEDQ_REDIS_URL; default: the embedded server].",
+    )
+    @click.option(
+        "--namespace",
+        envvar="FEDQ_NAMESPACE",
+        default=DEFAULT_NAMESPACE,
+        show_default=True,
+        help="Key namespace of the federation [env FEDQ_NAMESPACE].",
+    )
+    @functools.wraps(f)
+    def wrapper(*args: Any, redis_url: str | None, namespace: str, **kwargs: Any) -> Any:
+        return f(*args, redis_url=redis_url, namespace=namespace, **kwargs)
+
+    return wrapper  # fmt: skip
+
+
+def open_redis(redis_url: str | None, namespace: str) -> tuple[redis.Redis, Keys]:
+    """A checked connection: one clear line if Redis cannot be reached."""
+    url = resolve_url(redis_url)
+    connection = connect(url)
+    try:
+        connection.ping()
+    except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+        raise FedqError(f"cannot reach Redis at {_safe(url)}: {exc}") from None
+    except redis.AuthenticationError as exc:
+        raise FedqError(f"Redis at {_safe(url)} refused the credentials: {exc}") from None
+    return connection, Keys(namespace)
+
+
+def _safe(url: str) -> str:
+    """The URL without its password."""
+    if "@" in url and "://" in url:
+        scheme, rest = url.split("://", 1)
+        return f"{scheme}://***@{rest.split('@', 1)[1]}"
+    return url
+
+
+class StopFlag:
+    """Set by SIGTERM/SIGINT: loops finish what they hold and return."""
+
+    def __init__(self) -> None:
+        self.stopped = False
+        signal.signal(signal.SIGTERM, self._set)
+        signal.signal(signal.SIGINT, self._set)
+
+    def _set(self, *_: object) -> None:
+        self.stopped = True
+
+    def __call__(self) -> bool:
+        return self.stopped

@@ -1,0 +1,110 @@
+"""The federation record in Redis: settings, regions and the catalogue every host must share.
+
+Written once by the coordinator that initialises a federation (with the initial model), read by
+the aggregator and every worker. A worker whose catalogue differs (another data set, another
+version of the catalogue) refuses to start: its updates would not fit the model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import redis
+
+from shared.errors import FedqError
+from shared.keys import Keys
+from shared.settings import FederationSettings
+
+
+class FederationMismatch(FedqError):
+    pass
+
+
+@dataclass(frozen=True)
+class Federation:
+    settings: FederationSettings
+    regions: tuple[str, ...]
+    catalogue_digest: str
+    data_name: str
+    created_at: float = 0.0
+
+    def to_redis(self) -> dict[str, str]:
+        return {
+            "settings": self.settings.to_json(),
+            "regions": json.dumps(list(self.regions)),
+            "catalogue_digest": self.catalogue_digest,
+            "data_name": self.data_name,
+            "created_at": f"{self.created_at or time.time():.3f}",
+        }
+
+    @staticmethod
+    def from_redis(raw: dict[bytes, bytes]) -> Federation:
+        d = {k.decode(): v.decode() for k, v in raw.items()}
+        return Federation(
+            settings=FederationSettings.from_json(d["settings"]),
+            regions=tuple(json.loads(d["regions"])),
+            catalogue_digest=d["catalogue_digest"],
+            data_name=d["data_name"],
+            created_at=float(d["created_at"]),
+        )
+
+
+def catalogue_digest(data_dir: Path) -> str:
+    return hashlib.sha256((Path(data_dir) / "catalogue.csv").read_bytes()).hexdigest()[:16]
+
+
+def read(connection: redis.Redis, keys: Keys) -> Federation | None:
+    raw = connection.hgetall(keys.config)
+    return Federation.from_redis(raw) if raw else None
+
+
+def create(connection: redis.Redis, keys: Keys, federation: Federation) -> Federation:
+    """Write the record unless one exists; return the one in force (which may be older)."""
+    with connection.pipeline(transaction=True) as pipe:
+        while True:
+            try:
+                pipe.watch(keys.config)
+                if pipe.exists(keys.config):
+                    pipe.unwatch()
+                    break
+                pipe.multi()
+                pipe.hset(keys.config, mapping=federation.to_redis())
+                pipe.execute()
+                break
+            except redis.WatchError:
+                continue
+    existing = read(connection, keys)
+    assert existing is not None
+    return existing
+
+
+def wait_for(connection: redis.Redis, keys: Keys, timeout: float, say=None) -> Federation:
+    """Block until a coordinator has initialised the federation (or ``timeout`` passes)."""
+    deadline = time.monotonic() + timeout
+    told = False
+    while True:
+        fed = read(connection, keys)
+        if fed is not None:
+            return fed
+        if time.monotonic() >= deadline:
+            raise FedqError(
+                f"no federation in Redis under namespace {keys.namespace!r} after {timeout:.0f}s "
+                "(start `fedq coordinator` first)"
+            )
+        if say and not told:
+            say("waiting for a coordinator to initialise the federation ...")
+            told = True
+        time.sleep(0.5)
+
+
+def check_catalogue(federation: Federation, data_dir: Path) -> None:
+    digest = catalogue_digest(data_dir)
+    if digest != federation.catalogue_digest:
+        raise FederationMismatch(
+            f"{Path(data_dir) / 'catalogue.csv'} (digest {digest}) is not the federation's "
+            f"catalogue (digest {federation.catalogue_digest}, data set {federation.data_name!r})"
+        )

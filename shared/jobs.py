@@ -1,0 +1,53 @@
+"""Round jobs: what the coordinator asks of a region, and the RQ queues that carry it.
+
+A job spec holds a kind, a region, hyper-parameters and a seed; never data. Jobs travel with
+RQ's JSON serializer (never pickle: with pickle, anyone who can write to Redis runs code on every
+worker), and workers run only the task functions named in ``TASKS``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import redis
+from rq import Queue
+from rq.serializers import JSONSerializer
+
+from shared.keys import Keys
+
+TRAIN_TASK = "worker.tasks.train"
+EVALUATE_TASK = "worker.tasks.evaluate"
+TASKS = frozenset({TRAIN_TASK, EVALUATE_TASK})
+SERIALIZER = JSONSerializer
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    kind: str  # "train" | "evaluate"
+    region: str
+    seed: int = 0
+    train: dict[str, Any] = field(default_factory=dict)  # TrainSettings as a mapping
+    version: int | None = None  # evaluate: the version to score
+    round: int | None = None  # sync mode: the round this job belongs to
+    issued_at: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @staticmethod
+    def from_json(raw: Any) -> JobSpec:
+        if not isinstance(raw, dict):
+            raise ValueError(f"job spec is not a mapping: {type(raw).__name__}")
+        allowed = set(JobSpec.__dataclass_fields__)
+        unknown = sorted(set(raw) - allowed)
+        if unknown:
+            raise ValueError(f"job spec has unknown fields {unknown}")
+        spec = JobSpec(**raw)
+        if spec.kind not in ("train", "evaluate"):
+            raise ValueError(f"job spec kind {spec.kind!r}")
+        return spec
+
+
+def region_queue(connection: redis.Redis, keys: Keys, region: str) -> Queue:
+    return Queue(keys.queue(region), connection=connection, serializer=SERIALIZER)

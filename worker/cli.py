@@ -1,0 +1,44 @@
+"""``fedq worker``: a regional worker."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from shared.cli_options import open_redis, redis_options
+
+
+@click.command()
+@click.option("--region", required=True, help="The region this worker serves (its queue).")
+@click.option(
+    "--data",
+    "data_dir",
+    type=click.Path(path_type=Path, exists=True, file_okay=False),
+    required=True,
+    help="Data directory with catalogue.csv and this region's folder.",
+)
+@click.option("--burst", is_flag=True, help="Exit when the queue is empty.")
+@click.option(
+    "--slowdown",
+    type=float,
+    default=1.0,
+    show_default=True,
+    help="Make each train job this many times slower (a slow or distant silo).",
+)
+@click.option(
+    "--wait",
+    type=float,
+    default=60.0,
+    show_default=True,
+    help="Seconds to wait for the federation to be initialised.",
+)
+@redis_options
+def worker(region: str, data_dir: Path, burst: bool, slowdown: float, wait: float,
+           redis_url: str | None, namespace: str) -> None:  # fmt: skip
+    """Run an RQ worker on REGION's queue, training on the region's own data."""
+    from worker import process
+
+    connection, keys = open_redis(redis_url, namespace)
+    process.run(connection, keys, region, data_dir, burst=burst, slowdown=slowdown, wait=wait,
+                say=lambda m: click.echo(m, err=True))  # fmt: skip

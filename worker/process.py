@@ -1,0 +1,127 @@
+"""The fedq worker: an RQ worker bound to one region's queue, with its data loaded once.
+
+Jobs run in the worker process itself (RQ's ``SimpleWorker``), not in a forked work horse: the
+region's data, the item features and the model cache stay loaded between jobs, and torch never
+runs across a fork (a child of a process that already ran a multi-threaded torch op can hang on
+its first parallel op). torch is held to one thread, since a host runs several workers.
+
+Jobs are JSON (never pickle), and the worker runs only fedq's allowlisted tasks: anything else
+fails without being imported or run, with the reason recorded on the rejections stream.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import time
+from pathlib import Path
+
+import redis
+from rq.job import Job
+from rq.queue import Queue
+from rq.worker import SimpleWorker
+
+from shared import federation
+from shared.errors import FedqError
+from shared.jobs import SERIALIZER, TASKS, region_queue
+from shared.keys import Keys
+from shared.store import ModelCache, ModelStore
+from shared.task.local_data import load_region, load_shared
+from worker.context import WorkerContext, install
+
+
+class JobRefused(Exception):
+    pass
+
+
+class FedqWorker(SimpleWorker):
+    """A SimpleWorker that refuses every job that is not one of fedq's tasks."""
+
+    fedq_keys: Keys | None = None
+
+    def perform_job(self, job: Job, queue: Queue, execution) -> bool:
+        try:
+            name = job.func_name
+        except Exception as exc:  # data the JSON serializer cannot read (pickle, garbage)
+            name, detail = None, f"undecodable job data ({type(exc).__name__})"
+        else:
+            detail = f"task {name!r} is not one of fedq's tasks"
+        if name in TASKS:
+            return super().perform_job(job, queue, execution)
+        self._record_refusal(job, detail)
+        try:
+            raise JobRefused(detail)
+        except JobRefused:
+            self._finalize_failure(job, queue, execution, sys.exc_info())
+        return False
+
+    def _record_refusal(self, job: Job, detail: str) -> None:
+        if self.fedq_keys is None:
+            return
+        self.connection.xadd(
+            self.fedq_keys.rejections,
+            {"id": job.id, "reason": "job_refused", "detail": detail, "worker": self.name,
+             "at": f"{time.time():.3f}"},
+            maxlen=100_000,
+            approximate=True,
+        )  # fmt: skip
+
+
+def worker_name(region: str) -> str:
+    return f"{region}.{socket.gethostname()}.{os.getpid()}"
+
+
+def prepare(
+    connection: redis.Redis,
+    keys: Keys,
+    region: str,
+    data_dir: Path,
+    slowdown: float = 1.0,
+    wait: float = 60.0,
+    say=None,
+) -> WorkerContext:
+    """Check the region and catalogue against the federation, load the data, set the context."""
+    fed = federation.wait_for(connection, keys, wait, say)
+    if region not in fed.regions:
+        raise FedqError(f"unknown region {region!r}; the federation has: {', '.join(fed.regions)}")
+    federation.check_catalogue(fed, data_dir)
+    shared = load_shared(data_dir)
+    data = load_region(data_dir, region, shared)
+    store = ModelStore(connection, keys, window=fed.settings.max_staleness + 1)
+    context = WorkerContext(
+        connection=connection,
+        keys=keys,
+        region=region,
+        worker_id=worker_name(region),
+        data=data,
+        federation=fed,
+        model_config=shared.model_config(dim=fed.settings.model_dim),
+        store=store,
+        cache=ModelCache(store),
+        slowdown=slowdown,
+    )
+    install(context)
+    return context
+
+
+def run(
+    connection: redis.Redis,
+    keys: Keys,
+    region: str,
+    data_dir: Path,
+    burst: bool = False,
+    slowdown: float = 1.0,
+    wait: float = 60.0,
+    say=None,
+) -> bool:
+    import torch
+
+    torch.set_num_threads(1)
+    context = prepare(connection, keys, region, data_dir, slowdown, wait, say)
+    queue = region_queue(connection, keys, region)
+    worker = FedqWorker(
+        [queue], connection=connection, serializer=SERIALIZER, name=context.worker_id
+    )
+    worker.fedq_keys = keys
+    return worker.work(burst=burst, logging_level="WARNING")

@@ -1,0 +1,117 @@
+"""The RQ entry points a fedq worker runs: train and evaluate. Nothing else is allowed.
+
+Both take a job spec (JSON: hyper-parameters, a seed, a version; never data) and read the
+region's data from the worker's own data directory. ``train`` publishes an update (the delta
+from its base version, msgpack) on the updates stream; ``evaluate`` publishes metrics.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from rq import get_current_job
+
+from shared.aggregation import subtract
+from shared.codec import Update, UpdateHeader, encode_update
+from shared.jobs import JobSpec
+from shared.settings import TrainSettings
+from shared.task.evaluate import ModelScorer, evaluate_region
+from shared.task.model import build, load_numpy_state
+from shared.task.train import TrainConfig, train_local
+from worker.context import WorkerContext, current
+
+
+def train(spec: dict[str, Any]) -> dict[str, Any]:
+    ctx = current()
+    job = _spec(spec, ctx, "train")
+    job_id = _job_id()
+    started = time.perf_counter()
+    model = ctx.cache.current()
+    ts = TrainSettings(**job.train)
+    result = train_local(
+        ctx.model_config,
+        ctx.data.shared.features,
+        model.weights,
+        ctx.data.split.train,
+        TrainConfig(
+            epochs=ts.epochs,
+            batch_size=ts.batch_size,
+            lr=ts.lr,
+            prox_mu=ts.prox_mu,
+            max_examples=ts.examples_per_job,
+            seed=job.seed,
+            threads=1,
+        ),
+    )
+    if ctx.slowdown > 1:  # stands for a slow or distant silo
+        time.sleep((ctx.slowdown - 1) * (time.perf_counter() - started))
+    header = UpdateHeader(
+        update_id=job_id,
+        job_id=job_id,
+        region=ctx.region,
+        worker_id=ctx.worker_id,
+        base_version=model.version,
+        n_samples=result.n_samples,
+        train_loss=result.loss,
+        train_seconds=result.seconds,
+        total_seconds=time.perf_counter() - started,
+        encoding=ts.encoding,
+        created_at=time.time(),
+        round=job.round,
+    )
+    payload = encode_update(Update(header, subtract(result.weights, model.weights)))
+    ctx.connection.xadd(ctx.keys.updates, {"u": payload, "id": job_id, "region": ctx.region})
+    return {
+        "update_id": job_id,
+        "base_version": model.version,
+        "n_samples": result.n_samples,
+        "loss": result.loss,
+        "bytes": len(payload),
+    }
+
+
+def evaluate(spec: dict[str, Any]) -> dict[str, Any]:
+    ctx = current()
+    job = _spec(spec, ctx, "evaluate")
+    if job.version is None:
+        raise ValueError("an evaluate job names the version to score")
+    stored = ctx.store.read(job.version)
+    if stored is None:
+        raise LookupError(f"model version {job.version} is no longer in Redis (outside the window)")
+    model = build(ctx.model_config, ctx.data.shared.features)
+    load_numpy_state(model, stored.weights)
+    scorer = ModelScorer(model)
+    test = evaluate_region(scorer, ctx.data, "test", seed=job.seed)
+    validation = evaluate_region(scorer, ctx.data, "validation", negatives=0, seed=job.seed)
+    record = {
+        "version": job.version,
+        "region": ctx.region,
+        "test": test,
+        "validation": {k: validation[k] for k in ("users", "hr@10", "ndcg@10")},
+        "at": time.time(),
+    }
+    ctx.connection.xadd(
+        ctx.keys.metrics,
+        {"version": job.version, "region": ctx.region, "m": json.dumps(record)},
+        maxlen=100_000,
+        approximate=True,
+    )
+    return {"version": job.version, "region": ctx.region, "hr@10": test["hr@10"]}
+
+
+def _spec(raw: dict[str, Any], ctx: WorkerContext, kind: str) -> JobSpec:
+    job = JobSpec.from_json(raw)
+    if job.kind != kind:
+        raise ValueError(f"a {job.kind} spec sent to the {kind} task")
+    if job.region != ctx.region:
+        raise ValueError(f"a job for region {job.region!r} reached a worker of {ctx.region!r}")
+    return job
+
+
+def _job_id() -> str:
+    job = get_current_job()
+    if job is None:
+        raise RuntimeError("fedq tasks run only as RQ jobs")
+    return job.id
