@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import redis
 
-from coordinator.strategies import Outcome, Pending, Round, Strategy, make_strategy
+from coordinator.strategies import FedBuff, Outcome, Pending, Round, Strategy, make_strategy
 from shared.codec import DecodeError, RejectReason, decode_update
 from shared.federation import Federation
 from shared.keys import AGGREGATOR_GROUP, Keys
@@ -115,6 +115,11 @@ class Aggregator:
     def tick(self) -> None:
         round_ = self._round() if self.settings.mode == "sync" else None
         self.settle(self.strategy.tick(self.version, self.weights, time.time(), round_))
+        if isinstance(self.strategy, FedBuff) and self.strategy.buffer and self._done():
+            self.settle(self.strategy.flush(self.version, self.weights))
+
+    def _done(self) -> bool:
+        return bool(self.r.exists(self.keys.done))
 
     # --- one entry ---
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 
 import click
@@ -88,3 +89,108 @@ def aggregator(consumer: str, wait: float, redis_url: str | None, namespace: str
         f"aggregator stopped: {counters.versions} versions, {counters.applied} applied, "
         f"{counters.rejected} rejected, {counters.duplicates} duplicates"
     )
+
+
+@click.command("run")
+@click.option(
+    "--data",
+    "data_dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=Path("data"),
+    show_default=True,
+    help="Data directory; the built-in data set is generated there if it is missing.",
+)
+@click.option("--workers-per-region", type=int, default=2, show_default=True)
+@click.option(
+    "--slowdown",
+    multiple=True,
+    metavar="REGION=FACTOR",
+    help="Make a region's workers FACTOR times slower (repeatable).",
+)
+@click.option(
+    "--json",
+    "json_out",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Also write the report here.",
+)
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=None,
+    help="Run directory (logs, redis data, report) [default: runs/<mode>-<time>].",
+)
+@click.option("--redis-url", default=None, help="Use this Redis instead of starting one.")
+@click.option("--namespace", default="fedq", show_default=True)
+@click.option(
+    "--baselines/--no-baselines",
+    default=True,
+    show_default=True,
+    help="Compare with local-only and centralized (computed once, cached in DATA).",
+)
+@settings_options
+def run_cmd(data_dir: Path, workers_per_region: int, slowdown: tuple[str, ...],
+            json_out: Path | None, out_dir: Path | None, redis_url: str | None, namespace: str,
+            baselines: bool, settings) -> None:  # fmt: skip
+    """Run a whole federation here: Redis, aggregator, coordinator and workers, then report."""
+    import time
+
+    from coordinator.report import compare_table, ensure_baselines
+    from coordinator.run import RunOptions, run_federation
+    from shared.progress import bar
+
+    if workers_per_region < 1:
+        raise click.BadParameter("must be at least 1", param_hint="--workers-per-region")
+    if not (data_dir / "meta.json").exists():
+        from shared.task import generate
+
+        click.echo(f"{data_dir} has no data set: generating the built-in one (seed 0)", err=True)
+        generate.write(generate.generate(seed=0, scale="default"), data_dir)
+    slow = _parse_slowdown(slowdown)
+    out_dir = out_dir or Path("runs") / f"{settings.mode}-{time.strftime('%Y%m%d-%H%M%S')}"
+    options = RunOptions(data_dir, settings, workers_per_region, slow, out_dir, redis_url,
+                         namespace)  # fmt: skip
+    say = lambda m: click.echo(m, err=True)  # noqa: E731
+    with bar("federating") as update:
+        last = [0.0]
+
+        def progress(state: dict) -> None:
+            update(min(state["version"], state["target"] or state["version"]),
+                   state["target"] or max(state["version"], 1))  # fmt: skip
+            if not sys.stderr.isatty() and time.monotonic() - last[0] > 15:
+                last[0] = time.monotonic()
+                say(
+                    f"version {state['version']}, {state['applied']} applied, "
+                    f"{state['rejected']} rejected"
+                    + (f" ({state['done']})" if state["done"] else "")
+                )
+
+        report = run_federation(options, say, progress)
+    base = ensure_baselines(data_dir, report["data"], say) if baselines else {}
+    report["baselines"] = {
+        m: {"overall": b["overall"], "regions": b["regions"]} for m, b in base.items()
+    }
+    compare_table(report, base)
+    text = json.dumps(report, indent=2) + "\n"
+    (out_dir / "report.json").write_text(text)
+    if json_out:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(text)
+    rss = ", ".join(f"{k} {v:.0f} MB" for k, v in report["peak_rss_mb"].items())
+    click.echo(f"{report['versions']} versions in {report['seconds']:.0f}s; peak RSS: {rss}")
+    click.echo(f"report: {out_dir / 'report.json'}")
+
+
+def _parse_slowdown(items: tuple[str, ...]) -> dict[str, float]:
+    out = {}
+    for item in items:
+        region, _, factor = item.partition("=")
+        try:
+            out[region.strip()] = float(factor)
+        except ValueError:
+            raise click.BadParameter(
+                f"{item!r}: write REGION=FACTOR", param_hint="--slowdown"
+            ) from None
+        if out[region.strip()] < 1:
+            raise click.BadParameter(f"{item!r}: FACTOR must be >= 1", param_hint="--slowdown")
+    return out

@@ -101,7 +101,7 @@ class Dispatcher:
 
     def _enqueue_train(self, region: str, round_number: int | None) -> str:
         n = int(self.r.incr(self.keys.dispatched))
-        job_id = f"{region}.r{round_number}" if round_number is not None else f"{region}.t{n}"
+        job_id = f"{region}-r{round_number}" if round_number is not None else f"{region}-t{n}"
         spec = JobSpec(
             kind="train",
             region=region,
@@ -121,6 +121,24 @@ class Dispatcher:
         )
         self.r.sadd(self.keys.inflight(region), job_id)
         return job_id
+
+    def drain(self, should_stop: Callable[[], bool], poll: float = 0.2) -> None:
+        """After the target: cancel queued train jobs, let started ones finish and be settled.
+
+        Returns once no train job is in flight and the aggregator has settled every update
+        (the updates stream is empty), or after ``job_timeout`` seconds.
+        """
+        deadline = self.clock() + self.s.job_timeout
+        for region in self.fed.regions:
+            for job_id in self.r.smembers(self.keys.inflight(region)):
+                if self.r.hget(Job.key_for(job_id.decode()), "status") == b"queued":
+                    self.queues[region].remove(job_id.decode())
+                    self.r.delete(Job.key_for(job_id.decode()))
+        while not should_stop() and self.clock() < deadline:
+            busy = sum(self.reconcile(region) for region in self.fed.regions)
+            if busy == 0 and self.r.xlen(self.keys.updates) == 0:
+                return
+            time.sleep(poll)
 
     # --- sync mode ---
 
@@ -157,7 +175,7 @@ class Dispatcher:
 
     def _cancel_round(self, number: int) -> None:
         for region in self.fed.regions:
-            job_id = f"{region}.r{number}"
+            job_id = f"{region}-r{number}"
             self.queues[region].remove(job_id)
 
     # --- evaluation ---
@@ -179,7 +197,7 @@ class Dispatcher:
             self.queues[region].enqueue(
                 EVALUATE_TASK,
                 spec.to_json(),
-                job_id=f"{region}.e{version}",
+                job_id=f"{region}-e{version}",
                 job_timeout=int(self.s.job_timeout),
                 ttl=int(max(self.s.queue_ttl, 600)),
                 result_ttl=RESULT_TTL,

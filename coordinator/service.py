@@ -58,7 +58,8 @@ def coordinate(
     while not should_stop():
         reason = dispatcher.tick()
         if reason:
-            if final_evaluation:
+            dispatcher.drain(should_stop)
+            if final_evaluation and not should_stop():
                 version = dispatcher.store.current_version() or 0
                 if not connection.sismember(keys.evaluated, version):
                     dispatcher.schedule_evaluation(version)

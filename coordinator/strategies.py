@@ -136,6 +136,10 @@ class FedBuff(Strategy):
             return Outcome()
         return self._flush(version, weights)
 
+    def flush(self, version: int, weights: Weights) -> Outcome:
+        """Apply a partial buffer (when the federation ends, so nothing is left unapplied)."""
+        return self._flush(version, weights) if self.buffer else Outcome()
+
     def _flush(self, version: int, weights: Weights) -> Outcome:
         items, self.buffer = self.buffer, []
         staleness = [version - p.update.header.base_version for p in items]

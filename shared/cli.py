@@ -21,6 +21,7 @@ COMMANDS = {
     "worker": "worker.cli:worker",
     "coordinator": "coordinator.cli:coordinator",
     "aggregator": "coordinator.cli:aggregator",
+    "run": "coordinator.cli:run_cmd",
 }
 
 

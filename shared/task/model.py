@@ -198,4 +198,5 @@ def load_numpy_state(model: nn.Module, state: dict[str, np.ndarray]) -> None:
                 f"weights do not fit the model: {name} has shape {tuple(state[name].shape)}, "
                 f"expected {tuple(tensor.shape)}"
             )
-    model.load_state_dict({k: torch.as_tensor(np.asarray(v)) for k, v in state.items()})
+    # decoded messages are read-only views of their bytes: torch gets its own copy
+    model.load_state_dict({k: torch.tensor(np.asarray(v)) for k, v in state.items()})

@@ -1,0 +1,235 @@
+"""``fedq run``: a whole federation on one machine, as separate processes, with a report.
+
+It starts a redis-server of its own (in the run directory; or uses ``--redis-url``), initialises
+the federation, starts the aggregator, the coordinator and K workers per region as ``fedq``
+processes, shows progress until the coordinator reaches its target and the final version has
+been evaluated by every region, stops everything it started (and only that), and reports the
+final metrics beside the local-only and centralized baselines, with the learning curve.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import redis
+
+from coordinator import service
+from coordinator.curve import learning_curve, region_results
+from shared.errors import FedqError
+from shared.keys import Keys
+from shared.redis_server import RedisServer
+from shared.settings import FederationSettings
+
+Say = Callable[[str], None]
+STOP_GRACE = 30.0
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    data_dir: Path
+    settings: FederationSettings
+    workers_per_region: int = 2
+    slowdown: dict[str, float] = field(default_factory=dict)
+    out_dir: Path = Path("runs/latest")
+    redis_url: str | None = None
+    namespace: str = "fedq"
+    final_timeout: float = 600.0
+
+
+@dataclass
+class Role:
+    name: str
+    kind: str  # worker | aggregator | coordinator
+    process: subprocess.Popen
+    peak_rss_mb: float = 0.0
+
+    def sample_rss(self) -> None:
+        self.peak_rss_mb = max(self.peak_rss_mb, _peak_rss_mb(self.process.pid))
+
+
+def run_federation(options: RunOptions, say: Say, progress: Callable[[dict], None]) -> dict:
+    """Run to the target; returns the report (also written to ``out_dir/report.json``)."""
+    out = options.out_dir
+    (out / "logs").mkdir(parents=True, exist_ok=True)
+    server = None
+    if options.redis_url is None:
+        server = RedisServer(out / "redis").start()
+        url = server.url
+        say(f"redis-server on {url} (data in {out / 'redis'})")
+    else:
+        url = options.redis_url
+    roles: list[Role] = []
+    try:
+        connection = redis.Redis.from_url(url)
+        keys = Keys(options.namespace)
+        if connection.exists(keys.config):
+            raise FedqError(
+                f"namespace {options.namespace!r} at {url} already holds a federation; "
+                "pick another --namespace"
+            )
+        fed = service.initialise(connection, keys, options.data_dir, options.settings)
+        started = time.time()
+        env = {**os.environ, "FEDQ_REDIS_URL": url, "FEDQ_NAMESPACE": options.namespace}
+        roles.append(_spawn("aggregator", "aggregator", ["aggregator"], env, out))
+        for region in fed.regions:
+            slow = options.slowdown.get(region, 1.0)
+            for k in range(options.workers_per_region):
+                args = ["worker", "--region", region, "--data", str(options.data_dir),
+                        "--slowdown", str(slow)]  # fmt: skip
+                roles.append(_spawn(f"worker-{region}-{k}", "worker", args, env, out))
+        coordinate = ["coordinator", "--data", str(options.data_dir)]
+        coordinator = _spawn("coordinator", "coordinator", coordinate, env, out)
+        roles.append(coordinator)
+        final_version = _watch(connection, keys, fed, roles, coordinator, options, progress)
+        seconds = time.time() - started
+        curve = learning_curve(connection, keys, fed)
+        final = next((p for p in curve if p["version"] == final_version), None)
+        if final is None:
+            raise FedqError(f"no complete evaluation of the final version {final_version}")
+        for role in roles:
+            role.sample_rss()
+        report = {
+            "mode": fed.settings.mode,
+            "data": fed.data_name,
+            "settings": json.loads(fed.settings.to_json()),
+            "workers_per_region": options.workers_per_region,
+            "slowdown": options.slowdown,
+            "seconds": round(seconds, 2),
+            "versions": final_version,
+            "final": {"overall": final["overall"], "regions": final["regions"]},
+            "curve": [
+                {
+                    "version": p["version"],
+                    "seconds": p["seconds"],
+                    "metrics": p["overall"],
+                    "validation_hr@10": p["validation_hr@10"],
+                }
+                for p in curve
+            ],  # fmt: skip
+            "updates": _update_counts(connection, keys),
+            "peak_rss_mb": _peak_by_kind(roles),
+        }
+        (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+        return report
+    finally:
+        stop_roles(roles)
+        if server is not None:
+            server.stop()
+
+
+def _spawn(name: str, kind: str, args: list[str], env: dict, out: Path) -> Role:
+    log = open(out / "logs" / f"{name}.log", "wb")  # noqa: SIM115 (the child owns it)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "shared", *args], env=env, stdout=log, stderr=subprocess.STDOUT
+    )
+    log.close()
+    return Role(name, kind, process)
+
+
+def _watch(
+    connection: redis.Redis,
+    keys: Keys,
+    fed,
+    roles: list[Role],
+    coordinator: Role,
+    options: RunOptions,
+    progress: Callable[[dict], None],
+) -> int:
+    """Poll until the final version is evaluated everywhere; fail fast if a role dies."""
+    final_version: int | None = None
+    final_deadline: float | None = None
+    last_sample = 0.0
+    while True:
+        now = time.monotonic()
+        if now - last_sample > 2.0:
+            for role in roles:
+                role.sample_rss()
+            last_sample = now
+        for role in roles:
+            code = role.process.poll()
+            if code is None or role is coordinator and code == 0:
+                continue
+            tail = _log_tail(options.out_dir / "logs" / f"{role.name}.log")
+            raise FedqError(f"{role.name} exited with code {code}: {tail}")
+        version = int(connection.get(keys.version) or 0)
+        done = connection.get(keys.done)
+        progress(
+            {
+                "version": version,
+                "target": fed.settings.target_versions,
+                "applied": connection.scard(keys.applied),
+                "rejected": connection.hlen(keys.rejected),
+                "done": done.decode() if done else None,
+            }
+        )
+        if coordinator.process.poll() == 0 and final_version is None:
+            final_version = version
+            final_deadline = now + options.final_timeout
+        if final_version is not None:
+            reported = region_results(connection, keys).get(final_version, {})
+            if set(fed.regions) <= set(reported):
+                return final_version
+            if final_deadline is not None and now > final_deadline:
+                missing = sorted(set(fed.regions) - set(reported))
+                raise FedqError(f"final evaluation of version {final_version} missing {missing}")
+        time.sleep(0.5)
+
+
+def stop_roles(roles: list[Role]) -> None:
+    """SIGTERM every process this run started, wait, SIGKILL what is left; reap them all."""
+    for role in roles:
+        if role.process.poll() is None:
+            role.process.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + STOP_GRACE
+    for role in roles:
+        try:
+            role.process.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            role.process.kill()
+            role.process.wait()
+
+
+def _update_counts(connection: redis.Redis, keys: Keys) -> dict:
+    by_reason: dict[str, int] = {}
+    for reason in connection.hvals(keys.rejected):
+        by_reason[reason.decode()] = by_reason.get(reason.decode(), 0) + 1
+    return {
+        "applied": connection.scard(keys.applied),
+        "rejected": sum(by_reason.values()),
+        "rejected_by_reason": by_reason,
+        "duplicates": sum(int(v) for v in connection.hvals(keys.duplicates)),
+    }
+
+
+def _peak_by_kind(roles: list[Role]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for role in roles:
+        out[role.kind] = max(out.get(role.kind, 0.0), round(role.peak_rss_mb, 1))
+    return out
+
+
+def _peak_rss_mb(pid: int) -> float:
+    """VmHWM (peak resident set) of a live process, in MB; 0 once it is gone."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+def _log_tail(path: Path) -> str:
+    try:
+        lines = [x for x in path.read_text(errors="replace").splitlines() if x.strip()]
+    except OSError:
+        return "(no log)"
+    return lines[-1] if lines else "(empty log)"
