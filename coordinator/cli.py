@@ -151,6 +151,7 @@ def run_cmd(data_dir: Path, workers_per_region: int, slowdown: tuple[str, ...],
     options = RunOptions(data_dir, settings, workers_per_region, slow, out_dir, redis_url,
                          namespace)  # fmt: skip
     say = lambda m: click.echo(m, err=True)  # noqa: E731
+    _interrupt_on_sigterm()  # so the run's cleanup stops every process it started
     with bar("federating") as update:
         last = [0.0]
 
@@ -179,6 +180,15 @@ def run_cmd(data_dir: Path, workers_per_region: int, slowdown: tuple[str, ...],
     rss = ", ".join(f"{k} {v:.0f} MB" for k, v in report["peak_rss_mb"].items())
     click.echo(f"{report['versions']} versions in {report['seconds']:.0f}s; peak RSS: {rss}")
     click.echo(f"report: {out_dir / 'report.json'}")
+
+
+def _interrupt_on_sigterm() -> None:
+    import signal
+
+    def interrupt(*_: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
 
 
 def _parse_slowdown(items: tuple[str, ...]) -> dict[str, float]:

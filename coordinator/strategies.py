@@ -105,9 +105,10 @@ class FedAsync(Strategy):
         reference = None
         if self.settings.sample_weighting:
             m = self.mean_samples
-            self.mean_samples = h.n_samples if m is None else 0.9 * m + 0.1 * h.n_samples
+            n = h.weight_samples
+            self.mean_samples = n if m is None else 0.95 * m + 0.05 * n
             reference = self.mean_samples
-        a = agg.mixing_weight(self.settings.alpha, s, self.fn, h.n_samples, reference)
+        a = agg.mixing_weight(self.settings.alpha, s, self.fn, h.weight_samples, reference)
         new = agg.fedasync_apply(weights, base_weights, item.update.delta, a)
         return Outcome(new, [item], info={"staleness": s, "weight": round(a, 6)})
 
@@ -145,7 +146,7 @@ class FedBuff(Strategy):
         staleness = [version - p.update.header.base_version for p in items]
         deltas: list[agg.Weights] = [p.update.delta for p in items]
         if self.settings.sample_weighting:
-            n = np.array([p.update.header.n_samples for p in items], dtype=np.float64)
+            n = np.array([p.update.header.weight_samples for p in items], dtype=np.float64)
             scale = n / n.mean()
             deltas = [{k: v * c for k, v in d.items()} for d, c in zip(deltas, scale, strict=True)]
         new = agg.fedbuff_apply(weights, deltas, staleness, self.settings.server_lr)
@@ -202,7 +203,7 @@ class FedAvg(Strategy):
         items = list(self.collected.values())
         self.collected = {}
         models = [agg.add(weights, p.update.delta) for p in items]
-        new = agg.fedavg(models, [p.update.header.n_samples for p in items])
+        new = agg.fedavg(models, [p.update.header.weight_samples for p in items])
         number = self.round.number if self.round else -1
         return Outcome(new, items, info={"staleness": 0, "round": number, "closed": why})
 

@@ -64,6 +64,12 @@ class UpdateHeader:
     encoding: str = "fp32"
     created_at: float = 0.0
     round: int | None = None  # sync mode: the round the job belonged to
+    data_size: int = 0  # training examples the region holds (the weight FedAvg-style methods use)
+
+    @property
+    def weight_samples(self) -> int:
+        """The sample count an update is weighed by: its region's data size, else its own."""
+        return self.data_size if self.data_size > 0 else self.n_samples
 
     def to_wire(self) -> dict[str, Any]:
         return asdict(self)
@@ -103,11 +109,14 @@ def decode_update(data: bytes) -> Update:
             encoding=_str(header, "encoding"),
             created_at=_float(header, "created_at"),
             round=None if header.get("round") is None else _int(header, "round"),
+            data_size=_int(header, "data_size") if "data_size" in header else 0,
         )
     except (KeyError, TypeError) as exc:
         raise DecodeError(RejectReason.MALFORMED, f"header: {exc}") from None
-    if h.n_samples < 1 or h.base_version < 0:
-        raise DecodeError(RejectReason.MALFORMED, "header: n_samples < 1 or base_version < 0")
+    if h.n_samples < 1 or h.base_version < 0 or h.data_size < 0:
+        raise DecodeError(
+            RejectReason.MALFORMED, "header: n_samples < 1, base_version < 0 or data_size < 0"
+        )
     return Update(h, tensors)
 
 

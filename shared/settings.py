@@ -28,10 +28,10 @@ class TrainSettings:
     """What every train job asks of a worker (the seed comes from the job)."""
 
     epochs: int = 1
-    batch_size: int = 256
+    batch_size: int = 128
     lr: float = 3e-3
     prox_mu: float = 0.0
-    examples_per_job: int = 2048  # a random subset of the region's training examples per job
+    examples_per_job: int = 4096  # a random subset of the region's training examples per job
     encoding: str = "fp32"
 
 
@@ -43,7 +43,7 @@ class FederationSettings:
     staleness: str = "polynomial"
     staleness_a: float = 0.5
     staleness_b: float = 4.0
-    sample_weighting: bool = False
+    sample_weighting: bool = True
     # FedBuff
     buffer_size: int = 6
     server_lr: float = 1.0
@@ -52,7 +52,7 @@ class FederationSettings:
     # every async mode
     max_staleness: int = 32
     # dispatch
-    inflight_per_region: int = 2
+    inflight_per_region: int = 1
     job_timeout: float = 600.0
     queue_ttl: float = 300.0  # a queued job nobody starts within this expires
     eval_every: int = 25  # versions between federated evaluations (0: only the final one)

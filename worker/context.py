@@ -29,6 +29,7 @@ class WorkerContext:
     store: ModelStore
     cache: ModelCache
     slowdown: float = 1.0
+    optimizer_state: dict | None = None  # the worker's Adam moments, carried from job to job
 
 
 _current: WorkerContext | None = None

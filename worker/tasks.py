@@ -44,7 +44,9 @@ def train(spec: dict[str, Any]) -> dict[str, Any]:
             seed=job.seed,
             threads=1,
         ),
+        optimizer_state=ctx.optimizer_state,
     )
+    ctx.optimizer_state = result.optimizer_state
     if ctx.slowdown > 1:  # stands for a slow or distant silo
         time.sleep((ctx.slowdown - 1) * (time.perf_counter() - started))
     header = UpdateHeader(
@@ -60,6 +62,7 @@ def train(spec: dict[str, Any]) -> dict[str, Any]:
         encoding=ts.encoding,
         created_at=time.time(),
         round=job.round,
+        data_size=len(ctx.data.split.train),
     )
     payload = encode_update(Update(header, subtract(result.weights, model.weights)))
     ctx.connection.xadd(ctx.keys.updates, {"u": payload, "id": job_id, "region": ctx.region})

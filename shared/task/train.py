@@ -30,6 +30,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     prox_mu: float = 0.0  # FedProx: mu/2 * ||w - w_start||^2 keeps a region near the global model
     max_examples: int | None = None  # cap per call (a random subset, drawn from the seed)
+    optimizer: str = "adam"  # adam | sgd (momentum 0.9)
     seed: int = 0
     threads: int = 1
 
@@ -41,6 +42,8 @@ class TrainConfig:
             raise ValueError(f"bad training settings: {self}")
         if self.prox_mu < 0 or (self.max_examples is not None and self.max_examples < 1):
             raise ValueError(f"bad training settings: {self}")
+        if self.optimizer not in ("adam", "sgd"):
+            raise ValueError(f"unknown optimizer {self.optimizer!r}; choose adam or sgd")
 
 
 @dataclass(frozen=True)
@@ -49,6 +52,7 @@ class TrainResult:
     n_samples: int
     loss: float
     seconds: float
+    optimizer_state: dict | None = None  # to carry a worker's Adam moments into its next job
 
 
 class Trainer:
@@ -60,6 +64,7 @@ class Trainer:
         features: ItemFeatures,
         weights: StateDict,
         settings: TrainConfig,
+        optimizer_state: dict | None = None,
     ) -> None:
         torch.set_num_threads(settings.threads)
         self.settings = settings
@@ -69,9 +74,17 @@ class Trainer:
         self.anchor = (
             [p.detach().clone() for p in self.model.parameters()] if settings.prox_mu else None
         )
-        self.optimizer = torch.optim.Adam(
-            self.model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay
-        )
+        params = self.model.parameters()
+        if settings.optimizer == "sgd":
+            self.optimizer: torch.optim.Optimizer = torch.optim.SGD(
+                params, lr=settings.lr, momentum=0.9, weight_decay=settings.weight_decay
+            )
+        else:
+            self.optimizer = torch.optim.Adam(
+                params, lr=settings.lr, weight_decay=settings.weight_decay
+            )
+        if optimizer_state is not None:
+            self.optimizer.load_state_dict(optimizer_state)
 
     def run_epoch(
         self, examples: Examples, progress: Callable[[int, int], None] | None = None
@@ -114,18 +127,28 @@ def train_local(
     examples: Examples,
     settings: TrainConfig,
     progress: Callable[[int, int], None] | None = None,
+    optimizer_state: dict | None = None,
 ) -> TrainResult:
-    """Train from ``weights`` on ``examples``; returns the new weights and the mean loss."""
+    """Train from ``weights`` on ``examples``; returns the new weights and the mean loss.
+
+    ``optimizer_state`` (from an earlier result) continues that optimizer's moments instead of
+    starting fresh: a fresh Adam takes a full-size step on every parameter with any gradient at
+    all, which over many short jobs is noise the global model accumulates.
+    """
     if len(examples) == 0:
         raise ValueError("no training examples: the region's data has no user with two events")
     started = time.perf_counter()
-    trainer = Trainer(config, features, weights, settings)
+    trainer = Trainer(config, features, weights, settings, optimizer_state)
     if settings.max_examples is not None and settings.max_examples < len(examples):
         pick = trainer.rng.choice(len(examples), settings.max_examples, replace=False)
         examples = examples.take(pick)
     losses = [trainer.run_epoch(examples, progress) for _ in range(settings.epochs)]
     return TrainResult(
-        trainer.weights(), len(examples), float(np.mean(losses)), time.perf_counter() - started
+        trainer.weights(),
+        len(examples),
+        float(np.mean(losses)),
+        time.perf_counter() - started,
+        trainer.optimizer.state_dict(),
     )
 
 

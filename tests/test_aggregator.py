@@ -1,0 +1,155 @@
+"""The aggregator against a real Redis: staleness weights, rejections, duplicates, atomicity."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from coordinator import service
+from coordinator.aggregator import Aggregator
+from shared.codec import Update, UpdateHeader, encode_update
+from shared.keys import Keys
+from shared.settings import FederationSettings, TrainSettings
+from shared.store import ModelStore
+
+KEYS = Keys("t")
+
+
+def _fed(r, small_data, **overrides):
+    settings = FederationSettings(model_dim=8, train=TrainSettings(), **overrides)
+    return service.initialise(r, KEYS, small_data, settings)
+
+
+def _publish(r, update_id, region, base, delta, n=100, data_size=0, round_=None):
+    header = UpdateHeader(update_id, update_id, region, "w", base, n, 1.0, 0.1, 0.1, "fp32", 0.0,
+                          round_, data_size)  # fmt: skip
+    payload = encode_update(Update(header, delta))
+    r.xadd(KEYS.updates, {"u": payload, "id": update_id, "region": region})
+
+
+def _delta(agg: Aggregator, value: float) -> dict[str, np.ndarray]:
+    return {k: np.full(v.shape, value, dtype=np.float32) for k, v in agg.weights.items()}
+
+
+def _drain(agg: Aggregator) -> None:
+    while agg.step(block_ms=50):
+        pass
+
+
+def test_stale_update_gets_exactly_the_documented_weight(r, small_data):
+    fed = _fed(r, small_data, alpha=0.6, staleness="polynomial", staleness_a=0.5,
+               sample_weighting=False)  # fmt: skip
+    agg = Aggregator(r, KEYS, fed)
+    w0 = {k: v.copy() for k, v in agg.weights.items()}
+    _publish(r, "a", "cn", 0, _delta(agg, 0.5))
+    _drain(agg)
+    assert agg.version == 1
+    w1 = {k: v.copy() for k, v in agg.weights.items()}
+    # staleness 0: a = 0.6 -> w1 = 0.4 w0 + 0.6 (w0 + 0.5) = w0 + 0.3
+    for k in w0:
+        np.testing.assert_allclose(w1[k], w0[k] + 0.3, atol=1e-6)
+    # an update on base 0 arriving at version 1: staleness 1, a = 0.6 * 2 ** -0.5
+    _publish(r, "b", "us", 0, _delta(agg, -1.0))
+    _drain(agg)
+    a = 0.6 * 2**-0.5
+    for k in w0:
+        np.testing.assert_allclose(agg.weights[k], (1 - a) * w1[k] + a * (w0[k] - 1.0), atol=1e-5)
+    stored = ModelStore(r, KEYS).read(2)
+    np.testing.assert_array_equal(stored.weights["age_bias"], agg.weights["age_bias"])
+    last = r.xrevrange(KEYS.applies, count=1)[0][1]
+    assert int(last[b"version"]) == 2
+    assert float(last[b"weight"]) == pytest.approx(a, rel=1e-5)
+    assert int(last[b"staleness"]) == 1
+
+
+def test_sample_weighting_scales_by_region_data_size(r, small_data):
+    fed = _fed(r, small_data, alpha=0.5, staleness="constant", sample_weighting=True)
+    agg = Aggregator(r, KEYS, fed)
+    _publish(r, "a", "cn", 0, _delta(agg, 0.0), data_size=1000)  # sets the reference
+    _publish(r, "b", "me", 1, _delta(agg, 0.0), data_size=100)
+    _drain(agg)
+    weights = [float(e[1][b"weight"]) for e in r.xrange(KEYS.applies)]
+    reference = 0.95 * 1000 + 0.05 * 100
+    assert weights == pytest.approx([0.5, 0.5 * 100 / reference], rel=1e-5)
+
+
+def test_updates_beyond_max_staleness_are_rejected_with_a_reason(r, small_data):
+    fed = _fed(r, small_data, max_staleness=2, sample_weighting=False)
+    agg = Aggregator(r, KEYS, fed)
+    for i in range(3):
+        _publish(r, f"u{i}", "cn", i, _delta(agg, 0.01))
+    _drain(agg)
+    assert agg.version == 3
+    _publish(r, "old", "eu", 0, _delta(agg, 0.01))  # staleness 3 > 2
+    _publish(r, "ok", "eu", 1, _delta(agg, 0.01))  # staleness 2
+    _drain(agg)
+    assert agg.version == 4
+    assert r.hget(KEYS.rejected, "old") == b"stale"
+    entry = r.xrange(KEYS.rejections)[-1][1]
+    assert entry[b"id"] == b"old" and entry[b"reason"] == b"stale"
+    assert b"staleness 3 > max 2" in entry[b"detail"]
+    assert r.sismember(KEYS.applied, "ok") and not r.sismember(KEYS.applied, "old")
+    assert r.xlen(KEYS.updates) == 0  # every entry settled: acknowledged and removed
+
+
+@pytest.mark.parametrize(
+    ("fields", "reason"),
+    [
+        ({"u": b"\x00garbage", "id": "g1"}, "malformed"),
+        ({"id": "g2"}, "malformed"),
+    ],
+)
+def test_garbage_entries_are_rejected_not_fatal(r, small_data, fields, reason):
+    fed = _fed(r, small_data)
+    agg = Aggregator(r, KEYS, fed)
+    r.xadd(KEYS.updates, fields)
+    _drain(agg)
+    assert r.hget(KEYS.rejected, fields["id"]).decode() == reason
+    assert agg.version == 0
+
+
+def test_bad_region_shape_and_nan_are_rejected(r, small_data):
+    fed = _fed(r, small_data)
+    agg = Aggregator(r, KEYS, fed)
+    _publish(r, "mars", "mars", 0, _delta(agg, 0.0))
+    bad_shape = _delta(agg, 0.0)
+    bad_shape["age_bias"] = np.zeros(3, dtype=np.float32)
+    _publish(r, "shape", "cn", 0, bad_shape)
+    nan = _delta(agg, 0.0)
+    nan["age_bias"][0] = math.nan
+    _publish(r, "nan", "cn", 0, nan)
+    _drain(agg)
+    reasons = {k.decode(): v.decode() for k, v in r.hgetall(KEYS.rejected).items()}
+    assert reasons == {"mars": "unknown_region", "shape": "shape", "nan": "non_finite"}
+    assert agg.version == 0
+
+
+def test_an_update_published_twice_is_applied_once(r, small_data):
+    fed = _fed(r, small_data)
+    agg = Aggregator(r, KEYS, fed)
+    _publish(r, "same", "cn", 0, _delta(agg, 0.1))
+    _publish(r, "same", "cn", 0, _delta(agg, 0.1))
+    _drain(agg)
+    assert agg.version == 1
+    assert int(r.hget(KEYS.duplicates, "same")) == 1
+    assert r.xlen(KEYS.updates) == 0
+
+
+def test_buffered_mode_flushes_every_k_and_scales_by_staleness(r, small_data):
+    fed = _fed(r, small_data, mode="buffered", buffer_size=2, server_lr=1.0,
+               sample_weighting=False)  # fmt: skip
+    agg = Aggregator(r, KEYS, fed)
+    w0 = {k: v.copy() for k, v in agg.weights.items()}
+    _publish(r, "a", "cn", 0, _delta(agg, 1.0))
+    _drain(agg)
+    assert agg.version == 0 and r.xlen(KEYS.updates) == 1  # held, unacknowledged
+    _publish(r, "b", "us", 0, _delta(agg, 3.0))
+    _drain(agg)
+    assert agg.version == 1
+    for k in w0:
+        np.testing.assert_allclose(agg.weights[k], w0[k] + 2.0, atol=1e-6)
+    info = json.loads(r.xrange(KEYS.applies)[-1][1][b"updates"])
+    assert sorted(u["id"] for u in info) == ["a", "b"]
