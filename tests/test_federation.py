@@ -1,0 +1,208 @@
+"""Whole federations: real redis-server, real worker/aggregator/coordinator processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import re
+import subprocess
+import sys
+import time
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import redis
+
+from shared.task.dataset import read_interactions, read_meta
+
+FEDQ = [sys.executable, "-m", "shared"]
+
+
+def _run(
+    args: list[str], env: dict | None = None, timeout: float = 600
+) -> subprocess.CompletedProcess:
+    proc = subprocess.run([*FEDQ, *args], capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})})  # fmt: skip
+    assert proc.returncode == 0, f"fedq {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}"
+    return proc
+
+
+@pytest.fixture(scope="module")
+def federated_run(small_data, redis_server, tmp_path_factory):
+    """One async run on the small data: 6 regions x 2 workers, against the test redis-server."""
+    out = tmp_path_factory.mktemp("run")
+    connection = redis.Redis.from_url(redis_server.url)
+    connection.flushall()
+    proc = _run(["run", "--data", str(small_data), "--redis-url", redis_server.url,
+                 "--namespace", "e2e", "--workers-per-region", "2", "--target-versions", "24",
+                 "--eval-every", "12", "--no-baselines", "--out", str(out),
+                 "--json", str(out / "copy.json")])  # fmt: skip
+    report = json.loads((out / "report.json").read_text())
+    return report, proc, connection, out
+
+
+def test_end_to_end_async_run(federated_run, small_data):
+    report, proc, connection, out = federated_run
+    regions = read_meta(small_data).regions
+    assert report["mode"] == "async"
+    assert report["versions"] >= 24
+    # async: one version per applied update, and every update ended applied or rejected
+    assert report["updates"]["applied"] == report["versions"]
+    assert set(report["final"]["regions"]) == set(regions)
+    for m in [*report["final"]["regions"].values(), report["final"]["overall"]]:
+        for key in ("hr@10", "ndcg@10", "hr@10_sampled", "ndcg@10_sampled", "cold_start.hr@10"):
+            assert 0.0 <= m[key] <= 1.0
+    versions = [p["version"] for p in report["curve"]]
+    assert versions[0] == 12 and versions[-1] == report["versions"]
+    assert json.loads((out / "copy.json").read_text())["versions"] == report["versions"]
+    assert report["peak_rss_mb"]["worker"] > 0
+    assert "version" in proc.stdout
+    # every worker contributed: updates came from every region
+    regions_seen = set()
+    for _id, fields in connection.xrange("e2e:applies"):
+        regions_seen |= {u["region"] for u in json.loads(fields[b"updates"])}
+    assert regions_seen == set(regions)
+
+
+def test_run_reaps_every_process_it_started(federated_run):
+    report, proc, connection, out = federated_run
+    leftover = subprocess.run(["pgrep", "-f", f"shared .*{out}"], capture_output=True, text=True)
+    assert leftover.stdout.strip() == ""
+    # its workers said goodbye to RQ (clean shutdown, not a kill)
+    assert connection.scard("rq:workers") == 0
+
+
+def test_job_data_in_redis_is_json_not_pickle(federated_run):
+    _report, _proc, connection, _out = federated_run
+    jobs = [k for k in connection.scan_iter("rq:job:*") if connection.type(k) == b"hash"]
+    assert jobs
+    for key in jobs:
+        stored = connection.hget(key, "data")
+        if stored is None:
+            continue
+        data = zlib.decompress(stored)  # RQ compresses job data; the payload is the serializer's
+        assert not data.startswith(b"\x80"), f"{key!r} holds pickle"
+        func, _instance, args, _kwargs = json.loads(data)
+        assert func in ("worker.tasks.train", "worker.tasks.evaluate")
+        assert set(args[0]) >= {"kind", "region", "seed"}
+        with pytest.raises(pickle.UnpicklingError):
+            pickle.loads(data)
+
+
+def test_no_raw_interaction_data_in_redis_after_a_run(federated_run, small_data):
+    _report, _proc, connection, _out = federated_run
+    blob = _dump(connection)
+    meta = read_meta(small_data)
+    stamps, sequences = set(), []
+    for region in meta.regions:
+        data = read_interactions(small_data, region)
+        stamps |= {str(t) for t in data.timestamp.tolist()}
+        order = np.lexsort((data.timestamp, data.user_id))
+        users, items = data.user_id[order], data.item_id[order]
+        for u in np.unique(users)[:200]:
+            seq = items[users == u][:4]
+            if len(seq) == 4:
+                sequences.append(seq.tolist())
+    numbers = set(re.findall(rb"\d{9,10}", blob))
+    leaked = {s for s in stamps if s.encode() in numbers}
+    assert not leaked, f"event timestamps found in Redis: {sorted(leaked)[:5]}"
+    for seq in sequences:
+        for form in (",".join(map(str, seq)), json.dumps(seq), ", ".join(map(str, seq))):
+            assert form.encode() not in blob, f"an interaction sequence {seq} is in Redis"
+
+
+def _initialise(connection: redis.Redis, namespace: str, data: Path, **settings) -> None:
+    from coordinator import service
+    from shared.keys import Keys
+    from shared.settings import FederationSettings
+
+    service.initialise(
+        connection, Keys(namespace), data, FederationSettings(eval_every=0, **settings)
+    )
+
+
+def _dump(connection: redis.Redis) -> bytes:
+    """Every key and value in the database, as one byte string (tensor bytes included)."""
+    parts: list[bytes] = []
+    for key in connection.scan_iter("*"):
+        kind = connection.type(key)
+        parts.append(key)
+        if kind == b"string":
+            parts.append(connection.get(key) or b"")
+        elif kind == b"hash":
+            for k, v in connection.hgetall(key).items():
+                parts += [k, v]
+        elif kind == b"set":
+            parts += list(connection.smembers(key))
+        elif kind == b"list":
+            parts += connection.lrange(key, 0, -1)
+        elif kind == b"zset":
+            parts += [m for m, _ in connection.zrange(key, 0, -1, withscores=True)]
+        elif kind == b"stream":
+            for _id, fields in connection.xrange(key):
+                for k, v in fields.items():
+                    parts += [k, v]
+    return b"\n".join(parts)
+
+
+def test_a_region_without_workers_stalls_no_other_region(small_data, redis_server, tmp_path):
+    connection = redis.Redis.from_url(redis_server.url)
+    connection.flushall()
+    env = {"FEDQ_REDIS_URL": redis_server.url, "FEDQ_NAMESPACE": "lonely"}
+    _initialise(connection, "lonely", small_data, target_versions=12)
+    procs = []
+    logs = []
+    try:
+        for args in (["aggregator"],
+                     ["coordinator", "--data", str(small_data)],
+                     ["worker", "--region", "cn", "--data", str(small_data)],
+                     ["worker", "--region", "us", "--data", str(small_data)]):  # fmt: skip
+            log = open(tmp_path / f"{args[0]}-{len(procs)}.log", "wb")  # noqa: SIM115
+            logs.append(log)
+            procs.append(subprocess.Popen([*FEDQ, *args], env={**os.environ, **env},
+                                          stdout=log, stderr=subprocess.STDOUT))  # fmt: skip
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and int(connection.get("lonely:model:version") or 0) < 12:
+            time.sleep(0.5)
+        version = int(connection.get("lonely:model:version") or 0)
+        assert version >= 12, f"only {version} versions with cn and us working"
+        # the idle regions hold at most their in-flight bound of queued jobs, nothing piles up
+        for region in ("eu", "in", "jp", "me"):
+            assert connection.llen(f"rq:queue:lonely:region:{region}") <= 1
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        for log in logs:
+            log.close()
+
+
+def test_rq_info_shows_fedq_queues_and_workers(small_data, redis_server, tmp_path):
+    connection = redis.Redis.from_url(redis_server.url)
+    connection.flushall()
+    env = {"FEDQ_REDIS_URL": redis_server.url, "FEDQ_NAMESPACE": "info"}
+    _initialise(connection, "info", small_data)
+    worker = subprocess.Popen([*FEDQ, "worker", "--region", "jp", "--data", str(small_data)],
+                              env={**os.environ, **env}, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not connection.scard("rq:workers"):
+            time.sleep(0.3)
+        rq = str(Path(sys.executable).with_name("rq"))
+        out = subprocess.run([rq, "info", "--url", redis_server.url], capture_output=True,
+                             text=True, timeout=60)  # fmt: skip
+        assert out.returncode == 0, out.stderr
+        assert "info:region:jp" in out.stdout
+        assert f"jp.{os.uname().nodename}.{worker.pid}" in out.stdout
+    finally:
+        worker.terminate()
+        worker.wait(timeout=30)
