@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -147,6 +148,8 @@ def run_cmd(data_dir: Path, workers_per_region: int, slowdown: tuple[str, ...],
         click.echo(f"{data_dir} has no data set: generating the built-in one (seed 0)", err=True)
         generate.write(generate.generate(seed=0, scale="default"), data_dir)
     slow = _parse_slowdown(slowdown)
+    if settings.max_inflight == 0:  # one machine: as many jobs in flight as it has cores
+        settings = dataclasses.replace(settings, max_inflight=os.cpu_count() or 2)
     out_dir = out_dir or Path("runs") / f"{settings.mode}-{time.strftime('%Y%m%d-%H%M%S')}"
     options = RunOptions(data_dir, settings, workers_per_region, slow, out_dir, redis_url,
                          namespace)  # fmt: skip

@@ -79,25 +79,59 @@ class Dispatcher:
     # --- async modes ---
 
     def _async(self) -> None:
-        for region in self.fed.regions:
-            live = self.reconcile(region)
-            for _ in range(self.s.inflight_per_region - live):
-                self._enqueue_train(region, None)
+        """Fill free slots, each with the region furthest behind its share of the data.
 
-    def reconcile(self, region: str) -> int:
-        """Drop in-flight jobs that ended or expired; return how many are still in flight."""
+        A region's share is its data size (announced by its workers) over the total, so every
+        region's data is visited at the same pace and no update needs down-weighting. A region
+        with no live worker holds at most ``inflight_per_region`` queued jobs, and those stop
+        counting toward ``max_inflight`` after ``stall_after`` seconds: it slows nobody down.
+        """
+        now = self.clock()
+        active = {r: self.reconcile(r) for r in self.fed.regions}
+        busy = sum(
+            1
+            for jobs in active.values()
+            for status, at in jobs.values()
+            if status == b"started" or now - at < self.s.stall_after
+        )
+        free = self.s.max_inflight - busy if self.s.max_inflight else 10**9
+        open_regions = [r for r in self.fed.regions if len(active[r]) < self.s.inflight_per_region]
+        if free <= 0 or not open_regions:
+            return
+        counts, sizes = self._shares()
+        while free > 0 and open_regions:
+            region = min(open_regions, key=lambda r: ((counts.get(r, 0) + 1) / sizes[r], r))
+            job_id = self._enqueue_train(region, None)
+            counts[region] = counts.get(region, 0) + 1
+            active[region][job_id] = (b"queued", now)
+            if len(active[region]) >= self.s.inflight_per_region:
+                open_regions.remove(region)
+            free -= 1
+
+    def _shares(self) -> tuple[dict[str, int], dict[str, float]]:
+        counts = {
+            k.decode(): int(v) for k, v in self.r.hgetall(self.keys.dispatched_by_region).items()
+        }
+        known = {k.decode(): float(v) for k, v in self.r.hgetall(self.keys.data_sizes).items()}
+        default = sum(known.values()) / len(known) if known else 1.0
+        sizes = {r: max(known.get(r, default), 1.0) for r in self.fed.regions}
+        return counts, sizes
+
+    def reconcile(self, region: str) -> dict[str, tuple[bytes, float]]:
+        """Drop in-flight jobs that ended or expired; return the others: id -> (status, since)."""
         key = self.keys.inflight(region)
-        ids = [i.decode() for i in self.r.smembers(key)]
-        if not ids:
-            return 0
+        held = {k.decode(): float(v) for k, v in self.r.hgetall(key).items()}
+        if not held:
+            return {}
+        ids = list(held)
         with self.r.pipeline(transaction=False) as pipe:
             for job_id in ids:
                 pipe.hget(Job.key_for(job_id), "status")
             states = pipe.execute()
         ended = [i for i, st in zip(ids, states, strict=True) if st is None or st in FINAL_STATES]
         if ended:
-            self.r.srem(key, *ended)
-        return len(ids) - len(ended)
+            self.r.hdel(key, *ended)
+        return {i: (st, held[i]) for i, st in zip(ids, states, strict=True) if i not in ended}
 
     def _enqueue_train(self, region: str, round_number: int | None) -> str:
         n = int(self.r.incr(self.keys.dispatched))
@@ -119,7 +153,8 @@ class Dispatcher:
             result_ttl=RESULT_TTL,
             failure_ttl=FAILURE_TTL,
         )
-        self.r.sadd(self.keys.inflight(region), job_id)
+        self.r.hset(self.keys.inflight(region), job_id, f"{self.clock():.3f}")
+        self.r.hincrby(self.keys.dispatched_by_region, region, 1)
         return job_id
 
     def drain(self, should_stop: Callable[[], bool], poll: float = 0.2) -> None:
@@ -130,12 +165,12 @@ class Dispatcher:
         """
         deadline = self.clock() + self.s.job_timeout
         for region in self.fed.regions:
-            for job_id in self.r.smembers(self.keys.inflight(region)):
+            for job_id in self.r.hkeys(self.keys.inflight(region)):
                 if self.r.hget(Job.key_for(job_id.decode()), "status") == b"queued":
                     self.queues[region].remove(job_id.decode())
                     self.r.delete(Job.key_for(job_id.decode()))
         while not should_stop() and self.clock() < deadline:
-            busy = sum(self.reconcile(region) for region in self.fed.regions)
+            busy = sum(len(self.reconcile(region)) for region in self.fed.regions)
             if busy == 0 and self.r.xlen(self.keys.updates) == 0:
                 return
             time.sleep(poll)

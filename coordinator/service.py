@@ -20,14 +20,18 @@ from shared.federation import Federation
 from shared.keys import Keys
 from shared.settings import FederationSettings
 from shared.store import ModelStore
-from shared.task.local_data import load_shared
-from shared.task.model import build, state_to_numpy
 
 
 def initialise(
     connection: redis.Redis, keys: Keys, data_dir: Path, settings: FederationSettings
 ) -> Federation:
-    """Create the federation from the data's public part (meta, catalogue), unless it exists."""
+    """Create the federation from the data's public part (meta, catalogue), unless it exists.
+
+    torch is imported only when version 0 has to be built, so an aggregator or a coordinator
+    joining a running federation stays small.
+    """
+    from shared.task.local_data import load_shared
+
     shared = load_shared(data_dir)
     wanted = Federation(
         settings=settings,
@@ -38,10 +42,13 @@ def initialise(
     )
     fed = federation.create(connection, keys, wanted)
     federation.check_catalogue(fed, data_dir)
-    config = shared.model_config(dim=fed.settings.model_dim)
-    weights = state_to_numpy(build(config, shared.features, seed=fed.settings.seed))
     store = ModelStore(connection, keys, window=fed.settings.max_staleness + 1)
-    store.initialise(weights, {"mode": fed.settings.mode, "seed": fed.settings.seed})
+    if store.current_version() is None:
+        from shared.task.model import build, state_to_numpy
+
+        config = shared.model_config(dim=fed.settings.model_dim)
+        weights = state_to_numpy(build(config, shared.features, seed=fed.settings.seed))
+        store.initialise(weights, {"mode": fed.settings.mode, "seed": fed.settings.seed})
     return fed
 
 

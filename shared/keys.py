@@ -99,13 +99,23 @@ class Keys:
         return self._k("metrics")
 
     def inflight(self, region: str) -> str:
-        """Set: ids of this region's train jobs the dispatcher counts as in flight."""
+        """Hash: this region's train jobs the dispatcher counts as in flight -> dispatch time."""
         return self._k("inflight", check_name("region", region))
 
     @property
     def dispatched(self) -> str:
         """Counter: train jobs dispatched so far (all regions)."""
         return self._k("dispatched")
+
+    @property
+    def dispatched_by_region(self) -> str:
+        """Hash: region -> train jobs dispatched to it (for proportional dispatch)."""
+        return self._k("dispatched", "by-region")
+
+    @property
+    def data_sizes(self) -> str:
+        """Hash: region -> training examples it holds, as its workers announce (a count only)."""
+        return self._k("data-sizes")
 
     @property
     def round(self) -> str:

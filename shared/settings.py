@@ -43,7 +43,7 @@ class FederationSettings:
     staleness: str = "polynomial"
     staleness_a: float = 0.5
     staleness_b: float = 4.0
-    sample_weighting: bool = True
+    sample_weighting: bool = False  # weigh by data size (off: dispatch is proportional already)
     # FedBuff
     buffer_size: int = 6
     server_lr: float = 1.0
@@ -52,7 +52,9 @@ class FederationSettings:
     # every async mode
     max_staleness: int = 32
     # dispatch
-    inflight_per_region: int = 1
+    inflight_per_region: int = 2
+    max_inflight: int = 0  # train jobs in flight over all regions (0: no bound); see DESIGN.md
+    stall_after: float = 10.0  # a job queued this long unstarted stops counting toward max_inflight
     job_timeout: float = 600.0
     queue_ttl: float = 300.0  # a queued job nobody starts within this expires
     eval_every: int = 25  # versions between federated evaluations (0: only the final one)
@@ -77,8 +79,8 @@ class FederationSettings:
             problems.append(f"alpha {self.alpha} (must be in (0, 1])")
         if self.buffer_size < 1 or self.server_lr <= 0:
             problems.append("buffer_size must be >= 1 and server_lr > 0")
-        if self.max_staleness < 0 or self.inflight_per_region < 1:
-            problems.append("max_staleness must be >= 0 and inflight_per_region >= 1")
+        if self.max_staleness < 0 or self.inflight_per_region < 1 or self.max_inflight < 0:
+            problems.append("max_staleness, max_inflight >= 0 and inflight_per_region >= 1")
         if self.train.encoding not in ENCODINGS:
             problems.append(f"encoding {self.train.encoding!r} (choose {', '.join(ENCODINGS)})")
         if self.train.examples_per_job < 1 or self.train.lr <= 0 or self.train.batch_size < 1:

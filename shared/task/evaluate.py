@@ -73,7 +73,7 @@ def evaluate_region(
     which: str = "test",
     negatives: int = NEGATIVES,
     seed: int = 0,
-    batch_size: int = 1024,
+    batch_size: int = 256,
 ) -> Metrics:
     examples: Examples = getattr(data.split, which)
     launch = data.shared.catalogue.launch_time
