@@ -51,7 +51,7 @@ class Aggregator:
         self.consumer = consumer
         self.settings = fed.settings
         self.store = ModelStore(connection, keys, window=fed.settings.max_staleness + 1)
-        self.strategy: Strategy = make_strategy(fed.settings)
+        self.strategy: Strategy = make_strategy(fed.settings, fed.created_at)
         self.counters = Counters()
         self._base_cache: dict[int, Weights] = {}
         model = self.store.read_current()

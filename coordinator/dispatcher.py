@@ -136,11 +136,14 @@ class Dispatcher:
     def _enqueue_train(self, region: str, round_number: int | None) -> str:
         n = int(self.r.incr(self.keys.dispatched))
         job_id = f"{region}-r{round_number}" if round_number is not None else f"{region}-t{n}"
+        version = self.store.current_version() or 0
+        train = _train_mapping(self.fed)
+        train["lr"] = self.s.local_lr(version, self.clock() - self.fed.created_at)
         spec = JobSpec(
             kind="train",
             region=region,
             seed=self.s.seed * 1_000_003 + n,
-            train=_train_mapping(self.fed),
+            train=train,
             round=round_number,
             issued_at=self.clock(),
         )

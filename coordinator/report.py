@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
-from coordinator.baselines import run_baseline
+from coordinator.baselines import FitSettings, run_baseline
+from shared.task.train import TrainConfig
 
 COMPARED = ("local", "centralized")
 
@@ -25,7 +27,9 @@ def ensure_baselines(data_dir: Path, data_name: str, say: Callable[[str], None])
                 out[mode] = cached
                 continue
         say(f"computing the {mode} baseline once (cached in {path}) ...")
-        report = run_baseline(data_dir, mode).to_json()
+        threads = max(1, min(2, os.cpu_count() or 1))
+        report = run_baseline(data_dir, mode, FitSettings(train=TrainConfig(threads=threads)))
+        report = report.to_json()
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(report, indent=2) + "\n")
         out[mode] = report

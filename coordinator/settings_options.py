@@ -37,6 +37,11 @@ FLAGS: dict[str, tuple[str, Any, str]] = {
     "--time-budget": ("time_budget", float, "stop after this many seconds (0: none)"),
     "--target-metric": ("target_metric", float, "stop at this validation HR@10 (0: none)"),
     "--lr": ("train.lr", float, "local learning rate"),
+    "--decay-floor": (
+        "decay_floor",
+        float,
+        "lr and alpha decay linearly to this fraction at the target",
+    ),
     "--examples-per-job": ("train.examples_per_job", int, "training examples per train job"),
     "--batch-size": ("train.batch_size", int, "local batch size"),
     "--local-epochs": ("train.epochs", int, "local epochs per job"),

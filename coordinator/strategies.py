@@ -7,6 +7,7 @@ update offered, whether it makes a new version now, waits, or is rejected and wh
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -56,8 +57,12 @@ class Round:
 class Strategy:
     name = "base"
 
-    def __init__(self, settings: FederationSettings) -> None:
+    def __init__(self, settings: FederationSettings, started: float | None = None) -> None:
         self.settings = settings
+        self.started = time.time() if started is None else started
+
+    def elapsed(self) -> float:
+        return time.time() - self.started
 
     def holds(self, update_id: str) -> bool:
         """Whether an update is waiting inside the strategy (buffered, or in an open round)."""
@@ -88,8 +93,8 @@ class FedAsync(Strategy):
 
     name = "async"
 
-    def __init__(self, settings: FederationSettings) -> None:
-        super().__init__(settings)
+    def __init__(self, settings: FederationSettings, started: float | None = None) -> None:
+        super().__init__(settings, started)
         self.fn = settings.staleness_function()
         self.mean_samples: float | None = None
 
@@ -108,7 +113,8 @@ class FedAsync(Strategy):
             n = h.weight_samples
             self.mean_samples = n if m is None else 0.95 * m + 0.05 * n
             reference = self.mean_samples
-        a = agg.mixing_weight(self.settings.alpha, s, self.fn, h.weight_samples, reference)
+        alpha = self.settings.alpha * self.settings.decay(version, self.elapsed())
+        a = agg.mixing_weight(alpha, s, self.fn, h.weight_samples, reference)
         new = agg.fedasync_apply(weights, base_weights, item.update.delta, a)
         return Outcome(new, [item], info={"staleness": s, "weight": round(a, 6)})
 
@@ -118,8 +124,8 @@ class FedBuff(Strategy):
 
     name = "buffered"
 
-    def __init__(self, settings: FederationSettings) -> None:
-        super().__init__(settings)
+    def __init__(self, settings: FederationSettings, started: float | None = None) -> None:
+        super().__init__(settings, started)
         self.buffer: list[Pending] = []
 
     def holds(self, update_id: str) -> bool:
@@ -158,8 +164,8 @@ class FedAvg(Strategy):
 
     name = "sync"
 
-    def __init__(self, settings: FederationSettings) -> None:
-        super().__init__(settings)
+    def __init__(self, settings: FederationSettings, started: float | None = None) -> None:
+        super().__init__(settings, started)
         self.round: Round | None = None
         self.collected: dict[str, Pending] = {}
 
@@ -208,5 +214,6 @@ class FedAvg(Strategy):
         return Outcome(new, items, info={"staleness": 0, "round": number, "closed": why})
 
 
-def make_strategy(settings: FederationSettings) -> Strategy:
-    return {"async": FedAsync, "buffered": FedBuff, "sync": FedAvg}[settings.mode](settings)
+def make_strategy(settings: FederationSettings, started: float | None = None) -> Strategy:
+    kinds = {"async": FedAsync, "buffered": FedBuff, "sync": FedAvg}
+    return kinds[settings.mode](settings, started)

@@ -63,6 +63,7 @@ class FederationSettings:
     time_budget: float = 0.0
     target_metric: float = 0.0  # validation HR@10 (user-weighted) to reach
     # model
+    decay_floor: float = 0.1  # local lr and FedAsync alpha decay linearly to this at the target
     model_dim: int = 64
     seed: int = 0
     train: TrainSettings = field(default_factory=TrainSettings)
@@ -85,8 +86,31 @@ class FederationSettings:
             problems.append(f"encoding {self.train.encoding!r} (choose {', '.join(ENCODINGS)})")
         if self.train.examples_per_job < 1 or self.train.lr <= 0 or self.train.batch_size < 1:
             problems.append("examples_per_job, lr and batch_size must be positive")
+        if not 0 < self.decay_floor <= 1:
+            problems.append(f"decay_floor {self.decay_floor} (must be in (0, 1])")
         if problems:
             raise SettingsError("bad settings: " + "; ".join(problems))
+
+    def progress(self, version: int, elapsed: float) -> float:
+        """How far the run is towards its target, 0..1 (0 when it has no version or time target)."""
+        parts = []
+        if self.target_versions:
+            parts.append(version / self.target_versions)
+        if self.time_budget:
+            parts.append(elapsed / self.time_budget)
+        return min(1.0, max(parts)) if parts else 0.0
+
+    def decay(self, version: int, elapsed: float) -> float:
+        """Linear decay from 1 to ``decay_floor`` at the target (1 without a target).
+
+        Applied to the local learning rate and to FedAsync's alpha. Without it the model keeps
+        being pulled towards each region's optimum at full strength and drifts down after its
+        peak (measured on the default data: HR@10 0.345 at 800 versions, 0.327 at 1200).
+        """
+        return 1.0 - (1.0 - self.decay_floor) * self.progress(version, elapsed)
+
+    def local_lr(self, version: int, elapsed: float) -> float:
+        return self.train.lr * self.decay(version, elapsed)
 
     def staleness_function(self) -> Staleness:
         return Staleness(self.staleness, self.staleness_a, self.staleness_b)

@@ -19,6 +19,7 @@ KEYS = Keys("t")
 
 
 def _fed(r, small_data, **overrides):
+    overrides.setdefault("target_versions", 0)  # no target: alpha does not decay
     settings = FederationSettings(model_dim=8, train=TrainSettings(), **overrides)
     return service.initialise(r, KEYS, small_data, settings)
 
@@ -153,3 +154,14 @@ def test_buffered_mode_flushes_every_k_and_scales_by_staleness(r, small_data):
         np.testing.assert_allclose(agg.weights[k], w0[k] + 2.0, atol=1e-6)
     info = json.loads(r.xrange(KEYS.applies)[-1][1][b"updates"])
     assert sorted(u["id"] for u in info) == ["a", "b"]
+
+
+def test_alpha_decays_towards_the_target(r, small_data):
+    fed = _fed(r, small_data, alpha=0.6, staleness="constant", sample_weighting=False,
+               target_versions=10, decay_floor=0.1)  # fmt: skip
+    agg = Aggregator(r, KEYS, fed)
+    for i in range(6):
+        _publish(r, f"u{i}", "cn", i, _delta(agg, 0.0))
+    _drain(agg)
+    weights = [float(e[1][b"weight"]) for e in r.xrange(KEYS.applies)]
+    assert weights == pytest.approx([0.6 * (1 - 0.9 * v / 10) for v in range(6)], rel=1e-5)

@@ -38,3 +38,14 @@ def test_bad_settings_name_the_problem(tmp_path, text, needle):
 def test_missing_file_is_a_clear_error(tmp_path):
     with pytest.raises(SettingsError, match="not found"):
         settings.load(tmp_path / "nope.toml")
+
+
+def test_local_lr_decays_linearly_to_the_floor_at_the_target():
+    s = FederationSettings(target_versions=100, decay_floor=0.1)
+    assert s.local_lr(0, 0.0) == pytest.approx(s.train.lr)
+    assert s.local_lr(50, 0.0) == pytest.approx(s.train.lr * 0.55)
+    assert s.local_lr(100, 0.0) == pytest.approx(s.train.lr * 0.1)
+    assert s.local_lr(500, 0.0) == pytest.approx(s.train.lr * 0.1)
+    timed = FederationSettings(target_versions=0, time_budget=60.0, decay_floor=0.5)
+    assert timed.local_lr(10_000, 30.0) == pytest.approx(timed.train.lr * 0.75)
+    assert FederationSettings(target_versions=0).local_lr(10_000, 1e6) == timed.train.lr
