@@ -57,7 +57,7 @@ def coordinate(
     keys: Keys,
     fed: Federation,
     should_stop: Callable[[], bool],
-    interval: float = 0.2,
+    interval: float = 0.05,
     final_evaluation: bool = True,
 ) -> str | None:
     """Dispatch until a target is reached (returns its reason) or ``should_stop``."""

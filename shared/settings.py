@@ -31,7 +31,7 @@ class TrainSettings:
     batch_size: int = 128
     lr: float = 3e-3
     prox_mu: float = 0.0
-    examples_per_job: int = 4096  # a random subset of the region's training examples per job
+    examples_per_job: int = 1024  # a random subset of the region's training examples per job
     encoding: str = "fp32"
 
 
@@ -57,9 +57,9 @@ class FederationSettings:
     stall_after: float = 10.0  # a job queued this long unstarted stops counting toward max_inflight
     job_timeout: float = 600.0
     queue_ttl: float = 300.0  # a queued job nobody starts within this expires
-    eval_every: int = 25  # versions between federated evaluations (0: only the final one)
+    eval_every: int = 600  # versions between federated evaluations (0: only the final one)
     # stop at whichever comes first (0: no such target)
-    target_versions: int = 300
+    target_versions: int = 3600
     time_budget: float = 0.0
     target_metric: float = 0.0  # validation HR@10 (user-weighted) to reach
     # model
