@@ -150,6 +150,8 @@ class Aggregator:
         if problem:
             self.settle(Outcome().reject(item, *problem))
             return
+        if self.settings.mode == "sync":
+            self.tick()  # the update may belong to a round opened since the last look
         self.settle(self.strategy.offer(item, self.version, self.weights, self._base))
 
     def _validate(self, item: Pending) -> tuple[RejectReason, str] | None:

@@ -165,3 +165,26 @@ def test_alpha_decays_towards_the_target(r, small_data):
     _drain(agg)
     weights = [float(e[1][b"weight"]) for e in r.xrange(KEYS.applies)]
     assert weights == pytest.approx([0.6 * (1 - 0.9 * v / 10) for v in range(6)], rel=1e-5)
+
+
+def test_sync_round_closes_when_every_region_reported(r, small_data):
+    import time as clock
+
+    fed = _fed(r, small_data, mode="sync", round_deadline=60.0)
+    agg = Aggregator(r, KEYS, fed)
+    w0 = {k: v.copy() for k, v in agg.weights.items()}
+    regions = list(fed.regions)
+    # the round opens after the aggregator last looked: updates for it must still count
+    r.hset(KEYS.round, mapping={"number": 1, "base_version": 0, "deadline": clock.time() + 60,
+                                "regions": json.dumps(regions)})  # fmt: skip
+    sizes = {region: 100 * (i + 1) for i, region in enumerate(regions)}
+    for i, region in enumerate(regions):
+        _publish(r, f"{region}-r1", region, 0, _delta(agg, float(i)), data_size=sizes[region],
+                 round_=1)  # fmt: skip
+    _publish(r, "cn-r0", "cn", 0, _delta(agg, 9.0), round_=0)  # a closed round's straggler
+    _drain(agg)
+    assert agg.version == 1
+    expected = sum(i * sizes[reg] for i, reg in enumerate(regions)) / sum(sizes.values())
+    for k in w0:
+        np.testing.assert_allclose(agg.weights[k], w0[k] + expected, atol=1e-5)
+    assert r.hget(KEYS.rejected, "cn-r0") == b"late"
