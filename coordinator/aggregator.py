@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -54,6 +55,9 @@ class Aggregator:
         self.strategy: Strategy = make_strategy(fed.settings, fed.created_at)
         self.counters = Counters()
         self._base_cache: dict[int, Weights] = {}
+        # ids this process settled lately: a second copy in the same read batch is caught too
+        self._recent: set[str] = set()
+        self._recent_order: deque[str] = deque()
         model = self.store.read_current()
         if model is None:
             raise LookupError("no model in Redis: the coordinator initialises it")
@@ -80,8 +84,11 @@ class Aggregator:
         )  # fmt: skip
         n = 0
         for _stream, entries in resp or []:
-            for entry_id, fields in entries:
-                self.handle(entry_id.decode(), fields)
+            settled = self._settled(
+                [f.get(b"id", b"").decode(errors="replace") for _, f in entries]
+            )
+            for (entry_id, fields), done in zip(entries, settled, strict=True):
+                self.handle(entry_id.decode(), fields, known_settled=done)
                 n += 1
         self.tick()
         return n
@@ -123,9 +130,12 @@ class Aggregator:
 
     # --- one entry ---
 
-    def handle(self, entry_id: str, fields: dict[bytes, bytes]) -> None:
+    def handle(
+        self, entry_id: str, fields: dict[bytes, bytes], known_settled: bool | None = None
+    ) -> None:
         raw_id = fields.get(b"id", b"").decode(errors="replace") or f"entry:{entry_id}"
-        if self._seen(raw_id):
+        seen = self._seen(raw_id) if known_settled is None else known_settled
+        if seen or self.strategy.holds(raw_id) or raw_id in self._recent:
             self._drop_duplicate(entry_id, raw_id)
             return
         payload = fields.get(b"u")
@@ -166,7 +176,9 @@ class Aggregator:
         for name, t in delta.items():
             if t.shape != self.weights[name].shape:
                 return RejectReason.SHAPE, f"{name}: {t.shape}, expected {self.weights[name].shape}"
-            if not np.isfinite(t).all():
+            # one pass without a temporary: a NaN or inf makes the sum non-finite (a finite sum
+            # that overflowed is re-checked element by element before rejecting)
+            if not np.isfinite(np.sum(t, dtype=np.float64)) and not np.isfinite(t).all():
                 return RejectReason.NON_FINITE, f"{name} has NaN or infinite values"
         return None
 
@@ -229,6 +241,7 @@ class Aggregator:
         self.weights = {k: np.asarray(v, dtype=np.float32) for k, v in outcome.new_weights.items()}
         self.counters.applied += len(ids)
         self.counters.versions += 1
+        self._remember(ids)
 
     def _reject(self, item: Pending, reason: RejectReason, detail: str) -> None:
         h = item.update.header
@@ -255,6 +268,7 @@ class Aggregator:
             pipe.xack(self.keys.updates, AGGREGATOR_GROUP, entry_id)
             pipe.xdel(self.keys.updates, entry_id)
             pipe.execute()
+        self._remember([update_id])
         self.counters.rejected += 1
         self.counters.by_reason[reason.value] = self.counters.by_reason.get(reason.value, 0) + 1
 
@@ -268,14 +282,27 @@ class Aggregator:
 
     # --- helpers ---
 
+    def _remember(self, ids: list[str], keep: int = 10_000) -> None:
+        for i in ids:
+            if i not in self._recent:
+                self._recent.add(i)
+                self._recent_order.append(i)
+        while len(self._recent_order) > keep:
+            self._recent.discard(self._recent_order.popleft())
+
     def _seen(self, update_id: str) -> bool:
-        if self.strategy.holds(update_id):
-            return True
+        return self.strategy.holds(update_id) or self._settled([update_id])[0]
+
+    def _settled(self, update_ids: list[str]) -> list[bool]:
+        """Whether each id was already applied or rejected: one round trip for a whole batch."""
+        if not update_ids:
+            return []
         with self.r.pipeline(transaction=False) as pipe:
-            pipe.sismember(self.keys.applied, update_id)
-            pipe.hexists(self.keys.rejected, update_id)
-            applied, rejected = pipe.execute()
-        return bool(applied or rejected)
+            for update_id in update_ids:
+                pipe.sismember(self.keys.applied, update_id or "-")
+                pipe.hexists(self.keys.rejected, update_id or "-")
+            flags = pipe.execute()
+        return [bool(a or b) for a, b in zip(flags[::2], flags[1::2], strict=True)]
 
     def _base(self, version: int) -> Weights | None:
         if version in self._base_cache:

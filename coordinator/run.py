@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -61,6 +62,7 @@ def run_federation(options: RunOptions, say: Say, progress: Callable[[dict], Non
     (out / "logs").mkdir(parents=True, exist_ok=True)
     server = None
     if options.redis_url is None:
+        shutil.rmtree(out / "redis", ignore_errors=True)  # a reused run directory starts afresh
         server = RedisServer(out / "redis").start()
         url = server.url
         say(f"redis-server on {url} (data in {out / 'redis'})")

@@ -145,7 +145,8 @@ def encode_tensor(x: np.ndarray, encoding: str) -> list[Any]:
         wire = np.clip(np.rint(x / scale), -127, 127).astype("i1")
     else:
         wire = x.astype(_WIRE_DTYPE[encoding], copy=False)
-    return [encoding, list(x.shape), np.ascontiguousarray(wire).tobytes(), scale]
+    # a memoryview: msgpack copies it into the message once, with no intermediate bytes object
+    return [encoding, list(x.shape), memoryview(np.ascontiguousarray(wire)).cast("B"), scale]
 
 
 def decode_tensor(name: str, raw: Any) -> np.ndarray:
