@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 
 from coordinator.settings_options import settings_options
-from shared.cli_options import open_redis, redis_options
+from shared.cli_options import open_redis, redis_options, wait_option
 
 
 @click.command()
@@ -69,13 +69,7 @@ def coordinator(data_dir: Path, settings, redis_url: str | None, namespace: str)
 @click.command()
 @click.option("--consumer", default="aggregator", show_default=True,
               help="Consumer name in the updates stream's group.")  # fmt: skip
-@click.option(
-    "--wait",
-    type=float,
-    default=60.0,
-    show_default=True,
-    help="Seconds to wait for the federation to be initialised.",
-)
+@wait_option
 @redis_options
 def aggregator(consumer: str, wait: float, redis_url: str | None, namespace: str) -> None:
     """Consume updates and apply them to the global model (the model's only writer)."""

@@ -41,6 +41,15 @@ def redis_options(f: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper  # fmt: skip
 
 
+wait_option = click.option(
+    "--wait",
+    type=float,
+    default=60.0,
+    show_default=True,
+    help="Seconds to wait for a coordinator to initialise the federation.",
+)
+
+
 def open_redis(redis_url: str | None, namespace: str) -> tuple[redis.Redis, Keys]:
     """A checked connection: one clear line if Redis cannot be reached."""
     url = resolve_url(redis_url)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from shared.cli_options import open_redis, redis_options
+from shared.cli_options import open_redis, redis_options, wait_option
 
 
 @click.command()
@@ -26,13 +26,7 @@ from shared.cli_options import open_redis, redis_options
     show_default=True,
     help="Make each train job this many times slower (a slow or distant silo).",
 )
-@click.option(
-    "--wait",
-    type=float,
-    default=60.0,
-    show_default=True,
-    help="Seconds to wait for the federation to be initialised.",
-)
+@wait_option
 @redis_options
 def worker(region: str, data_dir: Path, burst: bool, slowdown: float, wait: float,
            redis_url: str | None, namespace: str) -> None:  # fmt: skip
