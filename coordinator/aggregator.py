@@ -1,7 +1,7 @@
 """The aggregator: the only writer of the global model.
 
 It consumes the updates stream with a consumer group, validates each update, hands it to the
-mode's strategy, and persists every outcome atomically: a new version is one MULTI/EXEC with its
+mode's strategy, and persists every outcome atomically: a new version is one Lua script with its
 blob, the version counter, the ids of the updates it applied, their acknowledgement and deletion
 from the stream, and an entry on the applies stream; a rejection is one MULTI/EXEC with its
 reason, the rejections stream entry, the acknowledgement and the deletion. An update id already
@@ -23,13 +23,42 @@ import numpy as np
 import redis
 
 from coordinator.strategies import FedBuff, Outcome, Pending, Round, Strategy, make_strategy
-from shared.codec import DecodeError, RejectReason, decode_update
+from shared.codec import DecodeError, Model, RejectReason, decode_update, encode_model
 from shared.federation import Federation
 from shared.keys import AGGREGATOR_GROUP, Keys
 from shared.store import ModelStore
 
 Weights = dict[str, np.ndarray]
 READ_COUNT = 16
+
+# One round trip, atomic: check the version is still ours, then write the new version's blob and
+# info, bump the counter, record the applied ids, acknowledge and delete their stream entries,
+# add the applies entry, drop the version that left the window. Returns 0 (and writes nothing)
+# if the version moved, which only a second aggregator could do.
+COMMIT_SCRIPT = """
+local version, model, info, applied, updates, applies, old = unpack(KEYS)
+if tonumber(redis.call('GET', version)) ~= tonumber(ARGV[1]) then return 0 end
+local i = 6
+local function take(n)
+  local out = {}
+  for k = 1, n do out[k] = ARGV[i + k] end
+  i = i + n
+  return out
+end
+local n_ids = tonumber(ARGV[i]); local ids = take(n_ids)
+i = i + 1; local n_entries = tonumber(ARGV[i]); local entries = take(n_entries)
+i = i + 1; local n_info = tonumber(ARGV[i]); local info_pairs = take(2 * n_info)
+i = i + 1; local n_applies = tonumber(ARGV[i]); local applies_pairs = take(2 * n_applies)
+redis.call('SET', model, ARGV[3], 'NX')
+redis.call('HSET', info, unpack(info_pairs))
+redis.call('SET', version, ARGV[2])
+if ARGV[5] == '1' then redis.call('DEL', old) end
+redis.call('SADD', applied, unpack(ids))
+redis.call('XACK', updates, ARGV[4], unpack(entries))
+redis.call('XDEL', updates, unpack(entries))
+redis.call('XADD', applies, 'MAXLEN', '~', '1000000', '*', unpack(applies_pairs))
+return 1
+"""
 MAX_UPDATE_BYTES = 64 * 1024 * 1024
 
 
@@ -56,6 +85,7 @@ class Aggregator:
         self.counters = Counters()
         self._base_cache: dict[int, Weights] = {}
         # ids this process settled lately: a second copy in the same read batch is caught too
+        self._script = None
         self._recent: set[str] = set()
         self._recent_order: deque[str] = deque()
         model = self.store.read_current()
@@ -201,39 +231,40 @@ class Aggregator:
             "regions": ",".join(regions),
             **{k: v for k, v in outcome.info.items()},
         }
-        with self.r.pipeline(transaction=True) as pipe:
-            pipe.watch(self.keys.version)
-            current = pipe.get(self.keys.version)
-            if current is None or int(current) != self.version:
-                pipe.unwatch()
-                raise RuntimeError(
-                    f"the model version moved to {current!r} under this aggregator "
-                    f"(expected {self.version}): is a second aggregator writing?"
-                )
-            pipe.multi()
-            self.store.stage_commit(pipe, new_version, outcome.new_weights, info)
-            pipe.sadd(self.keys.applied, *ids)
-            pipe.xack(self.keys.updates, AGGREGATOR_GROUP, *entries)
-            pipe.xdel(self.keys.updates, *entries)
-            applies = {
-                "version": new_version,
-                "at": f"{time.time():.3f}",
-                "updates": json.dumps(
-                    [
-                        {
-                            "id": p.update_id,
-                            "region": p.update.header.region,
-                            "base": p.update.header.base_version,
-                            "n": p.update.header.n_samples,
-                            "loss": round(p.update.header.train_loss, 5),
-                        }
-                        for p in outcome.applied
-                    ]
-                ),
-                **{k: str(v) for k, v in outcome.info.items()},
-            }
-            pipe.xadd(self.keys.applies, applies, maxlen=1_000_000, approximate=True)
-            pipe.execute()
+        applies = {
+            "version": new_version,
+            "at": f"{time.time():.3f}",
+            "updates": json.dumps(
+                [
+                    {
+                        "id": p.update_id,
+                        "region": p.update.header.region,
+                        "base": p.update.header.base_version,
+                        "n": p.update.header.n_samples,
+                        "loss": round(p.update.header.train_loss, 5),
+                    }
+                    for p in outcome.applied
+                ]
+            ),
+            **{k: str(v) for k, v in outcome.info.items()},
+        }
+        old = new_version - self.store.window
+        blob = encode_model(Model(new_version, outcome.new_weights, {}))
+        info = {"created_at": f"{time.time():.3f}", **{k: str(v) for k, v in info.items()}}
+        done = self._commit_script(
+            keys=[self.keys.version, self.keys.model(new_version),
+                  self.keys.model_info(new_version), self.keys.applied, self.keys.updates,
+                  self.keys.applies, self.keys.model(old) if old >= 0 else self.keys.model(-1)],
+            args=[self.version, new_version, blob, AGGREGATOR_GROUP, 1 if old >= 0 else 0,
+                  len(ids), *ids, len(entries), *entries,
+                  len(info), *_flat(info), len(applies), *_flat(applies)],
+        )  # fmt: skip
+        if not done:
+            current = self.r.get(self.keys.version)
+            raise RuntimeError(
+                f"the model version moved to {current!r} under this aggregator "
+                f"(expected {self.version}): is a second aggregator writing?"
+            )
         if self.version in self._base_cache or len(self._base_cache) > 4:
             self._base_cache.pop(min(self._base_cache), None)
         self._base_cache[self.version] = self.weights
@@ -282,6 +313,12 @@ class Aggregator:
 
     # --- helpers ---
 
+    @property
+    def _commit_script(self):
+        if self._script is None:
+            self._script = self.r.register_script(COMMIT_SCRIPT)
+        return self._script
+
     def _remember(self, ids: list[str], keep: int = 10_000) -> None:
         for i in ids:
             if i not in self._recent:
@@ -328,3 +365,10 @@ class Aggregator:
         except redis.ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise
+
+
+def _flat(mapping: dict) -> list:
+    out: list = []
+    for k, v in mapping.items():
+        out += [k, v]
+    return out

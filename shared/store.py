@@ -2,9 +2,8 @@
 
 A version's blob never changes once written (``SET NX``); the version counter moves by one per
 commit; the blobs of the last ``window`` versions are kept so an update trained on a recent base
-can still be mixed, and older ones are deleted in the same transaction that adds a new one.
-Commits take the caller's pipeline, so the aggregator can put the new version, the applied
-update ids and the stream acknowledgement into one MULTI/EXEC.
+can still be mixed, and older ones are deleted in the same atomic step that adds a new one (the
+aggregator's commit script, which also records the applied ids and acknowledges them).
 """
 
 from __future__ import annotations
@@ -15,7 +14,6 @@ from typing import Any
 
 import numpy as np
 import redis
-from redis.client import Pipeline
 
 from shared.codec import Model, decode_model, encode_model
 from shared.keys import Keys
@@ -75,21 +73,6 @@ class ModelStore:
                     return True
                 except redis.WatchError:
                     continue
-
-    def stage_commit(
-        self,
-        pipe: Pipeline,
-        version: int,
-        weights: Mapping[str, np.ndarray],
-        info: dict[str, Any],
-    ) -> None:
-        """Queue the writes of a new version on a MULTI pipeline (the caller executes it)."""
-        pipe.set(self.keys.model(version), encode_model(Model(version, dict(weights), {})), nx=True)
-        pipe.hset(self.keys.model_info(version), mapping=_info(info))
-        pipe.set(self.keys.version, version)
-        old = version - self.window
-        if old >= 0:
-            pipe.delete(self.keys.model(old))
 
 
 def _info(info: dict[str, Any]) -> dict[str, str]:
