@@ -31,14 +31,15 @@ from shared.store import ModelStore
 Weights = dict[str, np.ndarray]
 READ_COUNT = 16
 
-# One round trip, atomic: check the version is still ours, then write the new version's blob and
-# info, bump the counter, record the applied ids, acknowledge and delete their stream entries,
-# add the applies entry, drop the version that left the window. Returns 0 (and writes nothing)
-# if the version moved, which only a second aggregator could do.
+# Atomic: check the version is still ours, then write the new version's info, bump the counter,
+# record the applied ids, acknowledge and delete their stream entries, add the applies entry and
+# drop the version that left the window. Returns 0 (and writes nothing) if the version moved,
+# which only a second aggregator could do. The blob is written just before, in the same round
+# trip, with SET NX.
 COMMIT_SCRIPT = """
-local version, model, info, applied, updates, applies, old = unpack(KEYS)
+local version, info, applied, updates, applies, old = unpack(KEYS)
 if tonumber(redis.call('GET', version)) ~= tonumber(ARGV[1]) then return 0 end
-local i = 6
+local i = 5
 local function take(n)
   local out = {}
   for k = 1, n do out[k] = ARGV[i + k] end
@@ -49,12 +50,11 @@ local n_ids = tonumber(ARGV[i]); local ids = take(n_ids)
 i = i + 1; local n_entries = tonumber(ARGV[i]); local entries = take(n_entries)
 i = i + 1; local n_info = tonumber(ARGV[i]); local info_pairs = take(2 * n_info)
 i = i + 1; local n_applies = tonumber(ARGV[i]); local applies_pairs = take(2 * n_applies)
-redis.call('SET', model, ARGV[3], 'NX')
 redis.call('HSET', info, unpack(info_pairs))
 redis.call('SET', version, ARGV[2])
-if ARGV[5] == '1' then redis.call('DEL', old) end
+if ARGV[4] == '1' then redis.call('DEL', old) end
 redis.call('SADD', applied, unpack(ids))
-redis.call('XACK', updates, ARGV[4], unpack(entries))
+redis.call('XACK', updates, ARGV[3], unpack(entries))
 redis.call('XDEL', updates, unpack(entries))
 redis.call('XADD', applies, 'MAXLEN', '~', '1000000', '*', unpack(applies_pairs))
 return 1
@@ -251,14 +251,20 @@ class Aggregator:
         old = new_version - self.store.window
         blob = encode_model(Model(new_version, outcome.new_weights, {}))
         info = {"created_at": f"{time.time():.3f}", **{k: str(v) for k, v in info.items()}}
-        done = self._commit_script(
-            keys=[self.keys.version, self.keys.model(new_version),
-                  self.keys.model_info(new_version), self.keys.applied, self.keys.updates,
-                  self.keys.applies, self.keys.model(old) if old >= 0 else self.keys.model(-1)],
-            args=[self.version, new_version, blob, AGGREGATOR_GROUP, 1 if old >= 0 else 0,
-                  len(ids), *ids, len(entries), *entries,
-                  len(info), *_flat(info), len(applies), *_flat(applies)],
-        )  # fmt: skip
+        with self.r.pipeline(transaction=False) as pipe:
+            # the blob goes in first and outside the script (no copy through Lua): until the
+            # counter moves, nobody reads it, and SET NX never overwrites another writer's
+            pipe.set(self.keys.model(new_version), blob, nx=True)
+            self._commit_script(
+                keys=[self.keys.version, self.keys.model_info(new_version), self.keys.applied,
+                      self.keys.updates, self.keys.applies,
+                      self.keys.model(old) if old >= 0 else self.keys.model(-1)],
+                args=[self.version, new_version, AGGREGATOR_GROUP, 1 if old >= 0 else 0,
+                      len(ids), *ids, len(entries), *entries,
+                      len(info), *_flat(info), len(applies), *_flat(applies)],
+                client=pipe,
+            )  # fmt: skip
+            _, done = pipe.execute()
         if not done:
             current = self.r.get(self.keys.version)
             raise RuntimeError(
