@@ -79,8 +79,7 @@ def test_end_to_end_async_run(federated_run, small_data):
 
 def test_run_reaps_every_process_it_started(federated_run):
     report, proc, connection, out = federated_run
-    leftover = subprocess.run(["pgrep", "-f", f"shared .*{out}"], capture_output=True, text=True)
-    assert leftover.stdout.strip() == ""
+    assert _fedq_processes("e2e") == []
     # its workers said goodbye to RQ (clean shutdown, not a kill)
     assert connection.scard("rq:workers") == 0
 
@@ -122,6 +121,22 @@ def test_no_raw_interaction_data_in_redis_after_a_run(federated_run, small_data)
     for seq in sequences:
         for form in (",".join(map(str, seq)), json.dumps(seq), ", ".join(map(str, seq))):
             assert form.encode() not in blob, f"an interaction sequence {seq} is in Redis"
+
+
+def _fedq_processes(namespace: str) -> list[int]:
+    """PIDs of live `python -m shared ...` processes started for ``namespace`` (by their env)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().split(b"\0")
+            environ = (proc / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"shared" in cmdline and f"FEDQ_NAMESPACE={namespace}".encode() in environ:
+            found.append(int(proc.name))
+    return found
 
 
 def _initialise(connection: redis.Redis, namespace: str, data: Path, **settings) -> None:
@@ -219,3 +234,19 @@ def test_rq_info_shows_fedq_queues_and_workers(small_data, redis_server, tmp_pat
     finally:
         worker.terminate()
         worker.wait(timeout=30)
+
+
+def test_the_process_finder_sees_live_fedq_processes(small_data, redis_server):
+    """The reaping check above is only worth something if it can see a live process."""
+    env = {**os.environ, "FEDQ_REDIS_URL": redis_server.url, "FEDQ_NAMESPACE": "finder"}
+    proc = subprocess.Popen([*FEDQ, "aggregator", "--wait", "30"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and proc.pid not in _fedq_processes("finder"):
+            time.sleep(0.1)
+        assert proc.pid in _fedq_processes("finder")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    assert proc.pid not in _fedq_processes("finder")
