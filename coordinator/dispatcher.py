@@ -126,9 +126,20 @@ class Dispatcher:
         ids = list(held)
         with self.r.pipeline(transaction=False) as pipe:
             for job_id in ids:
-                pipe.hget(Job.key_for(job_id), "status")
-            states = pipe.execute()
+                pipe.hmget(Job.key_for(job_id), "status", "worker_name")
+            rows = pipe.execute()
+        states = [status for status, _ in rows]
         ended = [i for i, st in zip(ids, states, strict=True) if st is None or st in FINAL_STATES]
+        # a started job whose worker stopped beating is abandoned: free its slot now, not when
+        # RQ's heartbeat expires minutes later (its update, if it ever comes, is still settled)
+        for job_id, (status, worker) in zip(ids, rows, strict=True):
+            if (
+                status == b"started"
+                and worker
+                and not self.r.exists(self.keys.alive(worker.decode()))
+            ):
+                ended.append(job_id)
+                self.r.incr(self.keys.abandoned)
         if ended:
             self.r.hdel(key, *ended)
         return {i: (st, held[i]) for i, st in zip(ids, states, strict=True) if i not in ended}

@@ -130,6 +130,15 @@ class Keys:
     def heartbeat(self, role: str) -> str:
         return self._k("heartbeat", check_name("role", role))
 
+    def alive(self, worker_name: str) -> str:
+        """String with a short TTL: the worker process is alive (refreshed by a thread)."""
+        return self._k("alive", worker_name)
+
+    @property
+    def abandoned(self) -> str:
+        """Counter: started jobs whose worker died, given up by the dispatcher."""
+        return self._k("abandoned")
+
     def pattern(self) -> str:
         """Every fedq key of this namespace (for inspection and cleanup)."""
         return self._k("*")

@@ -11,9 +11,11 @@ fails without being imported or run, with the reason recorded on the rejections 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -107,6 +109,30 @@ def prepare(
     return context
 
 
+ALIVE_INTERVAL = 2.0
+ALIVE_TTL = 10
+
+
+def keep_alive(connection: redis.Redis, keys: Keys, name: str) -> threading.Event:
+    """Refresh this worker's alive key from a thread, also while a job runs in-process.
+
+    RQ's own worker key outlives a killed worker by minutes; this one lapses ALIVE_TTL seconds
+    after the process dies, which is how the dispatcher spots an abandoned job quickly.
+    """
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.is_set():
+            with contextlib.suppress(redis.RedisError):
+                connection.set(keys.alive(name), "1", ex=ALIVE_TTL)
+            stop.wait(ALIVE_INTERVAL)
+        with contextlib.suppress(redis.RedisError):
+            connection.delete(keys.alive(name))
+
+    threading.Thread(target=beat, name="fedq-alive", daemon=True).start()
+    return stop
+
+
 def run(
     connection: redis.Redis,
     keys: Keys,
@@ -126,4 +152,9 @@ def run(
         [queue], connection=connection, serializer=SERIALIZER, name=context.worker_id
     )
     worker.fedq_keys = keys
-    return worker.work(burst=burst, logging_level="WARNING")
+    connection.set(keys.alive(context.worker_id), "1", ex=ALIVE_TTL)
+    alive = keep_alive(connection, keys, context.worker_id)
+    try:
+        return worker.work(burst=burst, logging_level="WARNING")
+    finally:
+        alive.set()
