@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -26,6 +25,7 @@ from coordinator import service
 from coordinator.curve import learning_curve, region_results
 from shared.errors import FedqError
 from shared.keys import Keys
+from shared.processes import stop_processes
 from shared.redis_server import RedisServer
 from shared.settings import FederationSettings
 
@@ -187,16 +187,7 @@ def _watch(
 
 def stop_roles(roles: list[Role]) -> None:
     """SIGTERM every process this run started, wait, SIGKILL what is left; reap them all."""
-    for role in roles:
-        if role.process.poll() is None:
-            role.process.send_signal(signal.SIGTERM)
-    deadline = time.monotonic() + STOP_GRACE
-    for role in roles:
-        try:
-            role.process.wait(timeout=max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            role.process.kill()
-            role.process.wait()
+    stop_processes((role.process for role in roles), STOP_GRACE)
 
 
 def _update_counts(connection: redis.Redis, keys: Keys) -> dict:

@@ -12,6 +12,7 @@ import redis
 
 from coordinator import service
 from shared.keys import Keys
+from shared.processes import stop_processes
 from shared.settings import FederationSettings
 
 FEDQ = [sys.executable, "-m", "shared"]
@@ -65,12 +66,4 @@ def test_kill_9_of_a_worker_mid_job_frees_its_slot_and_the_job_is_redone(small_d
         assert _wait(lambda: int(r.get(keys.version) or 0) >= 1, 120)
         assert not r.sismember(keys.applied, victim)
     finally:
-        for proc in started:
-            if proc.poll() is None:
-                proc.terminate()
-        for proc in started:
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_processes(started)

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import redis
 
+from shared.processes import stop_processes
 from shared.settings import FederationSettings
 from shared.task.dataset import read_interactions, read_meta
 
@@ -201,14 +202,7 @@ def test_a_region_without_workers_stalls_no_other_region(small_data, redis_serve
         for region in ("eu", "in", "jp", "me"):
             assert connection.llen(f"rq:queue:lonely:region:{region}") <= bound
     finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
+        stop_processes(procs)
         for log in logs:
             log.close()
 
