@@ -17,8 +17,10 @@ import time
 from collections.abc import Callable
 
 import redis
+from rq import Retry
 from rq.job import Job
 
+from coordinator.abandoned import settle_abandoned, sweep_dead_workers
 from shared.federation import Federation
 from shared.jobs import EVALUATE_TASK, TRAIN_TASK, JobSpec, region_queue
 from shared.keys import Keys
@@ -45,6 +47,7 @@ class Dispatcher:
         self.clock = clock
         self.store = ModelStore(connection, keys, window=fed.settings.max_staleness + 1)
         self.queues = {r: region_queue(connection, keys, r) for r in fed.regions}
+        self._swept_at = 0.0
 
     # --- one pass ---
 
@@ -63,6 +66,9 @@ class Dispatcher:
         else:
             self._async()
         self._evaluations(version)
+        if self.clock() - self._swept_at >= self.s.worker_ttl:
+            sweep_dead_workers(self.r, self.keys, list(self.queues.values()))
+            self._swept_at = self.clock()
         return None
 
     def target_reached(self, version: int) -> str | None:
@@ -128,21 +134,21 @@ class Dispatcher:
             for job_id in ids:
                 pipe.hmget(Job.key_for(job_id), "status", "worker_name")
             rows = pipe.execute()
-        states = [status for status, _ in rows]
-        ended = [i for i, st in zip(ids, states, strict=True) if st is None or st in FINAL_STATES]
-        # a started job whose worker stopped beating is abandoned: free its slot now, not when
-        # RQ's heartbeat expires minutes later (its update, if it ever comes, is still settled)
+        states = {i: status for i, (status, _) in zip(ids, rows, strict=True)}
+        # a started job whose worker stopped beating is abandoned: retry it now (same id, so
+        # a copy of its update is a duplicate), not when RQ's heartbeat expires minutes later
         for job_id, (status, worker) in zip(ids, rows, strict=True):
-            if (
-                status == b"started"
-                and worker
-                and not self.r.exists(self.keys.alive(worker.decode()))
-            ):
-                ended.append(job_id)
-                self.r.incr(self.keys.abandoned)
+            name = (worker or b"").decode()
+            if status == b"started" and name and not self.r.exists(self.keys.alive(name)):
+                retried = settle_abandoned(self.r, self.keys, self.queues[region], job_id, name)
+                states[job_id] = b"queued" if retried else b"failed"
+                held[job_id] = self.clock()
+                if retried:
+                    self.r.hset(key, job_id, f"{held[job_id]:.3f}")
+        ended = [i for i, st in states.items() if st is None or st in FINAL_STATES]
         if ended:
             self.r.hdel(key, *ended)
-        return {i: (st, held[i]) for i, st in zip(ids, states, strict=True) if i not in ended}
+        return {i: (st, held[i]) for i, st in states.items() if i not in ended}
 
     def _enqueue_train(self, region: str, round_number: int | None) -> str:
         n = int(self.r.incr(self.keys.dispatched))
@@ -158,6 +164,10 @@ class Dispatcher:
             round=round_number,
             issued_at=self.clock(),
         )
+        # counted in flight before it is queued: a dispatcher killed in between leaves an id
+        # with no job, which the next reconcile drops, never a job beyond the bound
+        self.r.hset(self.keys.inflight(region), job_id, f"{self.clock():.3f}")
+        self.r.hincrby(self.keys.dispatched_by_region, region, 1)
         self.queues[region].enqueue(
             TRAIN_TASK,
             spec.to_json(),
@@ -166,9 +176,8 @@ class Dispatcher:
             ttl=int(self.s.queue_ttl),
             result_ttl=RESULT_TTL,
             failure_ttl=FAILURE_TTL,
+            retry=Retry(max=self.s.max_retries) if self.s.max_retries else None,
         )
-        self.r.hset(self.keys.inflight(region), job_id, f"{self.clock():.3f}")
-        self.r.hincrby(self.keys.dispatched_by_region, region, 1)
         return job_id
 
     def drain(self, should_stop: Callable[[], bool], poll: float = 0.2) -> None:

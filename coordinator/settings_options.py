@@ -32,6 +32,8 @@ FLAGS: dict[str, tuple[str, Any, str]] = {
     "--max-staleness": ("max_staleness", int, "reject updates staler than this"),
     "--inflight": ("inflight_per_region", int, "train jobs in flight per region"),
     "--max-inflight": ("max_inflight", int, "train jobs in flight over all regions (0: no bound)"),
+    "--worker-ttl": ("worker_ttl", float, "seconds of silence after which a worker is gone"),
+    "--max-retries": ("max_retries", int, "re-runs of a train job whose worker died or failed"),
     "--eval-every": ("eval_every", int, "versions between federated evaluations"),
     "--target-versions": ("target_versions", int, "stop at this many versions (0: none)"),
     "--time-budget": ("time_budget", float, "stop after this many seconds (0: none)"),

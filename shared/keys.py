@@ -139,6 +139,11 @@ class Keys:
         """Counter: started jobs whose worker died, given up by the dispatcher."""
         return self._k("abandoned")
 
+    @property
+    def retried(self) -> str:
+        """Counter: train jobs re-queued (same id) after their worker died or failed them."""
+        return self._k("retried")
+
     def pattern(self) -> str:
         """Every fedq key of this namespace (for inspection and cleanup)."""
         return self._k("*")

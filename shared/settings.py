@@ -56,6 +56,8 @@ class FederationSettings:
     max_inflight: int = 0  # train jobs in flight over all regions (0: no bound); see DESIGN.md
     stall_after: float = 10.0  # a job queued this long unstarted stops counting toward max_inflight
     job_timeout: float = 600.0
+    worker_ttl: float = 10.0  # a worker silent this long is gone: its started job is retried
+    max_retries: int = 2  # times a train job is re-run after its worker died or failed it
     queue_ttl: float = 300.0  # a queued job nobody starts within this expires
     eval_every: int = 600  # versions between federated evaluations (0: only the final one)
     # stop at whichever comes first (0: no such target)
@@ -82,6 +84,8 @@ class FederationSettings:
             problems.append("buffer_size must be >= 1 and server_lr > 0")
         if self.max_staleness < 0 or self.inflight_per_region < 1 or self.max_inflight < 0:
             problems.append("max_staleness, max_inflight >= 0 and inflight_per_region >= 1")
+        if self.worker_ttl < 2 or self.max_retries < 0:
+            problems.append("worker_ttl must be >= 2 seconds and max_retries >= 0")
         if self.train.encoding not in ENCODINGS:
             problems.append(f"encoding {self.train.encoding!r} (choose {', '.join(ENCODINGS)})")
         if self.train.examples_per_job < 1 or self.train.lr <= 0 or self.train.batch_size < 1:

@@ -1,69 +1,77 @@
-"""A worker killed mid-job: its job is given up within seconds and the work goes on."""
+"""A worker killed mid-job: its job goes back on its queue within seconds and is redone."""
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
-import time
 
-import redis
+from rq.job import Job
+from rq.worker import Worker
 
 from coordinator import service
+from shared.jobs import SERIALIZER, region_queue
 from shared.keys import Keys
-from shared.processes import stop_processes
 from shared.settings import FederationSettings
-
-FEDQ = [sys.executable, "-m", "shared"]
-
-
-def _wait(predicate, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.2)
-    return False
+from tests.fleet import Fleet, wait_until
 
 
-def test_kill_9_of_a_worker_mid_job_frees_its_slot_and_the_job_is_redone(small_data, redis_server):
-    r = redis.Redis.from_url(redis_server.url)
-    r.flushall()
+def _started(r, keys: Keys, region: str) -> str | None:
+    for job_id in r.hkeys(keys.inflight(region)):
+        if r.hget(Job.key_for(job_id.decode()), "status") == b"started":
+            return job_id.decode()
+    return None
+
+
+def test_kill_9_of_a_worker_mid_job_requeues_its_job_and_a_returning_worker_redoes_it(
+    small_data, redis_server, r
+):
     keys = Keys("abandon")
-    settings = FederationSettings(eval_every=0, target_versions=2, inflight_per_region=1)
+    settings = FederationSettings(eval_every=0, target_versions=3, inflight_per_region=1,
+                                  worker_ttl=3, max_retries=2)  # fmt: skip
     service.initialise(r, keys, small_data, settings)
-    env = {**os.environ, "FEDQ_REDIS_URL": redis_server.url, "FEDQ_NAMESPACE": "abandon"}
-    started: list[subprocess.Popen] = []
-
-    def spawn(*args: str) -> subprocess.Popen:
-        proc = subprocess.Popen([*FEDQ, *args], env=env, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL)  # fmt: skip
-        started.append(proc)
-        return proc
-
-    try:
-        spawn("aggregator")
-        spawn("coordinator", "--data", str(small_data))
-        # a very slow cn worker: its first job will still be running when it is killed
-        slow = spawn("worker", "--region", "cn", "--data", str(small_data), "--slowdown", "200")
-
-        def cn_started() -> str | None:
-            for job_id in r.hkeys(keys.inflight("cn")):
-                if r.hget(f"rq:job:{job_id.decode()}", "status") == b"started":
-                    return job_id.decode()
-            return None
-
-        assert _wait(lambda: cn_started() is not None, 90), "the slow worker never started a job"
-        victim = cn_started()
+    with Fleet(redis_server.url, "abandon", small_data) as fleet:
+        fleet.aggregator()
+        fleet.coordinator()
+        # a very slow cn worker: its first job is still running when it is killed
+        slow = fleet.worker("cn", "--slowdown", "200")
+        assert wait_until(lambda: _started(r, keys, "cn"), 90), "the slow worker never started"
+        victim = _started(r, keys, "cn")
+        name = r.hget(Job.key_for(victim), "worker_name").decode()
         slow.send_signal(signal.SIGKILL)
         slow.wait()
-        # within the alive key's TTL plus a tick, the dispatcher gives the job up
-        assert _wait(lambda: not r.hexists(keys.inflight("cn"), victim), 30)
-        assert int(r.get(keys.abandoned) or 0) >= 1
-        # a worker that comes back picks up the new job and the federation moves on
-        spawn("worker", "--region", "cn", "--data", str(small_data))
-        assert _wait(lambda: int(r.get(keys.version) or 0) >= 1, 120)
-        assert not r.sismember(keys.applied, victim)
-    finally:
-        stop_processes(started)
+        # within worker_ttl plus a tick: the same job id is queued again, still in flight,
+        # out of RQ's started registry, and the dead worker is out of RQ's worker registry
+        queue = region_queue(r, keys, "cn")
+        assert wait_until(lambda: r.hget(Job.key_for(victim), "status") == b"queued", 15)
+        assert r.hexists(keys.inflight("cn"), victim)
+        assert victim in queue.job_ids
+        assert victim not in queue.started_job_registry.get_job_ids()
+        assert int(r.get(keys.abandoned)) == 1 and int(r.get(keys.retried)) == 1
+        assert name not in {w.name for w in Worker.all(queue=queue, serializer=SERIALIZER)}
+        assert r.hlen(keys.inflight("cn")) == 1  # the bound holds: no second job for the slot
+        # a worker that comes back redoes that very job; its update is applied once
+        fleet.worker("cn")
+        assert wait_until(lambda: r.sismember(keys.applied, victim), 120)
+        assert wait_until(lambda: int(r.get(keys.version) or 0) >= 3, 120)
+        assert r.hget(keys.duplicates, victim) is None
+        assert not r.hexists(keys.rejected, victim)
+
+
+def test_a_job_abandoned_more_often_than_max_retries_ends_failed(small_data, redis_server, r):
+    keys = Keys("giveup")
+    settings = FederationSettings(eval_every=0, target_versions=50, inflight_per_region=1,
+                                  worker_ttl=2, max_retries=0)  # fmt: skip
+    service.initialise(r, keys, small_data, settings)
+    with Fleet(redis_server.url, "giveup", small_data) as fleet:
+        fleet.coordinator()
+        slow = fleet.worker("cn", "--slowdown", "200")
+        assert wait_until(lambda: _started(r, keys, "cn"), 90), "the slow worker never started"
+        victim = _started(r, keys, "cn")
+        slow.send_signal(signal.SIGKILL)
+        slow.wait()
+        queue = region_queue(r, keys, "cn")
+        assert wait_until(lambda: victim in queue.failed_job_registry.get_job_ids(), 15)
+        assert r.hget(Job.key_for(victim), "status") == b"failed"
+        assert int(r.get(keys.retried) or 0) == 0
+        # its slot went to a new job
+        assert wait_until(lambda: r.hlen(keys.inflight("cn")) == 1
+                          and not r.hexists(keys.inflight("cn"), victim), 10)  # fmt: skip

@@ -58,6 +58,13 @@ class FedqWorker(SimpleWorker):
             self._finalize_failure(job, queue, execution, sys.exc_info())
         return False
 
+    def handle_job_failure(self, job: Job, queue: Queue, *args, **kwargs) -> None:
+        # RQ puts a failed job with retries left back on its queue (same id); fedq counts it
+        if self.fedq_keys is not None and job.should_retry and self._stopped_job_id != job.id:
+            with contextlib.suppress(redis.RedisError):
+                self.connection.incr(self.fedq_keys.retried)
+        super().handle_job_failure(job, queue, *args, **kwargs)
+
     def _record_refusal(self, job: Job, detail: str) -> None:
         if self.fedq_keys is None:
             return
@@ -109,23 +116,21 @@ def prepare(
     return context
 
 
-ALIVE_INTERVAL = 2.0
-ALIVE_TTL = 10
-
-
-def keep_alive(connection: redis.Redis, keys: Keys, name: str) -> threading.Event:
+def keep_alive(connection: redis.Redis, keys: Keys, name: str, ttl: float) -> threading.Event:
     """Refresh this worker's alive key from a thread, also while a job runs in-process.
 
-    RQ's own worker key outlives a killed worker by minutes; this one lapses ALIVE_TTL seconds
-    after the process dies, which is how the dispatcher spots an abandoned job quickly.
+    RQ's own worker key outlives a killed worker by minutes; this one lapses ``ttl`` seconds
+    (the federation's ``worker_ttl``) after the process dies, which is how the dispatcher spots
+    an abandoned job quickly. Five beats per TTL: a slow beat or two never looks like a death.
     """
     stop = threading.Event()
+    connection.set(keys.alive(name), "1", px=int(ttl * 1000))
 
     def beat() -> None:
         while not stop.is_set():
             with contextlib.suppress(redis.RedisError):
-                connection.set(keys.alive(name), "1", ex=ALIVE_TTL)
-            stop.wait(ALIVE_INTERVAL)
+                connection.set(keys.alive(name), "1", px=int(ttl * 1000))
+            stop.wait(ttl / 5)
         with contextlib.suppress(redis.RedisError):
             connection.delete(keys.alive(name))
 
@@ -152,8 +157,7 @@ def run(
         [queue], connection=connection, serializer=SERIALIZER, name=context.worker_id
     )
     worker.fedq_keys = keys
-    connection.set(keys.alive(context.worker_id), "1", ex=ALIVE_TTL)
-    alive = keep_alive(connection, keys, context.worker_id)
+    alive = keep_alive(connection, keys, context.worker_id, context.federation.settings.worker_ttl)
     try:
         return worker.work(burst=burst, logging_level="WARNING")
     finally:
