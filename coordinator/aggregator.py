@@ -24,6 +24,7 @@ import redis
 
 from coordinator.strategies import FedBuff, Outcome, Pending, Round, Strategy, make_strategy
 from shared.codec import DecodeError, Model, RejectReason, decode_update, encode_model
+from shared.faults import crash_point
 from shared.federation import Federation
 from shared.keys import AGGREGATOR_GROUP, Keys
 from shared.store import ModelStore
@@ -31,14 +32,21 @@ from shared.store import ModelStore
 Weights = dict[str, np.ndarray]
 READ_COUNT = 16
 
-# Atomic: check the version is still ours, then write the new version's info, bump the counter,
-# record the applied ids, acknowledge and delete their stream entries, add the applies entry and
-# drop the version that left the window. Returns 0 (and writes nothing) if the version moved,
-# which only a second aggregator could do. The blob is written just before, in the same round
-# trip, with SET NX.
+# Atomic: check the version is still ours, then move the staged blob into place, write the new
+# version's info, bump the counter, record the applied ids, acknowledge and delete their stream
+# entries, add the applies entry and drop the version that left the window. Returns 0 (and
+# writes nothing but the staged blob's removal) if the version moved, which only a second
+# aggregator could do. The blob is staged just before, in the same round trip, under a key of
+# this aggregator's own with an expiry: a crash between the two leaves nothing a restarted
+# aggregator could mistake for the new version.
 COMMIT_SCRIPT = """
-local version, info, applied, updates, applies, old = unpack(KEYS)
-if tonumber(redis.call('GET', version)) ~= tonumber(ARGV[1]) then return 0 end
+local version, info, applied, updates, applies, old, staged, model = unpack(KEYS)
+if tonumber(redis.call('GET', version)) ~= tonumber(ARGV[1]) then
+  redis.call('DEL', staged)
+  return 0
+end
+redis.call('RENAME', staged, model)
+redis.call('PERSIST', model)
 local i = 5
 local function take(n)
   local out = {}
@@ -60,6 +68,7 @@ redis.call('XADD', applies, 'MAXLEN', '~', '1000000', '*', unpack(applies_pairs)
 return 1
 """
 MAX_UPDATE_BYTES = 64 * 1024 * 1024
+STAGED_TTL = 3600  # seconds a staged blob outlives a crash between staging and commit
 
 
 @dataclass
@@ -251,20 +260,23 @@ class Aggregator:
         old = new_version - self.store.window
         blob = encode_model(Model(new_version, outcome.new_weights, {}))
         info = {"created_at": f"{time.time():.3f}", **{k: str(v) for k, v in info.items()}}
+        staged = self.keys.staged_model(new_version, self.consumer)
+        crash_point("aggregator.before_commit")
         with self.r.pipeline(transaction=False) as pipe:
-            # the blob goes in first and outside the script (no copy through Lua): until the
-            # counter moves, nobody reads it, and SET NX never overwrites another writer's
-            pipe.set(self.keys.model(new_version), blob, nx=True)
+            # the blob goes in first and outside the script (no copy through Lua)
+            pipe.set(staged, blob, ex=STAGED_TTL)
             self._commit_script(
                 keys=[self.keys.version, self.keys.model_info(new_version), self.keys.applied,
                       self.keys.updates, self.keys.applies,
-                      self.keys.model(old) if old >= 0 else self.keys.model(-1)],
+                      self.keys.model(old) if old >= 0 else self.keys.model(-1),
+                      staged, self.keys.model(new_version)],
                 args=[self.version, new_version, AGGREGATOR_GROUP, 1 if old >= 0 else 0,
                       len(ids), *ids, len(entries), *entries,
                       len(info), *_flat(info), len(applies), *_flat(applies)],
                 client=pipe,
             )  # fmt: skip
             _, done = pipe.execute()
+        crash_point("aggregator.after_commit")
         if not done:
             current = self.r.get(self.keys.version)
             raise RuntimeError(

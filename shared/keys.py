@@ -52,6 +52,10 @@ class Keys:
         """String: the msgpack blob of one version (immutable once written)."""
         return self._k("model", int(version))
 
+    def staged_model(self, version: int, writer: str) -> str:
+        """String with a TTL: ``writer``'s blob for ``version``, renamed to ``model`` on commit."""
+        return self._k("staged", int(version), writer)
+
     def model_info(self, version: int) -> str:
         """Hash: when a version was made and from what (update ids, staleness, mode)."""
         return self._k("model", int(version), "info")

@@ -35,11 +35,11 @@ class Fleet:
         self._logs = tempfile.TemporaryDirectory(prefix="fedq-fleet-")
         self._log_of: dict[int, Path] = {}
 
-    def spawn(self, *args: str) -> subprocess.Popen:
+    def spawn(self, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
         log = Path(self._logs.name) / f"{len(self.procs)}-{args[0]}.log"
         with log.open("wb") as err:
-            proc = subprocess.Popen([*FEDQ, *args], env=self.env, stdout=subprocess.DEVNULL,
-                                    stderr=err)  # fmt: skip
+            proc = subprocess.Popen([*FEDQ, *args], env={**self.env, **(env or {})},
+                                    stdout=subprocess.DEVNULL, stderr=err)  # fmt: skip
         self.procs.append(proc)
         self._log_of[proc.pid] = log
         return proc
@@ -47,8 +47,9 @@ class Fleet:
     def worker(self, region: str, *extra: str) -> subprocess.Popen:
         return self.spawn("worker", "--region", region, "--data", str(self.data), *extra)
 
-    def aggregator(self) -> subprocess.Popen:
-        return self.spawn("aggregator")
+    def aggregator(self, crash_at: str | None = None) -> subprocess.Popen:
+        """An aggregator; ``crash_at`` arms a crash point (``shared.faults``)."""
+        return self.spawn("aggregator", env={"FEDQ_CRASH_AT": crash_at} if crash_at else None)
 
     def coordinator(self, *extra: str) -> subprocess.Popen:
         return self.spawn("coordinator", "--data", str(self.data), *extra)
