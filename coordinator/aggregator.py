@@ -79,6 +79,14 @@ class Counters:
     versions: int = 0
     by_reason: dict[str, int] = field(default_factory=dict)
 
+    def add(self, other: Counters) -> None:
+        self.applied += other.applied
+        self.rejected += other.rejected
+        self.duplicates += other.duplicates
+        self.versions += other.versions
+        for reason, n in other.by_reason.items():
+            self.by_reason[reason] = self.by_reason.get(reason, 0) + n
+
 
 class Aggregator:
     def __init__(

@@ -62,7 +62,8 @@ def coordinator(data_dir: Path, settings, redis_url: str | None, namespace: str)
     fed = service.initialise(connection, keys, data_dir, settings)
     if fed.settings != settings:
         click.echo("joining the existing federation with its own settings", err=True)
-    reason = service.coordinate(connection, keys, fed, StopFlag())
+    reason = service.coordinate(connection, keys, fed, StopFlag(),
+                                say=lambda m: click.echo(m, err=True))  # fmt: skip
     click.echo(f"coordinator done: {reason}" if reason else "coordinator stopped")
 
 
@@ -79,7 +80,8 @@ def aggregator(consumer: str, wait: float, redis_url: str | None, namespace: str
 
     connection, keys = open_redis(redis_url, namespace)
     fed = federation.wait_for(connection, keys, wait, lambda m: click.echo(m, err=True))
-    counters = service.aggregate(connection, keys, fed, StopFlag(), consumer)
+    counters = service.aggregate(connection, keys, fed, StopFlag(), consumer,
+                                 say=lambda m: click.echo(m, err=True))  # fmt: skip
     click.echo(
         f"aggregator stopped: {counters.versions} versions, {counters.applied} applied, "
         f"{counters.rejected} rejected, {counters.duplicates} duplicates"

@@ -20,7 +20,7 @@ import redis
 from rq import Retry
 from rq.job import Job
 
-from coordinator.abandoned import settle_abandoned, sweep_dead_workers
+from shared.abandoned import settle_abandoned, sweep_dead_workers
 from shared.federation import Federation
 from shared.jobs import EVALUATE_TASK, TRAIN_TASK, JobSpec, region_queue
 from shared.keys import Keys

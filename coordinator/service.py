@@ -18,6 +18,7 @@ from coordinator.dispatcher import Dispatcher
 from shared import federation
 from shared.federation import Federation
 from shared.keys import Keys
+from shared.resilience import REDIS_DOWN, Outage
 from shared.settings import FederationSettings
 from shared.store import ModelStore
 
@@ -59,18 +60,29 @@ def coordinate(
     should_stop: Callable[[], bool],
     interval: float = 0.05,
     final_evaluation: bool = True,
+    say: Callable[[str], None] | None = None,
 ) -> str | None:
-    """Dispatch until a target is reached (returns its reason) or ``should_stop``."""
+    """Dispatch until a target is reached (returns its reason) or ``should_stop``.
+
+    A Redis outage pauses it (backoff, one line per interval); all its state is in Redis, so
+    it picks up where it was, and a half-done dispatch is tidied by the next reconcile.
+    """
     dispatcher = Dispatcher(connection, keys, fed)
+    outage = Outage(say, "coordinator")
     while not should_stop():
-        reason = dispatcher.tick()
-        if reason:
-            dispatcher.drain(should_stop)
-            if final_evaluation and not should_stop():
-                version = dispatcher.store.current_version() or 0
-                if not connection.sismember(keys.evaluated, version):
-                    dispatcher.schedule_evaluation(version)
-            return reason
+        try:
+            reason = dispatcher.tick()
+            if reason:
+                dispatcher.drain(should_stop)
+                if final_evaluation and not should_stop():
+                    version = dispatcher.store.current_version() or 0
+                    if not connection.sismember(keys.evaluated, version):
+                        dispatcher.schedule_evaluation(version)
+                return reason
+            outage.recovered()
+        except REDIS_DOWN as exc:
+            time.sleep(outage.failed(exc))
+            continue
         time.sleep(interval)
     return None
 
@@ -81,6 +93,25 @@ def aggregate(
     fed: Federation,
     should_stop: Callable[[], bool],
     consumer: str = "aggregator",
+    say: Callable[[str], None] | None = None,
 ) -> Counters:
-    aggregator = Aggregator(connection, keys, fed, consumer)
-    return aggregator.run(should_stop)
+    """Aggregate until ``should_stop``; after a Redis outage, start over from what Redis holds.
+
+    Starting over is the crash-restart path: the model and version are re-read (a commit whose
+    reply was lost is not applied again) and the updates it had read but not settled are still
+    pending in the stream, so ``recover`` reads them again.
+    """
+    totals = Counters()
+    outage = Outage(say, "aggregator")
+    while not should_stop():
+        aggregator = None
+        try:
+            aggregator = Aggregator(connection, keys, fed, consumer)
+            outage.recovered()
+            aggregator.run(should_stop)
+        except REDIS_DOWN as exc:
+            time.sleep(outage.failed(exc))
+        finally:
+            if aggregator is not None:
+                totals.add(aggregator.counters)
+    return totals

@@ -6,7 +6,8 @@ here. One context per process (fedq's workers run jobs in-process, see ``process
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import redis
 
@@ -30,6 +31,7 @@ class WorkerContext:
     cache: ModelCache
     slowdown: float = 1.0
     optimizer_state: dict | None = None  # the worker's Adam moments, carried from job to job
+    say: Callable[[str], None] = field(default=lambda _m: None)
 
 
 _current: WorkerContext | None = None

@@ -12,7 +12,9 @@ fails without being imported or run, with the reason recorded on the rejections 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
+import signal
 import socket
 import sys
 import threading
@@ -25,9 +27,11 @@ from rq.queue import Queue
 from rq.worker import SimpleWorker
 
 from shared import federation
+from shared.abandoned import forget_worker, settle_abandoned
 from shared.errors import FedqError
 from shared.jobs import SERIALIZER, TASKS, region_queue
 from shared.keys import Keys
+from shared.resilience import REDIS_DOWN, Outage, retry_redis
 from shared.store import ModelCache, ModelStore
 from shared.task.local_data import load_region, load_shared
 from worker.context import WorkerContext, install
@@ -37,10 +41,42 @@ class JobRefused(Exception):
     pass
 
 
+class OncePerInterval(logging.Filter):
+    """RQ logs each of its dequeue retries while Redis is down: let one through per interval."""
+
+    def __init__(self, interval: float = 10.0) -> None:
+        super().__init__()
+        self.interval = interval
+        self._last = -interval
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if "could not connect to Redis" not in record.getMessage():
+            return True
+        now = time.monotonic()
+        if now - self._last < self.interval:
+            return False
+        self._last = now
+        return True
+
+
+RQ_RETRY_LINES = OncePerInterval()
+
+
 class FedqWorker(SimpleWorker):
     """A SimpleWorker that refuses every job that is not one of fedq's tasks."""
 
     fedq_keys: Keys | None = None
+    fedq_job_id: str | None = None  # the job being run, until RQ has recorded how it ended
+    max_connection_wait_time = 5.0  # RQ's dequeue backoff: at most 5 s (RQ's default is 60)
+
+    @property
+    def shutdown_requested(self) -> bool:
+        return self._shutdown_requested_date is not None
+
+    def execute_job(self, job: Job, queue: Queue) -> None:
+        self.fedq_job_id = job.id
+        super().execute_job(job, queue)
+        self.fedq_job_id = None  # not reached if recording the job's end failed
 
     def perform_job(self, job: Job, queue: Queue, execution) -> bool:
         try:
@@ -148,17 +184,63 @@ def run(
     wait: float = 60.0,
     say=None,
 ) -> bool:
+    """Work the region's queue until SIGTERM (or, with ``burst``, until it is empty).
+
+    RQ's loop quits on an error it does not expect, such as Redis going away between jobs or
+    while it records a job's end. This loop then waits for Redis (backoff, one line per
+    interval), puts back the job it was running if RQ could not record its end (same id: an
+    update it already published is a duplicate, never applied twice), and works on.
+    """
     import torch
 
     torch.set_num_threads(1)
     context = prepare(connection, keys, region, data_dir, slowdown, wait, say)
+    if say is not None:
+        context.say = say
     queue = region_queue(connection, keys, region)
-    worker = FedqWorker(
-        [queue], connection=connection, serializer=SERIALIZER, name=context.worker_id
-    )
-    worker.fedq_keys = keys
     alive = keep_alive(connection, keys, context.worker_id, context.federation.settings.worker_ttl)
+    outage = Outage(say, f"worker {context.worker_id}")
+    worked = False
     try:
-        return worker.work(burst=burst, logging_level="WARNING")
+        while True:
+            worker = FedqWorker(
+                [queue], connection=connection, serializer=SERIALIZER, name=context.worker_id
+            )
+            worker.fedq_keys = keys
+            worker.log.addFilter(RQ_RETRY_LINES)
+            with contextlib.suppress(*REDIS_DOWN):  # RQ's teardown may fail with Redis gone
+                worked = worker.work(burst=burst, logging_level="WARNING") or worked
+            if worker.shutdown_requested or (burst and _reachable(connection)):
+                return worked
+            if not _ride_out(connection, outage):
+                return worked
+            held = worker.fedq_job_id
+            status = connection.hget(Job.key_for(held), "status") if held else None
+            if status == b"started":
+                settle_abandoned(connection, keys, queue, held, worker.name)
+            else:
+                forget_worker(connection, worker.name)
     finally:
         alive.set()
+
+
+def _reachable(connection: redis.Redis) -> bool:
+    try:
+        return bool(connection.ping())
+    except REDIS_DOWN:
+        return False
+
+
+def _ride_out(connection: redis.Redis, outage: Outage) -> bool:
+    """Wait for Redis; False if SIGTERM or SIGINT came first."""
+    stop = threading.Event()
+    handlers = {sig: signal.signal(sig, lambda *_: stop.set())
+                for sig in (signal.SIGTERM, signal.SIGINT)}  # fmt: skip
+    try:
+        retry_redis(connection.ping, outage, should_stop=stop.is_set, sleep=stop.wait)
+        return True
+    except REDIS_DOWN:
+        return False
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from typing import Any
 
 from rq import get_current_job
@@ -16,6 +17,7 @@ from rq import get_current_job
 from shared.aggregation import subtract
 from shared.codec import Update, UpdateHeader, encode_update
 from shared.jobs import JobSpec
+from shared.resilience import Outage, retry_redis
 from shared.settings import TrainSettings
 from shared.task.evaluate import ModelScorer, evaluate_region
 from shared.task.model import build, load_numpy_state
@@ -65,7 +67,9 @@ def train(spec: dict[str, Any]) -> dict[str, Any]:
         data_size=len(ctx.data.split.train),
     )
     payload = encode_update(Update(header, subtract(result.weights, model.weights)))
-    ctx.connection.xadd(ctx.keys.updates, {"u": payload, "id": job_id, "region": ctx.region})
+    # the update is held until Redis takes it (a copy sent twice is dropped as a duplicate)
+    _publish(ctx, lambda: ctx.connection.xadd(
+        ctx.keys.updates, {"u": payload, "id": job_id, "region": ctx.region}))  # fmt: skip
     return {
         "update_id": job_id,
         "base_version": model.version,
@@ -95,13 +99,14 @@ def evaluate(spec: dict[str, Any]) -> dict[str, Any]:
         "validation": {k: validation[k] for k in ("users", "hr@10", "ndcg@10")},
         "at": time.time(),
     }
-    ctx.connection.xadd(
-        ctx.keys.metrics,
-        {"version": job.version, "region": ctx.region, "m": json.dumps(record)},
-        maxlen=100_000,
-        approximate=True,
-    )
+    fields = {"version": job.version, "region": ctx.region, "m": json.dumps(record)}
+    _publish(ctx, lambda: ctx.connection.xadd(ctx.keys.metrics, fields, maxlen=100_000,
+                                              approximate=True))  # fmt: skip
     return {"version": job.version, "region": ctx.region, "hr@10": test["hr@10"]}
+
+
+def _publish(ctx: WorkerContext, send: Callable[[], object]) -> None:
+    retry_redis(send, Outage(ctx.say, f"worker {ctx.worker_id}"))
 
 
 def _spec(raw: dict[str, Any], ctx: WorkerContext, kind: str) -> JobSpec:

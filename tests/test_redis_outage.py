@@ -1,0 +1,93 @@
+"""Redis goes away: the model survives a restart (AOF), and every process rides out the outage."""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+
+import numpy as np
+import redis
+
+from coordinator import service
+from coordinator.aggregator import Aggregator
+from shared.codec import Update, UpdateHeader, encode_update
+from shared.keys import Keys
+from shared.redis_server import RedisServer
+from shared.settings import FederationSettings
+from shared.store import ModelStore
+from tests.fleet import Fleet, wait_until
+
+
+def _apply_some(r: redis.Redis, keys: Keys, small_data, n: int) -> dict[str, np.ndarray]:
+    fed = service.initialise(r, keys, small_data, FederationSettings(model_dim=8, eval_every=0))
+    agg = Aggregator(r, keys, fed)
+    for i in range(n):
+        header = UpdateHeader(f"u{i}", f"u{i}", "cn", "w", i, 100, 1.0, 0.1, 0.1, "fp32", 0.0,
+                              None, 100)  # fmt: skip
+        delta = {k: np.full(v.shape, 0.01 * (i + 1), np.float32) for k, v in agg.weights.items()}
+        r.xadd(keys.updates, {"u": encode_update(Update(header, delta)), "id": f"u{i}"})
+        agg.step(block_ms=100)
+    assert agg.version == n
+    return agg.weights
+
+
+def test_model_and_version_survive_a_restart_and_a_kill_9_of_redis(small_data, tmp_path):
+    keys = Keys("aof")
+    server = RedisServer(tmp_path / "redis").start()
+    try:
+        weights = _apply_some(redis.Redis.from_url(server.url), keys, small_data, 3)
+        port = server.port
+        server.stop()  # a clean shutdown
+        server = RedisServer(tmp_path / "redis", port=port).start()
+        r = redis.Redis.from_url(server.url)
+        model = ModelStore(r, keys).read_current()
+        assert model.version == 3 and int(r.get(keys.version)) == 3
+        for name, value in weights.items():
+            np.testing.assert_array_equal(model.weights[name], value)
+        assert r.scard(keys.applied) == 3
+        # a crash of redis-server itself: AOF is fsynced every second
+        r.set(keys.done, "marker")
+        time.sleep(1.5)
+        server.process.send_signal(signal.SIGKILL)
+        server.process.wait()
+        server = RedisServer(tmp_path / "redis", port=port).start()
+        r = redis.Redis.from_url(server.url)
+        assert ModelStore(r, keys).current_version() == 3 and r.get(keys.done) == b"marker"
+    finally:
+        server.stop()
+
+
+def test_every_process_rides_out_a_redis_outage_and_the_federation_goes_on(small_data, tmp_path):
+    keys = Keys("outage")
+    server = RedisServer(tmp_path / "redis").start()
+    r = redis.Redis.from_url(server.url)
+    settings = FederationSettings(eval_every=0, target_versions=0, time_budget=600,
+                                  inflight_per_region=1)  # fmt: skip
+    service.initialise(r, keys, small_data, settings)
+    try:
+        with Fleet(server.url, "outage", small_data) as fleet:
+            roles = [fleet.aggregator(), fleet.coordinator(), fleet.worker("cn"),
+                     fleet.worker("us")]  # fmt: skip
+            assert wait_until(lambda: int(r.get(keys.version) or 0) >= 3, 120)
+            port = server.port
+            server.stop()
+            time.sleep(6)
+            assert all(p.poll() is None for p in roles), "a process died with Redis"
+            server = RedisServer(tmp_path / "redis", port=port).start()
+            r = redis.Redis.from_url(server.url)
+            before = int(r.get(keys.version))
+            assert wait_until(lambda: int(r.get(keys.version)) >= before + 5, 120)
+            assert all(p.poll() is None for p in roles)
+            logs = [fleet.log(p) for p in roles]
+            for log in logs[:2]:  # aggregator, coordinator
+                assert log.count("Redis unreachable") == 1, log
+                assert "Redis reachable again" in log, log
+                assert "Traceback" not in log, log
+            for log in logs[2:]:
+                assert "could not connect to Redis" in log or "Redis unreachable" in log, log
+                assert log.count("could not connect to Redis") <= 2, log  # once per interval
+        applied = [u["id"] for _, e in r.xrange(keys.applies) for u in json.loads(e[b"updates"])]
+        assert len(applied) == len(set(applied)) == int(r.get(keys.version))
+    finally:
+        server.stop()
