@@ -147,7 +147,12 @@ class Dispatcher:
                     self.r.hset(key, job_id, f"{held[job_id]:.3f}")
         ended = [i for i, st in states.items() if st is None or st in FINAL_STATES]
         if ended:
-            self.r.hdel(key, *ended)
+            with self.r.pipeline(transaction=False) as pipe:
+                pipe.hdel(key, *ended)
+                for job_id in ended:
+                    if states[job_id] is None:  # expired unstarted: its id would stay queued
+                        self.queues[region].remove(job_id, pipeline=pipe)
+                pipe.execute()
         return {i: (st, held[i]) for i, st in states.items() if i not in ended}
 
     def _enqueue_train(self, region: str, round_number: int | None) -> str:

@@ -1,0 +1,64 @@
+"""Workers join and leave at any time: a region without workers holds no pile of jobs and
+picks up again when a worker comes back."""
+
+from __future__ import annotations
+
+import signal
+import socket
+
+from rq.worker import Worker
+
+from coordinator import service
+from shared.jobs import SERIALIZER, region_queue
+from shared.keys import Keys
+from shared.settings import FederationSettings
+from tests.fleet import Fleet, wait_until
+
+
+def _jp_updates(r, keys: Keys) -> int:
+    return sum(1 for i in r.smembers(keys.applied) if i.startswith(b"jp-"))
+
+
+def test_a_region_without_workers_expires_its_jobs_and_resumes_when_one_joins(
+    small_data, redis_server, r
+):
+    keys = Keys("members")
+    settings = FederationSettings(eval_every=0, target_versions=0, time_budget=900,
+                                  inflight_per_region=2, queue_ttl=3)  # fmt: skip
+    service.initialise(r, keys, small_data, settings)
+    jp = region_queue(r, keys, "jp")
+    with Fleet(redis_server.url, "members", small_data) as fleet:
+        fleet.aggregator()
+        fleet.coordinator()
+        fleet.worker("cn")
+        # jp has no worker: its first jobs expire unstarted and are replaced, the queue stays short
+        assert wait_until(lambda: r.hlen(keys.inflight("jp")) == 2, 30)
+        first = {i.decode() for i in r.hkeys(keys.inflight("jp"))}
+        assert wait_until(lambda: not first & {i.decode() for i in r.hkeys(keys.inflight("jp"))},
+                          30)  # fmt: skip
+        for _ in range(3):
+            assert jp.count <= settings.inflight_per_region
+            assert r.llen(jp.key) <= settings.inflight_per_region  # no expired ids piling up
+            wait_until(lambda: False, 1.5)
+        assert _jp_updates(r, keys) == 0
+        # a jp worker joins: the region's updates flow
+        joined = fleet.worker("jp")
+        assert wait_until(lambda: _jp_updates(r, keys) >= 2, 120)
+        # a second cn worker joins mid-run and takes jobs too
+        late = fleet.worker("cn")
+        name = f"cn.{socket.gethostname()}.{late.pid}"
+        cn = region_queue(r, keys, "cn")
+
+        def late_worked() -> bool:
+            w = Worker.find_by_key(Worker.redis_worker_namespace_prefix + name, connection=r,
+                                   serializer=SERIALIZER)  # fmt: skip
+            return w is not None and w.successful_job_count > 0
+
+        assert wait_until(late_worked, 120)
+        # the jp worker leaves (SIGTERM: finishes its job): jp stalls again without piling up
+        joined.send_signal(signal.SIGTERM)
+        assert joined.wait(timeout=120) == 0
+        assert wait_until(lambda: r.llen(jp.key) == settings.inflight_per_region, 30)
+        wait_until(lambda: False, 7)  # two more queue_ttl periods
+        assert r.llen(jp.key) <= settings.inflight_per_region
+        assert cn.count <= settings.inflight_per_region
