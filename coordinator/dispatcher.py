@@ -102,7 +102,7 @@ class Dispatcher:
         )
         free = self.s.max_inflight - busy if self.s.max_inflight else 10**9
         open_regions = [r for r in self.fed.regions if len(active[r]) < self.s.inflight_per_region]
-        if free <= 0 or not open_regions:
+        if free <= 0 or not open_regions or self._aggregator_behind():
             return
         counts, sizes = self._shares()
         while free > 0 and open_regions:
@@ -113,6 +113,15 @@ class Dispatcher:
             if len(active[region]) >= self.s.inflight_per_region:
                 open_regions.remove(region)
             free -= 1
+
+    def _aggregator_behind(self) -> bool:
+        """Too many updates wait in the stream: hold new jobs until the aggregator catches up.
+
+        While the aggregator is down (a restart takes seconds) workers keep finishing jobs on
+        the same base version; past ``max_staleness`` such a backlog would only be rejected as
+        stale, so the dispatcher stops at half of it.
+        """
+        return self.r.xlen(self.keys.updates) >= max(1, self.s.max_staleness // 2)
 
     def _shares(self) -> tuple[dict[str, int], dict[str, float]]:
         counts = {

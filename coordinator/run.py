@@ -49,6 +49,7 @@ class RunOptions:
 class Role:
     name: str
     kind: str  # worker | aggregator | coordinator
+    args: list[str]
     process: subprocess.Popen
     peak_rss_mb: float = 0.0
 
@@ -56,7 +57,14 @@ class Role:
         self.peak_rss_mb = max(self.peak_rss_mb, _peak_rss_mb(self.process.pid))
 
 
-def run_federation(options: RunOptions, say: Say, progress: Callable[[dict], None]) -> dict:
+# called on every poll with the roles (which it may kill and replace), a way to start a role
+# again, the current version and whether the target is reached: the chaos runner's hook
+Disturb = Callable[[list[Role], Callable[[Role], Role], int, bool], None]
+
+
+def run_federation(
+    options: RunOptions, say: Say, progress: Callable[[dict], None], disturb: Disturb | None = None
+) -> dict:
     """Run to the target; returns the report (also written to ``out_dir/report.json``)."""
     out = options.out_dir
     (out / "logs").mkdir(parents=True, exist_ok=True)
@@ -88,9 +96,10 @@ def run_federation(options: RunOptions, say: Say, progress: Callable[[dict], Non
                         "--slowdown", str(slow)]  # fmt: skip
                 roles.append(_spawn(f"worker-{region}-{k}", "worker", args, env, out))
         coordinate = ["coordinator", "--data", str(options.data_dir)]
-        coordinator = _spawn("coordinator", "coordinator", coordinate, env, out)
-        roles.append(coordinator)
-        final_version = _watch(connection, keys, fed, roles, coordinator, options, progress)
+        roles.append(_spawn("coordinator", "coordinator", coordinate, env, out))
+        final_version = _watch(connection, keys, fed, roles, options, progress,
+                               disturb, lambda role: _spawn(role.name, role.kind, role.args, env,
+                                                            out))  # fmt: skip
         seconds = time.time() - started
         curve = learning_curve(connection, keys, fed)
         final = next((p for p in curve if p["version"] == final_version), None)
@@ -128,12 +137,12 @@ def run_federation(options: RunOptions, say: Say, progress: Callable[[dict], Non
 
 
 def _spawn(name: str, kind: str, args: list[str], env: dict, out: Path) -> Role:
-    log = open(out / "logs" / f"{name}.log", "wb")  # noqa: SIM115 (the child owns it)
+    log = open(out / "logs" / f"{name}.log", "ab")  # noqa: SIM115 (the child owns it)
     process = subprocess.Popen(
         [sys.executable, "-m", "shared", *args], env=env, stdout=log, stderr=subprocess.STDOUT
     )
     log.close()
-    return Role(name, kind, process)
+    return Role(name, kind, args, process)
 
 
 def _watch(
@@ -141,9 +150,10 @@ def _watch(
     keys: Keys,
     fed,
     roles: list[Role],
-    coordinator: Role,
     options: RunOptions,
     progress: Callable[[dict], None],
+    disturb: Disturb | None,
+    respawn: Callable[[Role], Role],
 ) -> int:
     """Poll until the final version is evaluated everywhere; fail fast if a role dies."""
     final_version: int | None = None
@@ -155,14 +165,17 @@ def _watch(
             for role in roles:
                 role.sample_rss()
             last_sample = now
+        version = int(connection.get(keys.version) or 0)
+        done = connection.get(keys.done)
+        if disturb is not None:
+            disturb(roles, respawn, version, done is not None)
+        coordinator = next((role for role in roles if role.kind == "coordinator"), None)
         for role in roles:
             code = role.process.poll()
             if code is None or role is coordinator and code == 0:
                 continue
             tail = _log_tail(options.out_dir / "logs" / f"{role.name}.log")
             raise FedqError(f"{role.name} exited with code {code}: {tail}")
-        version = int(connection.get(keys.version) or 0)
-        done = connection.get(keys.done)
         progress(
             {
                 "version": version,
@@ -172,7 +185,7 @@ def _watch(
                 "done": done.decode() if done else None,
             }
         )
-        if coordinator.process.poll() == 0 and final_version is None:
+        if coordinator and coordinator.process.poll() == 0 and final_version is None:
             final_version = version
             final_deadline = now + options.final_timeout
         if final_version is not None:
@@ -199,6 +212,9 @@ def _update_counts(connection: redis.Redis, keys: Keys) -> dict:
         "rejected": sum(by_reason.values()),
         "rejected_by_reason": by_reason,
         "duplicates": sum(int(v) for v in connection.hvals(keys.duplicates)),
+        "published": sum(int(v) for v in connection.hvals(keys.published)),
+        "jobs_retried": int(connection.get(keys.retried) or 0),
+        "jobs_abandoned": int(connection.get(keys.abandoned) or 0),
     }
 
 

@@ -67,6 +67,11 @@ class Keys:
         return self._k("updates")
 
     @property
+    def published(self) -> str:
+        """Hash: update id -> copies workers published (an audit trail: ids only, no data)."""
+        return self._k("published")
+
+    @property
     def applied(self) -> str:
         """Set: ids of updates that were applied (exactly once)."""
         return self._k("applied")

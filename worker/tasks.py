@@ -67,9 +67,9 @@ def train(spec: dict[str, Any]) -> dict[str, Any]:
         data_size=len(ctx.data.split.train),
     )
     payload = encode_update(Update(header, subtract(result.weights, model.weights)))
-    # the update is held until Redis takes it (a copy sent twice is dropped as a duplicate)
-    _publish(ctx, lambda: ctx.connection.xadd(
-        ctx.keys.updates, {"u": payload, "id": job_id, "region": ctx.region}))  # fmt: skip
+    # the update is held until Redis takes it (a copy sent twice is dropped as a duplicate);
+    # the audit count goes in the same MULTI, so it counts exactly the copies published
+    _publish(ctx, lambda: _publish_update(ctx, job_id, payload))
     return {
         "update_id": job_id,
         "base_version": model.version,
@@ -103,6 +103,13 @@ def evaluate(spec: dict[str, Any]) -> dict[str, Any]:
     _publish(ctx, lambda: ctx.connection.xadd(ctx.keys.metrics, fields, maxlen=100_000,
                                               approximate=True))  # fmt: skip
     return {"version": job.version, "region": ctx.region, "hr@10": test["hr@10"]}
+
+
+def _publish_update(ctx: WorkerContext, update_id: str, payload: bytes) -> None:
+    with ctx.connection.pipeline(transaction=True) as pipe:
+        pipe.xadd(ctx.keys.updates, {"u": payload, "id": update_id, "region": ctx.region})
+        pipe.hincrby(ctx.keys.published, update_id, 1)
+        pipe.execute()
 
 
 def _publish(ctx: WorkerContext, send: Callable[[], object]) -> None:
