@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from coordinator.run import Role
 
-KINDS = (("worker", 0.6), ("aggregator", 0.2), ("coordinator", 0.2))
+KINDS = {"worker": 0.6, "aggregator": 0.2, "coordinator": 0.2}
 MAX_RESTART_DELAY = 3.0
 
 
@@ -42,13 +42,17 @@ class Chaos:
     faults: int
     seed: int
     target_versions: int
+    kinds: dict[str, float] = field(default_factory=lambda: dict(KINDS))  # kind -> weight
     schedule: list[Fault] = field(default_factory=list)
     injected: list[Injected] = field(default_factory=list)
     _down: list[tuple[float, Role]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         rng = random.Random(self.seed)
-        kinds, weights = zip(*KINDS, strict=True)
+        unknown = set(self.kinds) - set(KINDS)
+        if unknown:
+            raise ValueError(f"unknown kinds {sorted(unknown)}: choose from {sorted(KINDS)}")
+        kinds, weights = zip(*self.kinds.items(), strict=True)
         lo, hi = int(0.05 * self.target_versions), int(0.85 * self.target_versions)
         self.schedule = sorted(
             (Fault(rng.randint(max(lo, 1), max(hi, 1)), rng.choices(kinds, weights)[0],

@@ -41,6 +41,8 @@ def main() -> int:
     ap.add_argument("--versions", type=int, default=1200, help="target versions of each run")
     ap.add_argument("--workers-per-region", type=int, default=2)
     ap.add_argument("--mode", default="async", choices=("async", "buffered", "sync"))
+    ap.add_argument("--kinds", default="worker=0.6,aggregator=0.2,coordinator=0.2",
+                    help="which roles to kill, with weights")  # fmt: skip
     ap.add_argument("--out", type=Path, default=Path("runs/chaos"))
     args = ap.parse_args()
     if not (args.data / "meta.json").exists():
@@ -54,7 +56,8 @@ def main() -> int:
     server = RedisServer(args.out / "redis").start()
     try:
         reports = {}
-        chaos = Chaos(args.faults, args.seed, args.versions)
+        kinds = {k: float(w) for k, _, w in (p.partition("=") for p in args.kinds.split(","))}
+        chaos = Chaos(args.faults, args.seed, args.versions, kinds)
         for name, disturb in (("undisturbed", None), ("chaos", chaos)):
             console.print(f"[bold]{name}[/]: {args.versions} versions, seed {args.seed}")
             options = RunOptions(args.data, settings, args.workers_per_region,

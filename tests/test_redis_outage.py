@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import socket
 import time
 
 import numpy as np
@@ -91,3 +92,41 @@ def test_every_process_rides_out_a_redis_outage_and_the_federation_goes_on(small
         assert result.ok and result.applied > 0, result.problems
     finally:
         server.stop()
+
+
+def test_a_worker_holds_its_finished_update_through_an_outage_and_publishes_it_after(
+    small_data, tmp_path
+):
+    keys = Keys("held")
+    server = RedisServer(tmp_path / "redis").start()
+    r = redis.Redis.from_url(server.url)
+    settings = FederationSettings(eval_every=0, target_versions=0, time_budget=600,
+                                  inflight_per_region=1, worker_ttl=60)  # fmt: skip
+    service.initialise(r, keys, small_data, settings)
+    try:
+        with Fleet(server.url, "held", small_data) as fleet:
+            fleet.coordinator()
+            worker = fleet.worker("cn", "--slowdown", "8")
+            assert wait_until(lambda: _started(r, keys), 90)
+            job_id = _started(r, keys)
+            port = server.port
+            server.stop()  # the job finishes while Redis is away
+            time.sleep(12)
+            assert worker.poll() is None
+            server = RedisServer(tmp_path / "redis", port=port).start()
+            r = redis.Redis.from_url(server.url)
+            assert wait_until(lambda: r.hget(keys.published, job_id) == b"1", 60)
+            assert f"worker cn.{socket.gethostname()}.{worker.pid}: Redis unreachable" in (
+                fleet.log(worker))  # fmt: skip
+            assert wait_until(lambda: r.hget(f"rq:job:{job_id}", "status") == b"finished", 30)
+            assert int(r.get(keys.retried) or 0) == 0  # the first run published it, no re-run
+            assert worker.poll() is None
+    finally:
+        server.stop()
+
+
+def _started(r: redis.Redis, keys: Keys) -> str | None:
+    for job_id in r.hkeys(keys.inflight("cn")):
+        if r.hget(f"rq:job:{job_id.decode()}", "status") == b"started":
+            return job_id.decode()
+    return None
