@@ -146,9 +146,14 @@ class Dispatcher:
         states = {i: status for i, (status, _) in zip(ids, rows, strict=True)}
         # a started job whose worker stopped beating is abandoned: retry it now (same id, so
         # a copy of its update is a duplicate), not when RQ's heartbeat expires minutes later
-        for job_id, (status, worker) in zip(ids, rows, strict=True):
-            name = (worker or b"").decode()
-            if status == b"started" and name and not self.r.exists(self.keys.alive(name)):
+        started = {i: w.decode() for i, (st, w) in zip(ids, rows, strict=True)
+                   if st == b"started" and w}  # fmt: skip
+        with self.r.pipeline(transaction=False) as pipe:
+            for name in started.values():
+                pipe.exists(self.keys.alive(name))
+            alive = pipe.execute()
+        for (job_id, name), beating in zip(started.items(), alive, strict=True):
+            if not beating:
                 retried = settle_abandoned(self.r, self.keys, self.queues[region], job_id, name)
                 states[job_id] = b"queued" if retried else b"failed"
                 held[job_id] = self.clock()

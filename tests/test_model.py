@@ -98,3 +98,26 @@ def test_bucket_bias_gradient_matches_finite_differences():
     table = torch.randn(6, dtype=torch.float64, requires_grad=True)
     bucket = torch.randint(0, 6, (7, 9), generator=torch.Generator().manual_seed(0))
     assert torch.autograd.gradcheck(lambda t: _BucketBias.apply(t, bucket), (table,))
+
+
+def test_moment_warm_up_moves_no_weight_and_shrinks_the_first_step(trained):
+    from shared.task.train import Trainer
+
+    shared, data, config, start, _ = trained
+    settings = TrainConfig(batch_size=128, seed=2)
+    warm = Trainer(config, shared.features, start, settings)
+    warm.warm_up(data.split.train, batches=4)
+    for name, value in warm.weights().items():
+        np.testing.assert_array_equal(value, start[name])
+    steps = {int(s["step"]) for s in warm.optimizer.state_dict()["state"].values()}
+    assert steps == {4}
+    assert all(g["lr"] == settings.lr for g in warm.optimizer.param_groups)
+    # one job from a warmed optimizer moves the model less than one from a fresh optimizer
+    few = data.split.train.take(np.arange(256))
+
+    def moved(warmup: int) -> float:
+        cfg = TrainConfig(batch_size=128, seed=2, moment_warmup=warmup)
+        out = train_local(config, shared.features, start, few, cfg)
+        return sum(float(np.abs(out.weights[k] - start[k]).sum()) for k in start)
+
+    assert moved(warmup=8) < moved(warmup=0)

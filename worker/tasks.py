@@ -24,6 +24,8 @@ from shared.task.model import build, load_numpy_state
 from shared.task.train import TrainConfig, train_local
 from worker.context import WorkerContext, current
 
+WARMUP_JOBS = 8  # see shared.task.train.Trainer.warm_up
+
 
 def train(spec: dict[str, Any]) -> dict[str, Any]:
     ctx = current()
@@ -45,6 +47,8 @@ def train(spec: dict[str, Any]) -> dict[str, Any]:
             max_examples=ts.examples_per_job,
             seed=job.seed,
             threads=1,
+            # a worker's first job: gather Adam's moments over eight jobs' worth of batches
+            moment_warmup=WARMUP_JOBS * -(-ts.examples_per_job // ts.batch_size),
         ),
         optimizer_state=ctx.optimizer_state,
     )

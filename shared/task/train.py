@@ -31,6 +31,9 @@ class TrainConfig:
     prox_mu: float = 0.0  # FedProx: mu/2 * ||w - w_start||^2 keeps a region near the global model
     max_examples: int | None = None  # cap per call (a random subset, drawn from the seed)
     optimizer: str = "adam"  # adam | sgd (momentum 0.9)
+    # a fresh optimizer first gathers its moments over this many batches without moving a
+    # weight (see ``Trainer.warm_up``); 0: off
+    moment_warmup: int = 0
     seed: int = 0
     threads: int = 1
 
@@ -44,6 +47,8 @@ class TrainConfig:
             raise ValueError(f"bad training settings: {self}")
         if self.optimizer not in ("adam", "sgd"):
             raise ValueError(f"unknown optimizer {self.optimizer!r}; choose adam or sgd")
+        if self.moment_warmup < 0:
+            raise ValueError(f"bad training settings: {self}")
 
 
 @dataclass(frozen=True)
@@ -85,6 +90,32 @@ class Trainer:
             )
         if optimizer_state is not None:
             self.optimizer.load_state_dict(optimizer_state)
+
+    def warm_up(self, examples: Examples, batches: int) -> None:
+        """Fill a fresh optimizer's moments from ``batches`` batches, leaving the weights as
+        they are (the steps run at learning rate 0).
+
+        A fresh Adam's first step is a full learning-rate step on every parameter with any
+        gradient at all (m/sqrt(v) = g/|g|), and young moments stay noisy for many steps. A
+        worker that (re)starts would send the global model such steps (measured figures in
+        docs/DESIGN.md, "Local training").
+        """
+        lrs = [group["lr"] for group in self.optimizer.param_groups]
+        for group in self.optimizer.param_groups:
+            group["lr"] = 0.0
+        self.model.train()
+        size = self.settings.batch_size
+        order = self.rng.permutation(len(examples))[: batches * size]
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(self.rng.integers(2**31)))
+            for lo in range(0, len(order), size):
+                loss = _batch_loss(self.model, examples.take(order[lo : lo + size]))
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                self.optimizer.step()
+        for group, lr in zip(self.optimizer.param_groups, lrs, strict=True):
+            group["lr"] = lr
+        self.model.eval()
 
     def run_epoch(
         self, examples: Examples, progress: Callable[[int, int], None] | None = None
@@ -139,6 +170,8 @@ def train_local(
         raise ValueError("no training examples: the region's data has no user with two events")
     started = time.perf_counter()
     trainer = Trainer(config, features, weights, settings, optimizer_state)
+    if optimizer_state is None and settings.moment_warmup:
+        trainer.warm_up(examples, settings.moment_warmup)
     if settings.max_examples is not None and settings.max_examples < len(examples):
         pick = trainer.rng.choice(len(examples), settings.max_examples, replace=False)
         examples = examples.take(pick)
