@@ -53,12 +53,14 @@ def baseline(
 )
 @settings_options
 @redis_options
-def coordinator(data_dir: Path, settings, redis_url: str | None, namespace: str) -> None:
+@wait_option
+def coordinator(data_dir: Path, settings, wait: float, redis_url: str | None,
+                namespace: str) -> None:  # fmt: skip
     """Initialise the federation (if new) and dispatch round jobs until a target is reached."""
     from coordinator import service
     from shared.cli_options import StopFlag
 
-    connection, keys = open_redis(redis_url, namespace)
+    connection, keys = open_redis(redis_url, namespace, wait, lambda m: click.echo(m, err=True))
     fed = service.initialise(connection, keys, data_dir, settings)
     if fed.settings != settings:
         click.echo("joining the existing federation with its own settings", err=True)
@@ -78,7 +80,7 @@ def aggregator(consumer: str, wait: float, redis_url: str | None, namespace: str
     from shared import federation
     from shared.cli_options import StopFlag
 
-    connection, keys = open_redis(redis_url, namespace)
+    connection, keys = open_redis(redis_url, namespace, wait, lambda m: click.echo(m, err=True))
     fed = federation.wait_for(connection, keys, wait, lambda m: click.echo(m, err=True))
     counters = service.aggregate(connection, keys, fed, StopFlag(), consumer,
                                  say=lambda m: click.echo(m, err=True))  # fmt: skip

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import signal
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -18,6 +19,7 @@ import redis
 from shared.errors import FedqError
 from shared.keys import DEFAULT_NAMESPACE, Keys
 from shared.redis_server import connect, resolve_url
+from shared.resilience import Outage, retry_redis
 
 
 def redis_options(f: Callable[..., Any]) -> Callable[..., Any]:
@@ -46,20 +48,31 @@ wait_option = click.option(
     type=float,
     default=60.0,
     show_default=True,
-    help="Seconds to wait for a coordinator to initialise the federation.",
+    help="Seconds to wait for Redis and for a coordinator to initialise the federation.",
 )
 
 
-def open_redis(redis_url: str | None, namespace: str) -> tuple[redis.Redis, Keys]:
-    """A checked connection: one clear line if Redis cannot be reached."""
+def open_redis(
+    redis_url: str | None,
+    namespace: str,
+    wait: float = 0.0,
+    say: Callable[[str], None] | None = None,
+) -> tuple[redis.Redis, Keys]:
+    """A checked connection: one clear line if Redis cannot be reached.
+
+    With ``wait``, a long-running role started before its Redis (a compose file's services
+    start in any order) retries with backoff for that many seconds before giving up.
+    """
     url = resolve_url(redis_url)
     connection = connect(url)
+    outage = Outage(say, f"waiting for Redis at {_safe(url)}")
+    deadline = time.monotonic() + wait
     try:
-        connection.ping()
+        retry_redis(connection.ping, outage, should_stop=lambda: time.monotonic() >= deadline)
+    except redis.AuthenticationError as exc:  # a ConnectionError too: this clause goes first
+        raise FedqError(f"Redis at {_safe(url)} refused the credentials: {exc}") from None
     except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
         raise FedqError(f"cannot reach Redis at {_safe(url)}: {exc}") from None
-    except redis.AuthenticationError as exc:
-        raise FedqError(f"Redis at {_safe(url)} refused the credentials: {exc}") from None
     return connection, Keys(namespace)
 
 

@@ -73,6 +73,8 @@ def retry_redis(
     while True:
         try:
             result = action()
+        except redis.AuthenticationError:
+            raise  # wrong credentials do not get better by waiting
         except REDIS_DOWN as exc:
             if should_stop():
                 raise

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
+import subprocess
 import time
 
 import numpy as np
@@ -14,10 +16,10 @@ from coordinator.aggregator import Aggregator
 from coordinator.audit import audit
 from shared.codec import Update, UpdateHeader, encode_update
 from shared.keys import Keys
-from shared.redis_server import RedisServer
+from shared.redis_server import RedisServer, free_port
 from shared.settings import FederationSettings
 from shared.store import ModelStore
-from tests.fleet import Fleet, wait_until
+from tests.fleet import FEDQ, Fleet, wait_until
 
 
 def _apply_some(r: redis.Redis, keys: Keys, small_data, n: int) -> dict[str, np.ndarray]:
@@ -130,3 +132,29 @@ def _started(r: redis.Redis, keys: Keys) -> str | None:
         if r.hget(f"rq:job:{job_id.decode()}", "status") == b"started":
             return job_id.decode()
     return None
+
+
+def test_a_role_started_before_its_redis_waits_for_it_or_says_in_one_line_why_not(
+    small_data, tmp_path
+):
+    port = free_port()
+    url = f"redis://127.0.0.1:{port}/0"
+    env = {**os.environ, "FEDQ_REDIS_URL": url, "FEDQ_NAMESPACE": "early"}
+    gone = subprocess.run([*FEDQ, "aggregator", "--wait", "0"], env=env, capture_output=True,
+                          text=True, timeout=60)  # fmt: skip
+    assert gone.returncode != 0
+    lines = gone.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"Error: cannot reach Redis at {url}: "), lines
+    with Fleet(url, "early", small_data) as fleet:
+        early = fleet.aggregator()
+        time.sleep(2)
+        server = RedisServer(tmp_path / "redis", port=port).start()
+        try:
+            r = redis.Redis.from_url(server.url)
+            service.initialise(r, Keys("early"), small_data, FederationSettings(eval_every=0))
+            assert wait_until(lambda: r.exists(Keys("early").updates), 60)  # its group is made
+            assert early.poll() is None
+            assert f"waiting for Redis at {url}: Redis unreachable" in fleet.log(early)
+        finally:
+            fleet.__exit__(None, None, None)
+            server.stop()
