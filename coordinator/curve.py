@@ -7,26 +7,13 @@ point exists once every region has reported. Overall figures weigh regions by th
 
 from __future__ import annotations
 
-import json
-
 import redis
 
 from shared.federation import Federation
 from shared.keys import Keys
 from shared.task.evaluate import overall
 from shared.task.metrics import weighted_mean
-
-
-def region_results(connection: redis.Redis, keys: Keys) -> dict[int, dict[str, dict]]:
-    """version -> region -> the record a worker published (the last one wins)."""
-    out: dict[int, dict[str, dict]] = {}
-    for _id, fields in connection.xrange(keys.metrics):
-        try:
-            record = json.loads(fields[b"m"])
-            out.setdefault(int(record["version"]), {})[str(record["region"])] = record
-        except (KeyError, ValueError, TypeError):
-            continue  # a malformed metrics entry is skipped, not fatal to the report
-    return out
+from shared.views import region_results
 
 
 def learning_curve(connection: redis.Redis, keys: Keys, fed: Federation) -> list[dict]:

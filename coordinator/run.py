@@ -22,12 +22,13 @@ from pathlib import Path
 import redis
 
 from coordinator import service
-from coordinator.curve import learning_curve, region_results
+from coordinator.curve import learning_curve
 from shared.errors import FedqError
 from shared.keys import Keys
 from shared.processes import stop_processes
 from shared.redis_server import RedisServer
 from shared.settings import FederationSettings
+from shared.views import region_results
 
 Say = Callable[[str], None]
 STOP_GRACE = 30.0

@@ -22,6 +22,14 @@ COMMANDS = {
     "coordinator": "coordinator.cli:coordinator",
     "aggregator": "coordinator.cli:aggregator",
     "run": "coordinator.cli:run_cmd",
+    "status": "shared.inspect_cli:status",
+    "queues": "shared.inspect_cli:queues",
+    "workers": "shared.inspect_cli:workers",
+    "jobs": "shared.inspect_cli:jobs",
+    "updates": "shared.inspect_cli:updates",
+    "rejections": "shared.inspect_cli:rejections",
+    "models": "shared.inspect_cli:models",
+    "requeue": "shared.inspect_cli:requeue",
 }
 
 

@@ -8,6 +8,7 @@ is used, started on first use.
 from __future__ import annotations
 
 import functools
+import os
 import signal
 import time
 from collections.abc import Callable
@@ -18,7 +19,7 @@ import redis
 
 from shared.errors import FedqError
 from shared.keys import DEFAULT_NAMESPACE, Keys
-from shared.redis_server import connect, resolve_url
+from shared.redis_server import URL_ENV, connect, default_home, embedded_url, resolve_url
 from shared.resilience import Outage, retry_redis
 
 
@@ -57,12 +58,20 @@ def open_redis(
     namespace: str,
     wait: float = 0.0,
     say: Callable[[str], None] | None = None,
+    start_embedded: bool = True,
 ) -> tuple[redis.Redis, Keys]:
     """A checked connection: one clear line if Redis cannot be reached.
 
     With ``wait``, a long-running role started before its Redis (a compose file's services
-    start in any order) retries with backoff for that many seconds before giving up.
+    start in any order) retries with backoff for that many seconds before giving up. Without
+    ``start_embedded`` (inspection commands), no URL and no running embedded server is an error
+    rather than a reason to start an empty server.
     """
+    if not start_embedded and not (redis_url or os.environ.get(URL_ENV) or embedded_url()):
+        raise FedqError(
+            f"no Redis to look at: pass --redis-url or set {URL_ENV} (the embedded server of "
+            f"{default_home()} is not running)"
+        )
     url = resolve_url(redis_url)
     connection = connect(url)
     outage = Outage(say, f"waiting for Redis at {_safe(url)}")

@@ -1,0 +1,270 @@
+"""Read-only views of a running federation, as JSON-ready dicts: what the inspection CLI prints.
+
+Every function reads Redis (fedq's keys and RQ's own registries) and never writes, except
+``requeue_failed``. Shapes are stable and documented in docs/CLI.md; ``--json`` prints them as
+they are, the tables show a subset. Nothing here decodes weights: an update is described by
+its header fields only.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from typing import Any
+
+import redis
+from rq.job import Job
+from rq.registry import FailedJobRegistry
+from rq.worker import Worker
+
+from shared import federation
+from shared.errors import FedqError
+from shared.jobs import SERIALIZER, TRAIN_TASK, region_queue
+from shared.keys import Keys
+
+RATE_WINDOW = 60.0  # seconds over which "updates per second" is measured
+
+
+def region_results(connection: redis.Redis, keys: Keys) -> dict[int, dict[str, dict]]:
+    """version -> region -> the evaluation record a worker published (the last one wins)."""
+    out: dict[int, dict[str, dict]] = {}
+    for _id, fields in connection.xrange(keys.metrics):
+        try:
+            record = json.loads(fields[b"m"])
+            out.setdefault(int(record["version"]), {})[str(record["region"])] = record
+        except (KeyError, ValueError, TypeError):
+            continue  # a malformed metrics entry is skipped, not fatal to a view
+    return out
+
+
+def _federation(r: redis.Redis, keys: Keys) -> federation.Federation:
+    fed = federation.read(r, keys)
+    if fed is None:
+        raise FedqError(f"no federation under namespace {keys.namespace!r} in this Redis")
+    return fed
+
+
+def _regions(r: redis.Redis, keys: Keys, region: str | None) -> tuple[str, ...]:
+    regions = _federation(r, keys).regions
+    if region is None:
+        return regions
+    if region not in regions:
+        raise FedqError(f"unknown region {region!r}; the federation has: {', '.join(regions)}")
+    return (region,)
+
+
+def _text(value: bytes | None) -> str | None:
+    return None if value is None else value.decode(errors="replace")
+
+
+def applied_updates(r: redis.Redis, keys: Keys, tail: int | None = None) -> list[dict[str, Any]]:
+    """Applied updates, oldest first: header fields, the version they made, their staleness."""
+    entries = r.xrevrange(keys.applies, count=tail) if tail else r.xrange(keys.applies)
+    if tail:
+        entries = list(reversed(entries))
+    out = []
+    for _id, f in entries:
+        version = int(f[b"version"])
+        for u in json.loads(f[b"updates"]):
+            base = u.get("base")
+            out.append({
+                "id": u["id"], "region": u.get("region"), "base_version": base,
+                "version": version, "at": float(f[b"at"]) if b"at" in f else None,
+                "staleness": None if base is None else version - 1 - int(base),
+                "n_samples": u.get("n"), "loss": u.get("loss"),
+                "weight": float(f[b"weight"]) if b"weight" in f else None,
+            })  # fmt: skip
+    return out[-tail:] if tail else out
+
+
+def queues(r: redis.Redis, keys: Keys) -> list[dict[str, Any]]:
+    out = []
+    for region in _regions(r, keys, None):
+        q = region_queue(r, keys, region)
+        out.append({
+            "region": region, "queue": q.name, "queued": q.count,
+            "started": q.started_job_registry.count, "finished": q.finished_job_registry.count,
+            "failed": q.failed_job_registry.count, "scheduled": q.scheduled_job_registry.count,
+            "in_flight": r.hlen(keys.inflight(region)),
+        })  # fmt: skip
+    return out
+
+
+def workers(r: redis.Redis, keys: Keys) -> list[dict[str, Any]]:
+    out = []
+    for region in _regions(r, keys, None):
+        for w in Worker.all(queue=region_queue(r, keys, region), serializer=SERIALIZER):
+            out.append({
+                "name": w.name, "region": region, "state": str(w.get_state()),
+                "alive": bool(r.exists(keys.alive(w.name))),
+                "current_job": w.get_current_job_id(),
+                "successful_jobs": w.successful_job_count, "failed_jobs": w.failed_job_count,
+                "birth": w.birth_date.timestamp() if w.birth_date else None,
+                "last_heartbeat": w.last_heartbeat.timestamp() if w.last_heartbeat else None,
+            })  # fmt: skip
+    return sorted(out, key=lambda w: (w["region"], w["name"]))
+
+
+def jobs(
+    r: redis.Redis, keys: Keys, region: str | None = None, failed: bool = False
+) -> list[dict[str, Any]]:
+    """Jobs queued, started and failed (``failed``: only those), per region."""
+    out = []
+    for name in _regions(r, keys, region):
+        q = region_queue(r, keys, name)
+        groups = {"failed": q.failed_job_registry.get_job_ids()}
+        if not failed:
+            groups = {"queued": q.job_ids, "started": q.started_job_registry.get_job_ids(),
+                      **groups}  # fmt: skip
+        for where, ids in groups.items():
+            for job in Job.fetch_many(ids, connection=r, serializer=SERIALIZER):
+                if job is None:
+                    continue
+                exc = job.latest_result().exc_string if where == "failed" and job.latest_result() \
+                    else None  # fmt: skip
+                out.append({
+                    "id": job.id, "region": name, "where": where,
+                    "kind": (job.func_name or "").rsplit(".", 1)[-1],
+                    "status": str(job.get_status(refresh=False)), "worker": job.worker_name,
+                    "enqueued_at": _ts(job.enqueued_at), "started_at": _ts(job.started_at),
+                    "ended_at": _ts(job.ended_at), "retries_left": job.retries_left,
+                    "error": exc.strip().splitlines()[-1] if exc else None,
+                })  # fmt: skip
+    return out
+
+
+def rejections(r: redis.Redis, keys: Keys, tail: int = 20) -> list[dict[str, Any]]:
+    out = []
+    for _id, f in reversed(r.xrevrange(keys.rejections, count=tail)):
+        d = {k.decode(): v.decode(errors="replace") for k, v in f.items()}
+        out.append({
+            "id": d.get("id"), "reason": d.get("reason"), "detail": d.get("detail"),
+            "region": d.get("region"), "worker": d.get("worker"),
+            "version": int(d["version"]) if d.get("version", "").isdigit() else None,
+            "at": float(d["at"]) if "at" in d else None,
+        })  # fmt: skip
+    return out
+
+
+def models(r: redis.Redis, keys: Keys) -> list[dict[str, Any]]:
+    """Every evaluated version and the versions still stored, with their metrics if any."""
+    current = int(r.get(keys.version) or 0)
+    fed = _federation(r, keys)
+    window = fed.settings.max_staleness + 1
+    evaluated = region_results(r, keys)
+    versions = sorted({*evaluated, *range(max(0, current - window + 1), current + 1)})
+    out = []
+    for v in versions:
+        info = {k.decode(): v_.decode() for k, v_ in r.hgetall(keys.model_info(v)).items()}
+        by_region = evaluated.get(v, {})
+        out.append({
+            "version": v, "stored": bool(r.exists(keys.model(v))),
+            "created_at": float(info["created_at"]) if "created_at" in info else None,
+            "mode": info.get("mode"),
+            "updates": [u for u in info.get("updates", "").split(",") if u],
+            "regions": [x for x in info.get("regions", "").split(",") if x],
+            "evaluation": {reg: {m: rec["test"].get(m) for m in ("hr@10", "ndcg@10", "users")}
+                           for reg, rec in sorted(by_region.items())},
+            "overall": _users_weighted(by_region) if set(by_region) >= set(fed.regions) else None,
+        })  # fmt: skip
+    return out
+
+
+def status(r: redis.Redis, keys: Keys, now: float | None = None) -> dict[str, Any]:
+    now = time.time() if now is None else now
+    fed = _federation(r, keys)
+    version = int(r.get(keys.version) or 0)
+    created = r.hget(keys.model_info(version), "created_at")
+    reasons = Counter(v.decode() for v in r.hvals(keys.rejected))
+    updates = applied_updates(r, keys)
+    recent = [u for u in updates if u["at"] and now - u["at"] <= RATE_WINDOW]
+    staleness = sorted(u["staleness"] for u in updates if u["staleness"] is not None)
+    last_by_region = {u["region"]: u["at"] for u in updates if u["at"]}
+    q_by_region = {q["region"]: q for q in queues(r, keys)}
+    live = Counter(w["region"] for w in workers(r, keys) if w["alive"])
+    latest = _latest_evaluation(r, keys)
+    return {
+        "namespace": keys.namespace,
+        "mode": fed.settings.mode,
+        "version": version,
+        "target_versions": fed.settings.target_versions,
+        "model_age_s": round(now - float(created), 1) if created else None,
+        "done": _text(r.get(keys.done)),
+        "updates": {
+            "published": sum(int(v) for v in r.hvals(keys.published)),
+            "applied": r.scard(keys.applied),
+            "rejected": sum(reasons.values()),
+            "rejected_by_reason": dict(sorted(reasons.items())),
+            "duplicates": sum(int(v) for v in r.hvals(keys.duplicates)),
+            "waiting": r.xlen(keys.updates),
+            "per_second": round(len(recent) / RATE_WINDOW, 2),
+        },
+        "jobs": {
+            "retried": int(r.get(keys.retried) or 0),
+            "abandoned": int(r.get(keys.abandoned) or 0),
+        },  # fmt: skip
+        "staleness": {
+            "p50": _quantile(staleness, 0.5),
+            "p90": _quantile(staleness, 0.9),
+            "max": staleness[-1] if staleness else None,
+            "histogram": {str(s): n for s, n in sorted(Counter(staleness).items())},
+        },  # fmt: skip
+        "regions": {
+            region: {
+                "queued": q_by_region[region]["queued"],
+                "started": q_by_region[region]["started"],
+                "failed": q_by_region[region]["failed"],
+                "live_workers": live.get(region, 0),
+                "last_update_age_s": round(now - last_by_region[region], 1)
+                if region in last_by_region
+                else None,
+                "latest_evaluation": latest.get(region),
+            }
+            for region in fed.regions
+        },  # fmt: skip
+    }
+
+
+def requeue_failed(
+    r: redis.Redis, keys: Keys, region: str | None = None, job_ids: tuple[str, ...] = ()
+) -> list[str]:
+    """Put failed jobs back on their queues (all of a region's, or the named ones)."""
+    done = []
+    for name in _regions(r, keys, region):
+        registry = FailedJobRegistry(keys.queue(name), connection=r, serializer=SERIALIZER)
+        for job_id in registry.get_job_ids():
+            if not job_ids or job_id in job_ids:
+                job = registry.requeue(job_id)
+                if job.func_name == TRAIN_TASK:  # it counts toward the region's bound again
+                    r.hset(keys.inflight(name), job_id, f"{time.time():.3f}")
+                done.append(job_id)
+    missing = sorted(set(job_ids) - set(done))
+    if missing:
+        raise FedqError(f"not failed (or unknown) jobs: {', '.join(missing)}; requeued {done}")
+    return done
+
+
+def _latest_evaluation(r: redis.Redis, keys: Keys) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for version, by_region in sorted(region_results(r, keys).items()):
+        for region, rec in by_region.items():
+            out[region] = {"version": version, "hr@10": rec["test"].get("hr@10"),
+                           "ndcg@10": rec["test"].get("ndcg@10")}  # fmt: skip
+    return out
+
+
+def _users_weighted(by_region: dict[str, dict]) -> dict[str, float]:
+    """Overall test metrics of a version, regions weighted by their evaluated users."""
+    users = {reg: float(rec["test"].get("users", 0)) for reg, rec in by_region.items()}
+    total = sum(users.values()) or 1.0
+    return {m: sum(rec["test"][m] * users[reg] for reg, rec in by_region.items()) / total
+            for m in ("hr@10", "ndcg@10")}  # fmt: skip
+
+
+def _quantile(values: list[int], q: float) -> int | None:
+    return values[min(len(values) - 1, int(q * len(values)))] if values else None
+
+
+def _ts(value) -> float | None:
+    return value.timestamp() if value is not None else None

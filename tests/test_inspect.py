@@ -1,0 +1,157 @@
+"""The operator's commands against a real Redis holding a small federation that ran."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import redis
+from rq import Queue
+
+from coordinator import service
+from shared.jobs import SERIALIZER
+from shared.keys import Keys
+from shared.redis_server import free_port
+from shared.settings import FederationSettings
+from tests.fleet import FEDQ, Fleet, wait_until
+
+NS = "insp"
+KEYS = Keys(NS)
+
+
+def fedq(url: str, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    base = {**os.environ, "FEDQ_REDIS_URL": url, "FEDQ_NAMESPACE": NS}
+    return subprocess.run([*FEDQ, *args], env={**base, **(env or {})}, capture_output=True,
+                          text=True, timeout=120)  # fmt: skip
+
+
+def fedq_json(url: str, *args: str):
+    out = fedq(url, *args, "--json")
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
+
+
+@pytest.fixture(scope="module")
+def ran(small_data, redis_server):
+    """cn and us work 8 versions (evaluated at 4 and 8); a job for os.getcwd is refused."""
+    r = redis.Redis.from_url(redis_server.url)
+    for key in r.scan_iter(f"{NS}:*"):
+        r.delete(key)
+    settings = FederationSettings(eval_every=4, target_versions=8, inflight_per_region=1)
+    service.initialise(r, KEYS, small_data, settings)
+    with Fleet(redis_server.url, NS, small_data) as fleet:
+        fleet.aggregator()
+        fleet.coordinator()
+        fleet.worker("cn")
+        fleet.worker("us")
+        bad = Queue(KEYS.queue("cn"), connection=r, serializer=SERIALIZER).enqueue(
+            "os.getcwd", job_id="not-a-fedq-task"
+        )
+        assert wait_until(lambda: r.get(KEYS.done) and r.xlen(KEYS.updates) == 0
+                          and r.xlen(KEYS.rejections), 180)  # fmt: skip
+        assert wait_until(lambda: fedq_json(redis_server.url, "models")[4]["evaluation"].keys()
+                          >= {"cn", "us"}, 60)  # fmt: skip
+        live = fedq_json(redis_server.url, "workers")
+    return redis_server.url, r, live, bad.id
+
+
+def test_status_reports_versions_updates_staleness_and_every_region(ran):
+    url, r, _, _ = ran
+    s = fedq_json(url, "status")
+    assert s["version"] == int(r.get(KEYS.version)) >= 8
+    assert s["updates"]["applied"] == s["version"]  # async: one update per version
+    assert s["updates"]["published"] == s["updates"]["applied"] + s["updates"]["waiting"]
+    assert sum(s["staleness"]["histogram"].values()) == s["updates"]["applied"]
+    assert set(s["regions"]) == {"cn", "us", "eu", "in", "jp", "me"}
+    assert s["regions"]["cn"]["latest_evaluation"]["version"] >= 4
+    assert s["regions"]["eu"]["latest_evaluation"] is None
+    assert s["regions"]["eu"]["last_update_age_s"] is None
+    assert s["done"].startswith("reached")
+    text = fedq(url, "status")
+    assert text.returncode == 0 and f"version {s['version']}" in text.stdout
+
+
+def test_queues_agree_with_rq_info(ran):
+    url, *_ = ran
+    ours = {q["queue"]: q for q in fedq_json(url, "queues")}
+    rq = Path(sys.executable).with_name("rq")
+    raw = subprocess.run([str(rq), "info", "--url", url, "--raw"], capture_output=True,
+                         text=True, timeout=60).stdout  # fmt: skip
+    theirs = {
+        m["name"]: m for m in re.finditer(
+            r"queue (?P<name>\S+) (?P<queued>\d+), (?P<started>\d+) executing, "
+            r"(?P<finished>\d+) finished, (?P<failed>\d+) failed", raw)
+    }  # fmt: skip
+    names = {n for n in theirs if n.startswith(f"{NS}:")}
+    assert names == set(ours)
+    for name in names:
+        for field in ("queued", "started", "finished", "failed"):
+            assert int(theirs[name][field]) == ours[name][field], (name, field)
+    assert ours[f"{NS}:region:cn"]["finished"] > 0 and ours[f"{NS}:region:cn"]["failed"] == 1
+
+
+def test_workers_shows_the_live_ones_while_they_run(ran):
+    _, _, live, _ = ran
+    assert {w["region"] for w in live} == {"cn", "us"}
+    assert all(w["alive"] for w in live)
+    assert all(w["name"].startswith(w["region"] + ".") for w in live)
+    assert sum(w["successful_jobs"] for w in live) >= 8  # 8 versions, one update each
+    assert {w["state"] for w in live} <= {"idle", "busy"}
+
+
+def test_jobs_failed_names_the_refused_job_and_why(ran):
+    url, _, _, bad = ran
+    failed = fedq_json(url, "jobs", "--failed")
+    assert [j["id"] for j in failed] == [bad]
+    assert "not one of fedq's tasks" in failed[0]["error"]
+    assert fedq_json(url, "jobs", "--region", "us", "--failed") == []
+    wrong = fedq(url, "jobs", "--region", "xx")
+    assert wrong.returncode != 0 and "unknown region 'xx'" in wrong.stderr
+
+
+def test_updates_shows_headers_only(ran):
+    url, *_ = ran
+    tail = fedq_json(url, "updates", "--tail", "3")
+    assert len(tail) == 3
+    assert [u["version"] for u in tail] == sorted(u["version"] for u in tail)
+    assert all(set(u) == {"id", "region", "base_version", "version", "at", "staleness",
+                          "n_samples", "loss", "weight"} for u in tail)  # fmt: skip
+    assert all(u["staleness"] == u["version"] - 1 - u["base_version"] for u in tail)
+
+
+def test_rejections_and_models(ran):
+    url, _, _, bad = ran
+    rej = fedq_json(url, "rejections")
+    assert [(x["id"], x["reason"]) for x in rej] == [(bad, "job_refused")]
+    models = {m["version"]: m for m in fedq_json(url, "models")}
+    assert models[4]["evaluation"].keys() == {"cn", "us"}
+    assert models[4]["overall"] is None  # not every region reported
+    assert 0 < models[4]["evaluation"]["cn"]["hr@10"] <= 1
+
+
+def test_requeue_puts_a_failed_job_back_on_its_queue(ran):
+    url, r, _, bad = ran
+    before = {q["region"]: q for q in fedq_json(url, "queues")}["cn"]
+    assert fedq_json(url, "requeue", bad) == {"requeued": [bad]}
+    after = {q["region"]: q for q in fedq_json(url, "queues")}["cn"]
+    assert (after["queued"], after["failed"]) == (before["queued"] + 1, before["failed"] - 1)
+    again = fedq(url, "requeue", bad)
+    assert again.returncode != 0 and "not failed" in again.stderr
+
+
+def test_unreachable_redis_is_one_line_and_a_non_zero_exit(tmp_path):
+    url = f"redis://127.0.0.1:{free_port()}/0"
+    for command in ("status", "queues", "workers", "jobs", "updates", "rejections", "models"):
+        out = fedq(url, command)
+        lines = out.stderr.strip().splitlines()
+        assert out.returncode == 1 and len(lines) == 1, (command, out.stderr)
+        assert lines[0].startswith(f"Error: cannot reach Redis at {url}")
+    env = {"FEDQ_REDIS_URL": "", "FEDQ_HOME": str(tmp_path)}
+    out = fedq("", "status", env=env)
+    assert out.returncode == 1 and "no Redis to look at" in out.stderr
+    assert not (tmp_path / "redis").exists()  # it did not start one
