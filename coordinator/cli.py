@@ -175,12 +175,15 @@ def run_cmd(data_dir: Path, workers_per_region: int, slowdown: tuple[str, ...],
     compare_table(report, base)
     text = json.dumps(report, indent=2) + "\n"
     (out_dir / "report.json").write_text(text)
+    from coordinator.plots import write_report
+
+    write_report(out_dir, [report], base)
     if json_out:
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(text)
     rss = ", ".join(f"{k} {v:.0f} MB" for k, v in report["peak_rss_mb"].items())
     click.echo(f"{report['versions']} versions in {report['seconds']:.0f}s; peak RSS: {rss}")
-    click.echo(f"report: {out_dir / 'report.json'}")
+    click.echo(f"report: {out_dir / 'report.json'}, {out_dir / 'summary.md'} and plots")
 
 
 def _interrupt_on_sigterm() -> None:
@@ -205,3 +208,48 @@ def _parse_slowdown(items: tuple[str, ...]) -> dict[str, float]:
         if out[region.strip()] < 1:
             raise click.BadParameter(f"{item!r}: FACTOR must be >= 1", param_hint="--slowdown")
     return out
+
+
+@click.command()
+@click.option("--out", "out_dir", type=click.Path(path_type=Path, file_okay=False), required=True,
+              help="Directory for the PNG plots and summary.md.")  # fmt: skip
+@click.option("--run", "runs", multiple=True,
+              type=click.Path(path_type=Path, exists=True, dir_okay=False),
+              help="A run's report.json (repeatable: async beside sync). Without it, the live "
+                   "federation in Redis is reported.")  # fmt: skip
+@click.option(
+    "--data",
+    "data_dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=None,
+    help="Data directory whose cached baselines join the table.",
+)
+@redis_options
+def report(out_dir: Path, runs: tuple[Path, ...], data_dir: Path | None, redis_url: str | None,
+           namespace: str) -> None:  # fmt: skip
+    """Plots (HR@10 per region against time and version, staleness, updates per region) and a
+    Markdown summary with the final table."""
+    from coordinator.plots import write_report
+
+    if runs:
+        reports = [json.loads(p.read_text()) for p in runs]
+        modes = [r["mode"] for r in reports]
+        for rep, path in zip(reports, runs, strict=True):
+            rep["label"] = rep["mode"] if modes.count(rep["mode"]) == 1 else path.parent.name
+    else:
+        from coordinator.history import collect
+        from shared import federation
+
+        connection, keys = open_redis(redis_url, namespace, start_embedded=False)
+        fed = federation.read(connection, keys)
+        if fed is None:
+            raise click.ClickException(f"no federation under namespace {namespace!r}")
+        reports = [collect(connection, keys, fed)]
+    baselines = next((r["baselines"] for r in reports if r.get("baselines")), {})
+    if data_dir is not None:
+        for mode in ("local", "centralized"):
+            path = data_dir / "baselines" / f"{mode}.json"
+            if path.exists():
+                baselines[mode] = json.loads(path.read_text())
+    for path in write_report(out_dir, reports, baselines):
+        click.echo(f"wrote {path}")

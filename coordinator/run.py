@@ -22,7 +22,7 @@ from pathlib import Path
 import redis
 
 from coordinator import service
-from coordinator.curve import learning_curve
+from coordinator.history import collect
 from shared.errors import FedqError
 from shared.keys import Keys
 from shared.processes import stop_processes
@@ -102,33 +102,20 @@ def run_federation(
                                disturb, lambda role: _spawn(role.name, role.kind, role.args, env,
                                                             out))  # fmt: skip
         seconds = time.time() - started
-        curve = learning_curve(connection, keys, fed)
-        final = next((p for p in curve if p["version"] == final_version), None)
-        if final is None:
-            raise FedqError(f"no complete evaluation of the final version {final_version}")
         for role in roles:
             role.sample_rss()
-        report = {
-            "mode": fed.settings.mode,
-            "data": fed.data_name,
-            "settings": json.loads(fed.settings.to_json()),
+        report = collect(connection, keys, fed)
+        final = next((p for p in report["curve"] if p["version"] == final_version), None)
+        if final is None:
+            raise FedqError(f"no complete evaluation of the final version {final_version}")
+        report.update({
             "workers_per_region": options.workers_per_region,
             "slowdown": options.slowdown,
             "seconds": round(seconds, 2),
             "versions": final_version,
-            "final": {"overall": final["overall"], "regions": final["regions"]},
-            "curve": [
-                {
-                    "version": p["version"],
-                    "seconds": p["seconds"],
-                    "metrics": p["overall"],
-                    "validation_hr@10": p["validation_hr@10"],
-                }
-                for p in curve
-            ],  # fmt: skip
-            "updates": _update_counts(connection, keys),
+            "final": {"overall": final["metrics"], "regions": final["regions"]},
             "peak_rss_mb": _peak_by_kind(roles),
-        }
+        })  # fmt: skip
         (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
         return report
     finally:
@@ -202,21 +189,6 @@ def _watch(
 def stop_roles(roles: list[Role]) -> None:
     """SIGTERM every process this run started, wait, SIGKILL what is left; reap them all."""
     stop_processes((role.process for role in roles), STOP_GRACE)
-
-
-def _update_counts(connection: redis.Redis, keys: Keys) -> dict:
-    by_reason: dict[str, int] = {}
-    for reason in connection.hvals(keys.rejected):
-        by_reason[reason.decode()] = by_reason.get(reason.decode(), 0) + 1
-    return {
-        "applied": connection.scard(keys.applied),
-        "rejected": sum(by_reason.values()),
-        "rejected_by_reason": by_reason,
-        "duplicates": sum(int(v) for v in connection.hvals(keys.duplicates)),
-        "published": sum(int(v) for v in connection.hvals(keys.published)),
-        "jobs_retried": int(connection.get(keys.retried) or 0),
-        "jobs_abandoned": int(connection.get(keys.abandoned) or 0),
-    }
 
 
 def _peak_by_kind(roles: list[Role]) -> dict[str, float]:

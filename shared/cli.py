@@ -22,6 +22,7 @@ COMMANDS = {
     "coordinator": "coordinator.cli:coordinator",
     "aggregator": "coordinator.cli:aggregator",
     "run": "coordinator.cli:run_cmd",
+    "report": "coordinator.cli:report",
     "status": "shared.inspect_cli:status",
     "queues": "shared.inspect_cli:queues",
     "workers": "shared.inspect_cli:workers",

@@ -244,3 +244,23 @@ def test_the_process_finder_sees_live_fedq_processes(small_data, redis_server):
         proc.terminate()
         proc.wait(timeout=30)
     assert proc.pid not in _fedq_processes("finder")
+
+
+def _png_size(path: Path) -> tuple[int, int]:
+    """Width and height from a PNG's IHDR chunk (and proof that it is a PNG)."""
+    head = path.read_bytes()[:24]
+    assert head[:8] == b"\x89PNG\r\n\x1a\n" and head[12:16] == b"IHDR", path
+    return int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+
+
+def test_the_run_writes_its_plots_and_summary(federated_run):
+    report, _proc, _connection, out = federated_run
+    for name in ("hr10_vs_time.png", "hr10_vs_version.png", "staleness.png",
+                 "updates_per_region.png"):  # fmt: skip
+        width, height = _png_size(out / name)
+        assert width > 300 and height > 200
+    summary = (out / "summary.md").read_text()
+    assert f"{report['final']['overall']['hr@10']:.4f}" in summary
+    assert "![hr_vs_time](hr10_vs_time.png)" in summary
+    assert len(report["updates_log"]) == report["updates"]["applied"]
+    assert set(report["curve"][-1]["regions"]) == set(report["regions"])

@@ -155,3 +155,33 @@ def test_unreachable_redis_is_one_line_and_a_non_zero_exit(tmp_path):
     out = fedq("", "status", env=env)
     assert out.returncode == 1 and "no Redis to look at" in out.stderr
     assert not (tmp_path / "redis").exists()  # it did not start one
+
+
+def test_report_plots_a_live_federation_and_two_runs_side_by_side(ran, tmp_path):
+    from tests.test_federation import _png_size
+
+    url, *_ = ran
+    out = fedq(url, "report", "--out", str(tmp_path / "live"))
+    assert out.returncode == 0, out.stderr
+    for png in ("hr10_vs_time", "hr10_vs_version", "staleness", "updates_per_region"):
+        assert min(_png_size(tmp_path / "live" / f"{png}.png")) > 100
+    live = (tmp_path / "live" / "summary.md").read_text()
+    assert "No version has been evaluated by every region yet." in live  # only cn, us work
+    # two runs' reports (an async and a sync one, as fedq run writes them) share the plots
+    from coordinator.history import collect
+    from shared import federation
+
+    r = redis.Redis.from_url(url)
+    body = collect(r, KEYS, federation.read(r, KEYS))
+    full = {"version": 4, "seconds": 1.0, "metrics": {"hr@10": 0.3, "ndcg@10": 0.2, "users": 9},
+            "regions": {"cn": {"hr@10": 0.3, "ndcg@10": 0.2, "users": 9}}}  # fmt: skip
+    paths = []
+    for mode in ("async", "sync"):
+        path = tmp_path / mode / "report.json"
+        path.parent.mkdir()
+        path.write_text(json.dumps({**body, "mode": mode, "curve": [full], "seconds": 5.0}))
+        paths += ["--run", str(path)]
+    out = fedq(url, "report", "--out", str(tmp_path / "both"), *paths)
+    assert out.returncode == 0, out.stderr
+    both = (tmp_path / "both" / "summary.md").read_text()
+    assert "## async on" in both and "## sync on" in both and "| overall | 9 | 0.3000" in both

@@ -1,0 +1,62 @@
+"""What a federation did, as one JSON-ready dict: the body of a run's report.json.
+
+``collect`` reads a federation's Redis once: settings, the learning curve (overall and per
+region, from the federated evaluations), update counts, and a compact log of every applied
+update (seconds since creation, version, region, staleness) for the plots. ``fedq run`` adds
+its own figures (wall time, peak memory); ``fedq report`` collects from a live Redis too.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import redis
+
+from coordinator.curve import learning_curve
+from shared.federation import Federation
+from shared.keys import Keys
+from shared.views import applied_updates
+
+
+def collect(connection: redis.Redis, keys: Keys, fed: Federation) -> dict[str, Any]:
+    curve = learning_curve(connection, keys, fed)
+    log = [
+        [round(u["at"] - fed.created_at, 3), u["version"], u["region"], u["staleness"]]
+        for u in applied_updates(connection, keys)
+        if u["at"] is not None
+    ]
+    return {
+        "namespace": keys.namespace,
+        "mode": fed.settings.mode,
+        "data": fed.data_name,
+        "regions": list(fed.regions),
+        "settings": json.loads(fed.settings.to_json()),
+        "curve": [
+            {
+                "version": p["version"],
+                "seconds": p["seconds"],
+                "metrics": p["overall"],
+                "regions": p["regions"],
+                "validation_hr@10": p["validation_hr@10"],
+            }
+            for p in curve
+        ],
+        "updates": update_counts(connection, keys),
+        "updates_log": log,  # [seconds since creation, version, region, staleness]
+    }
+
+
+def update_counts(connection: redis.Redis, keys: Keys) -> dict[str, Any]:
+    by_reason: dict[str, int] = {}
+    for reason in connection.hvals(keys.rejected):
+        by_reason[reason.decode()] = by_reason.get(reason.decode(), 0) + 1
+    return {
+        "applied": connection.scard(keys.applied),
+        "rejected": sum(by_reason.values()),
+        "rejected_by_reason": by_reason,
+        "duplicates": sum(int(v) for v in connection.hvals(keys.duplicates)),
+        "published": sum(int(v) for v in connection.hvals(keys.published)),
+        "jobs_retried": int(connection.get(keys.retried) or 0),
+        "jobs_abandoned": int(connection.get(keys.abandoned) or 0),
+    }
