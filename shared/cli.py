@@ -23,6 +23,8 @@ COMMANDS = {
     "aggregator": "coordinator.cli:aggregator",
     "run": "coordinator.cli:run_cmd",
     "report": "coordinator.cli:report",
+    "recommend": "shared.serve_cli:recommend",
+    "export": "shared.serve_cli:export",
     "status": "shared.inspect_cli:status",
     "queues": "shared.inspect_cli:queues",
     "workers": "shared.inspect_cli:workers",

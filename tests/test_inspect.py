@@ -185,3 +185,75 @@ def test_report_plots_a_live_federation_and_two_runs_side_by_side(ran, tmp_path)
     assert out.returncode == 0, out.stderr
     both = (tmp_path / "both" / "summary.md").read_text()
     assert "## async on" in both and "## sync on" in both and "| overall | 9 | 0.3000" in both
+
+
+def _first_user(data: Path, region: str) -> int:
+    with open(data / region / "interactions.csv") as f:
+        next(f)
+        return int(next(f).split(",")[0])
+
+
+def test_export_writes_a_state_dict_the_model_loads(ran, small_data, tmp_path):
+    import numpy as np
+    import torch
+
+    from shared.store import ModelStore
+    from shared.task.local_data import load_shared
+    from shared.task.model import build
+
+    url, r, _, _ = ran
+    out = fedq(url, "export", "--out", str(tmp_path / "m.pt"))
+    assert out.returncode == 0, out.stderr
+    meta = json.loads((tmp_path / "m.pt.json").read_text())
+    stored = ModelStore(r, KEYS).read_current()
+    assert meta["version"] == stored.version and meta["regions"] == ["cn", "us", "eu", "in",
+                                                                      "jp", "me"]  # fmt: skip
+    state = torch.load(tmp_path / "m.pt", weights_only=True)
+    shared = load_shared(small_data)
+    model = build(shared.model_config(dim=meta["model_dim"]), shared.features)
+    model.load_state_dict(state, strict=True)
+    for name, value in stored.weights.items():
+        np.testing.assert_array_equal(state[name].numpy(), value)
+    gone = fedq(url, "export", "--version", "0", "--out", str(tmp_path / "old.pt"))
+    assert gone.returncode == 0  # version 0 is still in the window of this short run
+    missing = fedq(url, "export", "--version", "999", "--out", str(tmp_path / "no.pt"))
+    assert missing.returncode == 1 and "model version 999 is not stored" in missing.stderr
+
+
+def test_recommend_gives_unseen_items_ranked_and_the_same_from_an_exported_file(
+    ran, small_data, tmp_path
+):
+    url, *_ = ran
+    user = _first_user(small_data, "cn")
+    args = ["recommend", "--data", str(small_data), "--region", "cn", "--user", str(user),
+            "-k", "7"]  # fmt: skip
+    live = fedq_json(url, *args)
+    recs = live["recommendations"]
+    assert [x["rank"] for x in recs] == list(range(1, 8))
+    assert [x["score"] for x in recs] == sorted((x["score"] for x in recs), reverse=True)
+    with open(small_data / "cn" / "interactions.csv") as f:
+        seen = {int(line.split(",")[1]) for line in f if line.startswith(f"{user},")}
+    assert seen and not seen & {x["item_id"] for x in recs}
+    assert {"category", "metal", "gem", "price"} <= set(recs[0])
+    assert fedq(url, "export", "--out", str(tmp_path / "m.pt")).returncode == 0
+    offline = fedq_json("redis://127.0.0.1:1/0", *args, "--model", str(tmp_path / "m.pt"))
+    assert [x["item_id"] for x in offline["recommendations"]] == [x["item_id"] for x in recs]
+    nobody = fedq(url, "recommend", "--data", str(small_data), "--region", "cn", "--user", "-5")
+    assert nobody.returncode == 1 and "user -5 has no events in region 'cn'" in nobody.stderr
+
+
+def test_recommend_item_attrs_shows_which_regions_a_new_item_reaches(ran, small_data):
+    url, *_ = ran
+    with open(small_data / "catalogue.csv") as f:
+        header = next(f).strip().split(",")
+        row = dict(zip(header, next(f).strip().split(","), strict=True))
+    attrs = ",".join(f"{k}={row[k]}" for k in ("category", "metal", "gem", "colour", "gender"))
+    out = fedq_json(url, "recommend", "--data", str(small_data), "--item-attrs",
+                    f"{attrs},price={row['price']}", "-k", "10")  # fmt: skip
+    assert set(out["regions"]) == {"cn", "us", "eu", "in", "jp", "me"}
+    assert sorted(out["ranked"]) == sorted(out["regions"])
+    for d in out["regions"].values():
+        assert 0 <= d["shown_to"] <= 1 and d["shoppers_reached"] <= d["users"]
+    bad = fedq(url, "recommend", "--data", str(small_data), "--item-attrs",
+               "category=tiara,price=5")  # fmt: skip
+    assert bad.returncode == 1 and "unknown category 'tiara'" in bad.stderr

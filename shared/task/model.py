@@ -140,6 +140,18 @@ class Recommender(nn.Module):
         table = torch.cat([self.age_bias.new_full((1,), NOT_ON_SALE), self.age_bias])
         return scores + _BucketBias.apply(table, bucket)
 
+    def new_item_logits(
+        self, users: torch.Tensor, codes: torch.Tensor, time: torch.Tensor, launch: torch.Tensor
+    ) -> torch.Tensor:
+        """Scores (B,) of an item outside the catalogue, from its attribute codes alone (the
+        way a cold-start item is scored: no id vector, no learned bias), launched at ``launch``.
+        """
+        vector = self.item_vectors(codes.unsqueeze(0))[0]
+        age = _days(time) - _days(launch)
+        bucket = torch.bucketize(age, self.age_edges, right=True)
+        table = torch.cat([self.age_bias.new_full((1,), NOT_ON_SALE), self.age_bias])
+        return users @ vector + table[bucket]
+
     def forward(
         self, history: torch.Tensor, region: torch.Tensor, time: torch.Tensor
     ) -> torch.Tensor:
