@@ -71,7 +71,9 @@ def run_baseline(
     settings: FitSettings = FitSettings(),
     regions: list[str] | None = None,
     say: Progress | None = None,
+    batches: Callable[[int, int], None] | None = None,
 ) -> BaselineReport:
+    """``batches(done, total)`` is called as each epoch's batches go by (a progress bar)."""
     if mode not in MODES:
         raise ValueError(f"unknown baseline mode {mode!r}; choose one of {', '.join(MODES)}")
     say = say or (lambda _msg: None)
@@ -88,13 +90,14 @@ def run_baseline(
         per_region = {r: evaluate_region(scorer, d) for r, d in data.items()}
     elif mode == "centralized":
         settings = _capped(settings, mode)
-        model, epochs["all"] = fit(list(data.values()), settings, say=say)
+        model, epochs["all"] = fit(list(data.values()), settings, say=say, batches=batches)
         per_region = {r: evaluate_region(ModelScorer(model), d) for r, d in data.items()}
     else:
         per_region = {}
         settings = _capped(settings, mode)
         for r, d in data.items():
-            model, epochs[r] = fit([d], settings, say=lambda m, r=r: say(f"[{r}] {m}"))
+            model, epochs[r] = fit([d], settings, say=lambda m, r=r: say(f"[{r}] {m}"),
+                                   batches=batches)  # fmt: skip
             per_region[r] = evaluate_region(ModelScorer(model), d)
     return BaselineReport(
         mode,
@@ -107,7 +110,10 @@ def run_baseline(
 
 
 def fit(
-    regions: list[RegionData], settings: FitSettings, say: Progress | None = None
+    regions: list[RegionData],
+    settings: FitSettings,
+    say: Progress | None = None,
+    batches: Callable[[int, int], None] | None = None,
 ) -> tuple[Recommender, int]:
     """Train on the pooled training examples of ``regions``; keep the best validation epoch."""
     shared = regions[0].shared
@@ -117,7 +123,7 @@ def fit(
     trainer = Trainer(config, shared.features, weights, settings.train)
     best, best_hr, best_epoch, since = weights, -1.0, 0, 0
     for epoch in range(1, (settings.max_epochs or DEFAULT_MAX_EPOCHS["centralized"]) + 1):
-        loss = trainer.run_epoch(examples)
+        loss = trainer.run_epoch(examples, batches)
         scorer = ModelScorer(trainer.model)
         per = {
             d.region: evaluate_region(scorer, d, which="validation", negatives=0) for d in regions

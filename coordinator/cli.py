@@ -34,7 +34,11 @@ def baseline(
 
     settings = FitSettings(train=TrainConfig(threads=threads, seed=seed), max_epochs=epochs,
                            init_seed=seed)  # fmt: skip
-    report = run_baseline(root, mode, settings, say=lambda msg: click.echo(msg, err=True))
+    from shared.progress import bar
+
+    with bar(f"{mode} baseline: epoch batches") as update:
+        report = run_baseline(root, mode, settings, say=lambda msg: click.echo(msg, err=True),
+                              batches=update)  # fmt: skip
     print_metrics(f"{mode} baseline on {report.data} ({report.seconds:.0f}s)", report.overall,
                   report.regions)  # fmt: skip
     if json_out:

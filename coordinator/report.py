@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from coordinator.baselines import FitSettings, run_baseline
+from shared.progress import bar
 from shared.task.train import TrainConfig
 
 COMPARED = ("local", "centralized")
@@ -28,7 +29,9 @@ def ensure_baselines(data_dir: Path, data_name: str, say: Callable[[str], None])
                 continue
         say(f"computing the {mode} baseline once (cached in {path}) ...")
         threads = max(1, min(2, os.cpu_count() or 1))
-        report = run_baseline(data_dir, mode, FitSettings(train=TrainConfig(threads=threads)))
+        with bar(f"{mode} baseline: epoch batches") as update:
+            report = run_baseline(data_dir, mode, FitSettings(train=TrainConfig(threads=threads)),
+                                  batches=update)  # fmt: skip
         report = report.to_json()
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(report, indent=2) + "\n")

@@ -57,6 +57,10 @@ def _table(title: str, rows: list[dict[str, Any]], columns: list[str]) -> Table:
     return t
 
 
+def _metric(value: float | None) -> str | None:
+    return None if value is None else f"{value:.4f}"
+
+
 def _cell(value: Any) -> str:
     if value is None:
         return "-"
@@ -108,8 +112,8 @@ def _status_view(s: dict[str, Any]) -> Table:
         rows.append({"region": region, **{k: d[k] for k in ("queued", "started", "failed")},
                      "live workers": d["live_workers"],
                      "last update (s ago)": d["last_update_age_s"],
-                     "eval version": ev.get("version"), "HR@10": ev.get("hr@10"),
-                     "NDCG@10": ev.get("ndcg@10")})  # fmt: skip
+                     "eval version": ev.get("version"), "HR@10": _metric(ev.get("hr@10")),
+                     "NDCG@10": _metric(ev.get("ndcg@10"))})  # fmt: skip
     return _table(title, rows, list(rows[0]) if rows else ["region"])
 
 

@@ -53,3 +53,17 @@ def test_errors_are_one_line_without_traceback(tmp_path, args, needle):
     assert needle in proc.stderr
     assert "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_a_local_baseline_reports_every_batch_and_prints_no_bar_to_a_pipe(small_data, tmp_path):
+    from coordinator.baselines import FitSettings, run_baseline
+    from shared.task.train import TrainConfig
+
+    seen: list[tuple[int, int]] = []
+    settings = FitSettings(train=TrainConfig(batch_size=256), max_epochs=1)
+    run_baseline(small_data, "local", settings, regions=["me"],
+                 batches=lambda done, total: seen.append((done, total)))  # fmt: skip
+    assert seen and seen[-1][0] == seen[-1][1]
+    assert [d for d, _ in seen] == list(range(1, len(seen) + 1))
+    proc = fedq("baseline", "--data", str(small_data), "--mode", "local", "--epochs", "1")
+    assert "━" not in proc.stderr and "epoch 1" in proc.stderr
