@@ -23,6 +23,7 @@ import numpy as np
 import redis
 
 from coordinator.strategies import FedBuff, Outcome, Pending, Round, Strategy, make_strategy
+from shared.aggregation import clip_to_norm
 from shared.codec import DecodeError, Model, RejectReason, decode_update, encode_model
 from shared.faults import crash_point
 from shared.federation import Federation
@@ -227,6 +228,14 @@ class Aggregator:
             # that overflowed is re-checked element by element before rejecting)
             if not np.isfinite(np.sum(t, dtype=np.float64)) and not np.isfinite(t).all():
                 return RejectReason.NON_FINITE, f"{name} has NaN or infinite values"
+        bound = self.settings.max_update_norm
+        if bound:
+            clipped, norm = clip_to_norm(delta, bound)
+            if clipped is not delta:
+                if self.settings.norm_action == "reject":
+                    return RejectReason.NORM, f"L2 norm {norm:.4g} > bound {bound:g}"
+                delta.update(clipped)  # the update goes on at the bound's length
+                self.r.hset(self.keys.clipped, item.update_id, f"{norm:.6g}")
         return None
 
     # --- persisting outcomes ---

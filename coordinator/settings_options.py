@@ -16,7 +16,7 @@ import click
 from shared import settings as settings_mod
 from shared.aggregation import STALENESS_FUNCTIONS
 from shared.codec import ENCODINGS
-from shared.settings import MODES, FederationSettings
+from shared.settings import MODES, NORM_ACTIONS, FederationSettings
 
 # flag -> (settings key, click type, help)
 FLAGS: dict[str, tuple[str, Any, str]] = {
@@ -29,6 +29,8 @@ FLAGS: dict[str, tuple[str, Any, str]] = {
     "--buffer-size": ("buffer_size", int, "FedBuff: updates per flush (K)"),
     "--server-lr": ("server_lr", float, "FedBuff: server learning rate"),
     "--round-deadline": ("round_deadline", float, "FedAvg: seconds a round waits"),
+    "--max-update-norm": ("max_update_norm", float, "L2 bound on an update (0: none)"),
+    "--norm-action": ("norm_action", click.Choice(NORM_ACTIONS), "above the bound: reject or clip"),
     "--max-staleness": ("max_staleness", int, "reject updates staler than this"),
     "--inflight": ("inflight_per_region", int, "train jobs in flight per region"),
     "--max-inflight": ("max_inflight", int, "train jobs in flight over all regions (0: no bound)"),

@@ -136,6 +136,15 @@ def l2_norm(tensors: Weights) -> float:
     return float(math.sqrt(sum(float(np.vdot(t, t)) for t in tensors.values())))
 
 
+def clip_to_norm(tensors: Weights, bound: float) -> tuple[Weights, float]:
+    """``tensors`` scaled down to L2 norm ``bound`` if above it; returns them and the old norm."""
+    norm = l2_norm(tensors)
+    if norm <= bound:
+        return tensors, norm
+    scale = bound / norm
+    return {k: (t * scale).astype(t.dtype) for k, t in tensors.items()}, norm
+
+
 def _same_keys(*dicts: Weights) -> None:
     first = dicts[0]
     for d in dicts[1:]:

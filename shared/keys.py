@@ -82,6 +82,11 @@ class Keys:
         return self._k("rejected")
 
     @property
+    def clipped(self) -> str:
+        """Hash: update id -> its L2 norm before it was scaled down to ``max_update_norm``."""
+        return self._k("clipped")
+
+    @property
     def duplicates(self) -> str:
         """Hash: update id -> how many extra copies of it arrived (acknowledged, not applied)."""
         return self._k("duplicates")

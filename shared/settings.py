@@ -17,6 +17,7 @@ from shared.codec import ENCODINGS
 from shared.errors import FedqError
 
 MODES = ("async", "buffered", "sync")
+NORM_ACTIONS = ("reject", "clip")
 
 
 class SettingsError(FedqError):
@@ -49,6 +50,10 @@ class FederationSettings:
     server_lr: float = 1.0
     # FedAvg
     round_deadline: float = 120.0
+    # every mode: an update whose delta's L2 norm exceeds this is rejected or scaled down to it
+    # (honest updates of the default model measure about 6-8 at the start, less as lr decays)
+    max_update_norm: float = 50.0  # 0: no bound
+    norm_action: str = "reject"  # reject | clip
     # every async mode
     max_staleness: int = 32
     # dispatch
@@ -84,6 +89,8 @@ class FederationSettings:
             problems.append("buffer_size must be >= 1 and server_lr > 0")
         if self.max_staleness < 0 or self.inflight_per_region < 1 or self.max_inflight < 0:
             problems.append("max_staleness, max_inflight >= 0 and inflight_per_region >= 1")
+        if self.max_update_norm < 0 or self.norm_action not in NORM_ACTIONS:
+            problems.append(f"max_update_norm >= 0 and norm_action in {', '.join(NORM_ACTIONS)}")
         if self.worker_ttl < 2 or self.max_retries < 0:
             problems.append("worker_ttl must be >= 2 seconds and max_retries >= 0")
         if self.train.encoding not in ENCODINGS:

@@ -20,6 +20,7 @@ KEYS = Keys("t")
 
 def _fed(r, small_data, **overrides):
     overrides.setdefault("target_versions", 0)  # no target: alpha does not decay
+    overrides.setdefault("max_update_norm", 0.0)  # the weighting tests use large deltas
     settings = FederationSettings(model_dim=8, train=TrainSettings(), **overrides)
     return service.initialise(r, KEYS, small_data, settings)
 
@@ -126,6 +127,41 @@ def test_bad_region_shape_and_nan_are_rejected(r, small_data):
     reasons = {k.decode(): v.decode() for k, v in r.hgetall(KEYS.rejected).items()}
     assert reasons == {"mars": "unknown_region", "shape": "shape", "nan": "non_finite"}
     assert agg.version == 0
+
+
+def test_an_update_above_the_norm_bound_is_rejected_or_clipped(r, small_data):
+    fed = _fed(r, small_data, max_update_norm=5.0, alpha=0.5, staleness="constant")
+    agg = Aggregator(r, KEYS, fed)
+    n = sum(v.size for v in agg.weights.values())
+    small = 4.0 / math.sqrt(n)  # L2 norm 4: within the bound
+    _publish(r, "ok", "cn", 0, _delta(agg, small))
+    _publish(r, "huge", "cn", 1, _delta(agg, 1e3))
+    _drain(agg)
+    assert r.hget(KEYS.rejected, "huge") == b"norm" and r.sismember(KEYS.applied, "ok")
+    detail = r.xrevrange(KEYS.rejections, count=1)[0][1][b"detail"].decode()
+    assert detail.startswith("L2 norm ") and "> bound 5" in detail
+    # clip: the same update goes in scaled to the bound's length
+    r.flushall()
+    fed = _fed(r, small_data, max_update_norm=5.0, norm_action="clip", alpha=0.5,
+               staleness="constant")  # fmt: skip
+    agg = Aggregator(r, KEYS, fed)
+    w0 = {k: v.copy() for k, v in agg.weights.items()}
+    _publish(r, "huge", "cn", 0, _delta(agg, 1e3))
+    _drain(agg)
+    assert r.sismember(KEYS.applied, "huge")
+    assert float(r.hget(KEYS.clipped, "huge")) == pytest.approx(1e3 * math.sqrt(n), rel=1e-4)
+    moved = math.sqrt(sum(float(np.sum((agg.weights[k] - w0[k]) ** 2)) for k in w0))
+    assert moved == pytest.approx(0.5 * 5.0, rel=1e-4)  # alpha x the clipped delta
+
+
+def test_an_oversized_update_is_rejected_before_decoding(r, small_data):
+    from coordinator import aggregator as aggregator_module
+
+    fed = _fed(r, small_data)
+    agg = Aggregator(r, KEYS, fed)
+    r.xadd(KEYS.updates, {"u": b"x" * (aggregator_module.MAX_UPDATE_BYTES + 1), "id": "big"})
+    _drain(agg)
+    assert r.hget(KEYS.rejected, "big") == b"too_large" and agg.version == 0
 
 
 def test_an_update_published_twice_is_applied_once(r, small_data):
