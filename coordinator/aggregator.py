@@ -23,6 +23,7 @@ import numpy as np
 import redis
 
 from coordinator.strategies import FedBuff, Outcome, Pending, Round, Strategy, make_strategy
+from shared import auth
 from shared.aggregation import clip_to_norm
 from shared.codec import DecodeError, Model, RejectReason, decode_update, encode_model
 from shared.faults import crash_point
@@ -91,7 +92,12 @@ class Counters:
 
 class Aggregator:
     def __init__(
-        self, connection: redis.Redis, keys: Keys, fed: Federation, consumer: str = "aggregator"
+        self,
+        connection: redis.Redis,
+        keys: Keys,
+        fed: Federation,
+        consumer: str = "aggregator",
+        region_keys: dict[str, bytes] | None = None,
     ) -> None:
         self.r = connection
         self.keys = keys
@@ -101,6 +107,9 @@ class Aggregator:
         self.store = ModelStore(connection, keys, window=fed.settings.max_staleness + 1)
         self.strategy: Strategy = make_strategy(fed.settings, fed.created_at)
         self.counters = Counters()
+        if fed.settings.signed_updates and region_keys is None:
+            region_keys = auth.load_keys(auth.key_dir(keys.namespace), fed.regions)
+        self.region_keys = region_keys if fed.settings.signed_updates else None
         self._base_cache: dict[int, Weights] = {}
         # ids this process settled lately: a second copy in the same read batch is caught too
         self._script = None
@@ -194,10 +203,20 @@ class Aggregator:
             detail = f"{len(payload)} bytes > {MAX_UPDATE_BYTES}"
             self._reject_raw(entry_id, raw_id, RejectReason.TOO_LARGE, detail)
             return
+        signed_by = None
+        if self.region_keys is not None:  # verified before a byte of it is decoded
+            signed_by, problem = self._check_signature(fields, payload)
+            if problem:
+                self._reject_raw(entry_id, raw_id, *problem)
+                return
         try:
             update = decode_update(payload)
         except DecodeError as exc:
             self._reject_raw(entry_id, raw_id, exc.reason, exc.detail)
+            return
+        if signed_by is not None and update.header.region != signed_by:
+            detail = f"header says {update.header.region!r}, signed by {signed_by!r}'s secret"
+            self._reject_raw(entry_id, raw_id, RejectReason.WRONG_REGION, detail)
             return
         item = Pending(entry_id, update)
         if update.header.update_id != raw_id:
@@ -211,6 +230,20 @@ class Aggregator:
         if self.settings.mode == "sync":
             self.tick()  # the update may belong to a round opened since the last look
         self.settle(self.strategy.offer(item, self.version, self.weights, self._base))
+
+    def _check_signature(
+        self, fields: dict[bytes, bytes], payload: bytes
+    ) -> tuple[str | None, tuple[RejectReason, str] | None]:
+        signature = fields.get(b"sig", b"").decode(errors="replace")
+        if not signature:
+            return None, (RejectReason.UNSIGNED, "the federation signs updates; no 'sig' field")
+        region = fields.get(b"region", b"").decode(errors="replace")
+        key = (self.region_keys or {}).get(region)
+        if key is None:
+            return None, (RejectReason.UNKNOWN_REGION, f"signed for region {region!r}, unknown")
+        if not auth.verify(key, payload, signature):
+            return None, (RejectReason.BAD_SIGNATURE, f"HMAC does not match {region!r}'s secret")
+        return region, None
 
     def _validate(self, item: Pending) -> tuple[RejectReason, str] | None:
         h = item.update.header
@@ -341,6 +374,14 @@ class Aggregator:
     def _drop_duplicate(self, entry_id: str, update_id: str) -> None:
         with self.r.pipeline(transaction=True) as pipe:
             pipe.hincrby(self.keys.duplicates, update_id, 1)
+            if self.region_keys is not None:  # signed federation: say so where operators look
+                pipe.xadd(
+                    self.keys.rejections,
+                    {"id": update_id, "reason": RejectReason.REPLAYED.value,
+                     "detail": "a copy of an update already settled: dropped",
+                     "version": str(self.version), "at": f"{time.time():.3f}"},
+                    maxlen=1_000_000, approximate=True,
+                )  # fmt: skip
             pipe.xack(self.keys.updates, AGGREGATOR_GROUP, entry_id)
             pipe.xdel(self.keys.updates, entry_id)
             pipe.execute()

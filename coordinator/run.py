@@ -89,6 +89,11 @@ def run_federation(
         fed = service.initialise(connection, keys, options.data_dir, options.settings)
         started = time.time()
         env = {**os.environ, "FEDQ_REDIS_URL": url, "FEDQ_NAMESPACE": options.namespace}
+        if fed.settings.signed_updates:  # a run of its own: its own secrets, in the run directory
+            from shared.auth import KEYS_ENV, init_keys
+
+            init_keys(out / "keys", fed.regions)
+            env[KEYS_ENV] = str((out / "keys").resolve())
         roles.append(_spawn("aggregator", "aggregator", ["aggregator"], env, out))
         for region in fed.regions:
             slow = options.slowdown.get(region, 1.0)

@@ -31,6 +31,11 @@ FLAGS: dict[str, tuple[str, Any, str]] = {
     "--round-deadline": ("round_deadline", float, "FedAvg: seconds a round waits"),
     "--max-update-norm": ("max_update_norm", float, "L2 bound on an update (0: none)"),
     "--norm-action": ("norm_action", click.Choice(NORM_ACTIONS), "above the bound: reject or clip"),
+    "--signed-updates/--no-signed-updates": (
+        "signed_updates",
+        None,
+        "updates carry their region's HMAC-SHA256",
+    ),
     "--max-staleness": ("max_staleness", int, "reject updates staler than this"),
     "--inflight": ("inflight_per_region", int, "train jobs in flight per region"),
     "--max-inflight": ("max_inflight", int, "train jobs in flight over all regions (0: no bound)"),

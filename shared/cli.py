@@ -25,6 +25,7 @@ COMMANDS = {
     "report": "coordinator.cli:report",
     "recommend": "shared.serve_cli:recommend",
     "export": "shared.serve_cli:export",
+    "keys": "shared.auth_cli:keys_group",
     "status": "shared.inspect_cli:status",
     "queues": "shared.inspect_cli:queues",
     "workers": "shared.inspect_cli:workers",

@@ -41,6 +41,10 @@ class RejectReason(StrEnum):
     FUTURE_BASE = "future_base"  # base version newer than the model (impossible for honest workers)
     LATE = "late"  # sync mode: an update for a round that has closed
     TOO_LARGE = "too_large"
+    UNSIGNED = "unsigned"  # the federation signs updates; this one has no signature
+    BAD_SIGNATURE = "bad_signature"  # altered, or signed with another region's secret
+    WRONG_REGION = "wrong_region"  # the header names another region than the one that signed
+    REPLAYED = "replayed"  # a signed copy of an update already settled (never applied twice)
 
 
 class DecodeError(Exception):

@@ -54,6 +54,7 @@ class FederationSettings:
     # (honest updates of the default model measure about 6-8 at the start, less as lr decays)
     max_update_norm: float = 50.0  # 0: no bound
     norm_action: str = "reject"  # reject | clip
+    signed_updates: bool = False  # workers sign updates with their region's secret (shared/auth.py)
     # every async mode
     max_staleness: int = 32
     # dispatch

@@ -32,6 +32,7 @@ class WorkerContext:
     slowdown: float = 1.0
     optimizer_state: dict | None = None  # the worker's Adam moments, carried from job to job
     say: Callable[[str], None] = field(default=lambda _m: None)
+    signing_key: bytes | None = None  # the region's secret, when the federation signs updates
 
 
 _current: WorkerContext | None = None

@@ -146,6 +146,10 @@ def prepare(
         cache=ModelCache(store),
         slowdown=slowdown,
     )
+    if fed.settings.signed_updates:
+        from shared.auth import key_dir, load_key
+
+        context.signing_key = load_key(key_dir(keys.namespace), region)
     install(context)
     # a count, not data: lets the dispatcher give each region its share of the work
     connection.hset(keys.data_sizes, region, len(data.split.train))

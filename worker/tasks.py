@@ -15,6 +15,7 @@ from typing import Any
 from rq import get_current_job
 
 from shared.aggregation import subtract
+from shared.auth import sign
 from shared.codec import Update, UpdateHeader, encode_update
 from shared.jobs import JobSpec
 from shared.resilience import Outage, retry_redis
@@ -110,8 +111,11 @@ def evaluate(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def _publish_update(ctx: WorkerContext, update_id: str, payload: bytes) -> None:
+    fields = {"u": payload, "id": update_id, "region": ctx.region}
+    if ctx.signing_key is not None:
+        fields["sig"] = sign(ctx.signing_key, payload)
     with ctx.connection.pipeline(transaction=True) as pipe:
-        pipe.xadd(ctx.keys.updates, {"u": payload, "id": update_id, "region": ctx.region})
+        pipe.xadd(ctx.keys.updates, fields)
         pipe.hincrby(ctx.keys.published, update_id, 1)
         pipe.execute()
 

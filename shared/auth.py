@@ -1,0 +1,74 @@
+"""Per-region secrets and HMAC-SHA256 signatures of updates.
+
+Each region has its own secret, held by that region's workers and by the aggregator (which
+verifies). A worker signs the exact bytes it publishes (the msgpack update: header and tensors),
+so an update altered in Redis, one signed with another region's secret, or one without a
+signature is rejected with its reason. Secrets live in files, one per region, in
+``FEDQ_KEYS`` (default ``FEDQ_HOME/keys/<namespace>``), readable by their owner only; a worker
+host needs only its own region's file. ``fedq keys init`` writes them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import secrets
+from pathlib import Path
+
+from shared.errors import FedqError
+from shared.keys import check_name
+from shared.redis_server import default_home
+
+KEYS_ENV = "FEDQ_KEYS"
+
+
+def key_dir(namespace: str) -> Path:
+    return Path(os.environ.get(KEYS_ENV) or default_home() / "keys" / namespace)
+
+
+def init_keys(
+    directory: Path, regions: list[str] | tuple[str, ...], force: bool = False
+) -> list[Path]:
+    """Write a fresh 256-bit secret per region (mode 0600); existing ones are kept unless
+    ``force``. Returns the files written."""
+    directory.mkdir(parents=True, exist_ok=True)
+    written = []
+    for region in regions:
+        path = directory / f"{check_name('region', region)}.key"
+        if path.exists() and not force:
+            continue
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_hex(32) + "\n")
+        written.append(path)
+    return written
+
+
+def load_key(directory: Path, region: str) -> bytes:
+    path = directory / f"{check_name('region', region)}.key"
+    try:
+        text = path.read_text().strip()
+    except FileNotFoundError:
+        raise FedqError(
+            f"no secret for region {region!r} at {path} (run `fedq keys init`)"
+        ) from None
+    try:
+        key = bytes.fromhex(text)
+    except ValueError:
+        raise FedqError(f"{path}: not a hex secret") from None
+    if len(key) < 16:
+        raise FedqError(f"{path}: a secret of {len(key)} bytes is too short (want 32)")
+    return key
+
+
+def load_keys(directory: Path, regions: tuple[str, ...]) -> dict[str, bytes]:
+    return {region: load_key(directory, region) for region in regions}
+
+
+def sign(key: bytes, payload: bytes) -> str:
+    return hmac.new(key, payload, hashlib.sha256).hexdigest()
+
+
+def verify(key: bytes, payload: bytes, signature: str) -> bool:
+    return hmac.compare_digest(sign(key, payload), signature)

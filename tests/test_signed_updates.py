@@ -1,0 +1,94 @@
+"""Signed updates: the aggregator applies only updates signed with their own region's secret."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+
+import numpy as np
+
+from coordinator import service
+from coordinator.aggregator import Aggregator
+from shared.auth import init_keys, load_keys, sign
+from shared.codec import Update, UpdateHeader, encode_update
+from shared.keys import Keys
+from shared.settings import FederationSettings
+from tests.fleet import FEDQ
+
+K = Keys("signed")
+
+
+def _payload(agg: Aggregator, update_id: str, region: str) -> bytes:
+    header = UpdateHeader(update_id, update_id, region, "w", 0, 100, 1.0, 0.1, 0.1, "fp32", 0.0,
+                          None, 100)  # fmt: skip
+    delta = {k: np.full(v.shape, 1e-4, np.float32) for k, v in agg.weights.items()}
+    return encode_update(Update(header, delta))
+
+
+def test_unsigned_tampered_foreign_and_replayed_updates_are_rejected_with_reasons(
+    r, small_data, tmp_path
+):
+    fed = service.initialise(r, K, small_data, FederationSettings(
+        model_dim=8, signed_updates=True, target_versions=0, eval_every=0))  # fmt: skip
+    init_keys(tmp_path, fed.regions)
+    secrets = load_keys(tmp_path, fed.regions)
+    agg = Aggregator(r, K, fed, region_keys=secrets)
+
+    def publish(update_id: str, region_field: str, payload: bytes, sig: str | None) -> None:
+        fields = {"u": payload, "id": update_id, "region": region_field}
+        if sig is not None:
+            fields["sig"] = sig
+        r.xadd(K.updates, fields)
+
+    good = _payload(agg, "good", "cn")
+    publish("good", "cn", good, sign(secrets["cn"], good))
+    publish("unsigned", "cn", _payload(agg, "unsigned", "cn"), None)
+    tampered = bytearray(_payload(agg, "tampered", "cn"))
+    sig = sign(secrets["cn"], bytes(tampered))
+    tampered[-1] ^= 0x01  # one bit of a tensor changed after signing
+    publish("tampered", "cn", bytes(tampered), sig)
+    forged = _payload(agg, "forged", "cn")  # a us worker posing as cn
+    publish("forged", "cn", forged, sign(secrets["us"], forged))
+    inside = _payload(agg, "inside", "cn")  # signed as us, claims cn in its header
+    publish("inside", "us", inside, sign(secrets["us"], inside))
+    publish("good", "cn", good, sign(secrets["cn"], good))  # replayed
+    while agg.step(block_ms=50):
+        pass
+    reasons = {k.decode(): v.decode() for k, v in r.hgetall(K.rejected).items()}
+    assert reasons == {"unsigned": "unsigned", "tampered": "bad_signature",
+                       "forged": "bad_signature", "inside": "wrong_region"}  # fmt: skip
+    assert r.smembers(K.applied) == {b"good"} and agg.version == 1
+    assert int(r.hget(K.duplicates, "good")) == 1
+    stream = [(f[b"id"], f[b"reason"]) for _, f in r.xrange(K.rejections)]
+    assert (b"good", b"replayed") in stream
+
+
+def test_keys_init_writes_private_secrets_and_a_signed_run_applies_every_update(
+    small_data, redis_server, tmp_path
+):
+    env = {**os.environ, "FEDQ_KEYS": str(tmp_path / "keys")}
+    out = subprocess.run([*FEDQ, "keys", "init", "--data", str(small_data)], env=env,
+                         capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert out.returncode == 0 and "6 secret(s) written" in out.stdout, out.stderr
+    for path in (tmp_path / "keys").iterdir():
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+        assert len(bytes.fromhex(path.read_text().strip())) == 32
+    again = subprocess.run([*FEDQ, "keys", "init", "--data", str(small_data)], env=env,
+                           capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert "0 secret(s) written" in again.stdout and "6 kept" in again.stdout
+    run = tmp_path / "run"
+    proc = subprocess.run(
+        [*FEDQ, "run", "--data", str(small_data), "--redis-url", redis_server.url, "--namespace",
+         "signedrun", "--signed-updates", "--target-versions", "12", "--eval-every", "12",
+         "--workers-per-region", "1", "--no-baselines", "--out", str(run)],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads((run / "report.json").read_text())
+    assert report["settings"]["signed_updates"] is True
+    assert report["updates"]["applied"] == report["versions"] >= 12
+    assert report["updates"]["rejected"] == 0
+    assert sorted(p.name for p in (run / "keys").iterdir()) == sorted(
+        f"{r}.key" for r in report["regions"])  # fmt: skip
