@@ -20,6 +20,7 @@ import redis
 from rq import Retry
 from rq.job import Job
 
+from shared import auth
 from shared.abandoned import settle_abandoned, sweep_dead_workers
 from shared.federation import Federation
 from shared.jobs import EVALUATE_TASK, TRAIN_TASK, JobSpec, region_queue
@@ -48,6 +49,10 @@ class Dispatcher:
         self.store = ModelStore(connection, keys, window=fed.settings.max_staleness + 1)
         self.queues = {r: region_queue(connection, keys, r) for r in fed.regions}
         self._swept_at = 0.0
+        self.region_keys = (
+            auth.load_keys(auth.key_dir(keys.namespace), fed.regions)
+            if fed.settings.signed_updates else None
+        )  # fmt: skip
 
     # --- one pass ---
 
@@ -183,6 +188,7 @@ class Dispatcher:
             round=round_number,
             issued_at=self.clock(),
         )
+        spec = self._sign(spec, job_id)
         # counted in flight before it is queued: a dispatcher killed in between leaves an id
         # with no job, which the next reconcile drops, never a job beyond the bound
         self.r.hset(self.keys.inflight(region), job_id, f"{self.clock():.3f}")
@@ -271,6 +277,7 @@ class Dispatcher:
         for region in self.fed.regions:
             spec = JobSpec(kind="evaluate", region=region, seed=self.s.seed, version=version,
                            issued_at=self.clock())  # fmt: skip
+            spec = self._sign(spec, f"{region}-e{version}")
             self.queues[region].enqueue(
                 EVALUATE_TASK,
                 spec.to_json(),
@@ -281,6 +288,11 @@ class Dispatcher:
                 failure_ttl=FAILURE_TTL,
                 at_front=True,
             )
+
+    def _sign(self, spec: JobSpec, job_id: str) -> JobSpec:
+        if self.region_keys is None:
+            return spec
+        return spec.signed(self.region_keys[spec.region], job_id)
 
     def _latest_validation_hr(self) -> float | None:
         from coordinator.curve import learning_curve

@@ -7,13 +7,15 @@ worker), and workers run only the task functions named in ``TASKS``.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+import json
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import redis
 from rq import Queue
 from rq.serializers import JSONSerializer
 
+from shared import auth
 from shared.keys import Keys
 
 TRAIN_TASK = "worker.tasks.train"
@@ -31,9 +33,21 @@ class JobSpec:
     version: int | None = None  # evaluate: the version to score
     round: int | None = None  # sync mode: the round this job belongs to
     issued_at: float = 0.0
+    sig: str | None = None  # HMAC-SHA256 by the region's secret over the rest and the job id
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
+
+    def _signed_bytes(self, job_id: str) -> bytes:
+        body = {**asdict(self), "sig": None, "job_id": job_id}
+        return json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+
+    def signed(self, key: bytes, job_id: str) -> JobSpec:
+        """This spec signed for ``job_id``: the signature does not carry over to another id."""
+        return replace(self, sig=auth.sign(key, self._signed_bytes(job_id)))
+
+    def verify(self, key: bytes, job_id: str) -> bool:
+        return self.sig is not None and auth.verify(key, self._signed_bytes(job_id), self.sig)
 
     @staticmethod
     def from_json(raw: Any) -> JobSpec:

@@ -92,3 +92,41 @@ def test_keys_init_writes_private_secrets_and_a_signed_run_applies_every_update(
     assert report["updates"]["rejected"] == 0
     assert sorted(p.name for p in (run / "keys").iterdir()) == sorted(
         f"{r}.key" for r in report["regions"])  # fmt: skip
+
+
+def test_a_signed_federations_worker_runs_only_jobs_signed_for_their_id(
+    r, small_data, redis_server, tmp_path
+):
+    import time
+    from dataclasses import asdict
+
+    from rq import Queue
+
+    from shared.jobs import SERIALIZER, TRAIN_TASK, JobSpec
+    from shared.settings import TrainSettings
+    from tests.fleet import Fleet
+
+    keys = Keys("signedjobs")
+    fed = service.initialise(r, keys, small_data, FederationSettings(
+        signed_updates=True, target_versions=0, eval_every=0, max_retries=0))  # fmt: skip
+    init_keys(tmp_path / "keys", fed.regions)
+    cn = load_keys(tmp_path / "keys", ("cn",))["cn"]
+    queue = Queue(keys.queue("cn"), connection=r, serializer=SERIALIZER)
+    spec = JobSpec(kind="train", region="cn", seed=1, train=asdict(TrainSettings()),
+                   issued_at=time.time())  # fmt: skip
+    old = JobSpec(kind="train", region="cn", seed=2, train=asdict(TrainSettings()),
+                  issued_at=time.time() - 86_400)  # fmt: skip
+    queue.enqueue(TRAIN_TASK, spec.signed(cn, "cn-ok").to_json(), job_id="cn-ok")
+    queue.enqueue(TRAIN_TASK, spec.to_json(), job_id="cn-unsigned")
+    queue.enqueue(TRAIN_TASK, spec.signed(cn, "cn-ok").to_json(), job_id="cn-moved")
+    queue.enqueue(TRAIN_TASK, old.signed(cn, "cn-old").to_json(), job_id="cn-old")
+    with Fleet(redis_server.url, keys.namespace, small_data) as fleet:
+        fleet.env["FEDQ_KEYS"] = str(tmp_path / "keys")
+        worker = fleet.worker("cn", "--burst")
+        assert worker.wait(timeout=120) == 0, fleet.log(worker)
+    published = {k.decode() for k in r.hkeys(keys.published)}
+    assert published == {"cn-ok"}
+    refused = {f[b"id"].decode(): f[b"detail"].decode() for _, f in r.xrange(keys.rejections)}
+    assert set(refused) == {"cn-unsigned", "cn-moved", "cn-old"}
+    assert "too old" in refused["cn-old"] and "signed for another id" in refused["cn-moved"]
+    assert set(queue.failed_job_registry.get_job_ids()) == set(refused)
