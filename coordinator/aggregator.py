@@ -14,6 +14,7 @@ FedAvg round), so a restarted aggregator re-reads them and nothing held in memor
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections import deque
 from collections.abc import Callable
@@ -120,6 +121,7 @@ class Aggregator:
             raise LookupError("no model in Redis: the coordinator initialises it")
         self.version = model.version
         self.weights: Weights = {k: np.array(v) for k, v in model.weights.items()}
+        self.norm_bound = _norm_bound(fed.settings, sum(v.size for v in self.weights.values()))
         self._ensure_group()
 
     # --- the loop ---
@@ -261,7 +263,7 @@ class Aggregator:
             # that overflowed is re-checked element by element before rejecting)
             if not np.isfinite(np.sum(t, dtype=np.float64)) and not np.isfinite(t).all():
                 return RejectReason.NON_FINITE, f"{name} has NaN or infinite values"
-        bound = self.settings.max_update_norm
+        bound = self.norm_bound
         if bound:
             clipped, norm = clip_to_norm(delta, bound)
             if clipped is not delta:
@@ -441,6 +443,18 @@ class Aggregator:
         except redis.ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise
+
+
+def _norm_bound(s, n_params: int) -> float:
+    """The L2 bound updates are held to. With DP noise on, an honest update is its clipped delta
+    plus Gaussian noise of norm about sd * sqrt(n_params); the bound makes room for that (and
+    four standard deviations more) instead of rejecting every noisy update."""
+    if not s.max_update_norm:
+        return 0.0
+    if not s.dp_noise:
+        return s.max_update_norm
+    sd = s.dp_noise * s.dp_clip
+    return max(s.max_update_norm, s.dp_clip + sd * (math.sqrt(n_params) + 4))
 
 
 def _flat(mapping: dict) -> list:

@@ -131,10 +131,13 @@ def aggregator(consumer: str, wait: float, redis_url: str | None, namespace: str
     show_default=True,
     help="Compare with local-only and centralized (computed once, cached in DATA).",
 )
+@click.option("--dp-epsilon", type=float, default=None,
+              help="DP: choose the noise so every region's epsilon stays within this over the "
+                   "run (needs a version target; clip defaults to 5).")  # fmt: skip
 @settings_options
 def run_cmd(data_dir: Path, workers_per_region: int, slowdown: tuple[str, ...],
             json_out: Path | None, out_dir: Path | None, redis_url: str | None, namespace: str,
-            baselines: bool, settings) -> None:  # fmt: skip
+            baselines: bool, dp_epsilon: float | None, settings) -> None:  # fmt: skip
     """Run a whole federation here: Redis, aggregator, coordinator and workers, then report."""
     import time
 
@@ -150,6 +153,13 @@ def run_cmd(data_dir: Path, workers_per_region: int, slowdown: tuple[str, ...],
         click.echo(f"{data_dir} has no data set: generating the built-in one (seed 0)", err=True)
         generate.write(generate.generate(seed=0, scale="default"), data_dir)
     slow = _parse_slowdown(slowdown)
+    if dp_epsilon is not None:
+        settings = _noise_for_epsilon(settings, data_dir, dp_epsilon)
+        click.echo(
+            f"DP: clip {settings.dp_clip}, noise multiplier {settings.dp_noise:.3f} for "
+            f"epsilon <= {dp_epsilon} (delta {settings.dp_delta}) per region",
+            err=True,
+        )
     if settings.max_inflight == 0:  # one machine: as many jobs in flight as it has cores
         settings = dataclasses.replace(settings, max_inflight=os.cpu_count() or 2)
     out_dir = out_dir or Path("runs") / f"{settings.mode}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -185,9 +195,37 @@ def run_cmd(data_dir: Path, workers_per_region: int, slowdown: tuple[str, ...],
     if json_out:
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(text)
+    if report.get("privacy"):
+        dp = report["privacy"]
+        spent = ", ".join(f"{r} {v['epsilon']:.2f} ({v['releases']} updates)"
+                          for r, v in dp["regions"].items())  # fmt: skip
+        click.echo(f"DP (clip {dp['clip']}, noise {dp['noise']:.3f}, delta {dp['delta']}): "
+                   f"epsilon per region: {spent}")  # fmt: skip
     rss = ", ".join(f"{k} {v:.0f} MB" for k, v in report["peak_rss_mb"].items())
     click.echo(f"{report['versions']} versions in {report['seconds']:.0f}s; peak RSS: {rss}")
     click.echo(f"report: {out_dir / 'report.json'}, {out_dir / 'summary.md'} and plots")
+
+
+DEFAULT_DP_CLIP = 5.0  # below honest updates' norms (about 6-8): every update is clipped
+
+
+def _noise_for_epsilon(settings, data_dir: Path, target: float):
+    """Noise multiplier for ``target`` epsilon: the region with the most data publishes the most
+    updates (dispatch is proportional to data), about target_versions x its share, plus 5%."""
+    from shared.privacy import noise_for
+    from shared.task.dataset import read_meta
+
+    if not settings.target_versions:
+        raise click.BadParameter("needs --target-versions", param_hint="--dp-epsilon")
+    sizes = {}
+    for region in read_meta(data_dir).regions:
+        with open(data_dir / region / "interactions.csv", "rb") as f:
+            sizes[region] = sum(1 for _ in f)
+    share = max(sizes.values()) / sum(sizes.values())
+    releases = int(settings.target_versions * share * 1.05) + 1
+    clip = settings.dp_clip or DEFAULT_DP_CLIP
+    noise = noise_for(target, releases, settings.dp_delta)
+    return dataclasses.replace(settings, dp_clip=clip, dp_noise=noise)
 
 
 def _interrupt_on_sigterm() -> None:

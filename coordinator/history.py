@@ -16,6 +16,7 @@ import redis
 from coordinator.curve import learning_curve
 from shared.federation import Federation
 from shared.keys import Keys
+from shared.privacy import epsilon
 from shared.views import applied_updates
 
 
@@ -43,8 +44,27 @@ def collect(connection: redis.Redis, keys: Keys, fed: Federation) -> dict[str, A
             for p in curve
         ],
         "updates": update_counts(connection, keys),
+        "privacy": privacy_spent(connection, keys, fed),
         "updates_log": log,  # [seconds since creation, version, region, staleness]
     }
+
+
+def privacy_spent(connection: redis.Redis, keys: Keys, fed: Federation) -> dict[str, Any] | None:
+    """(epsilon, delta) per region over the releases (published updates) so far; None without
+    DP. Update ids are RQ job ids, which start with the region."""
+    s = fed.settings
+    if not s.dp_noise:
+        return None
+    releases = dict.fromkeys(fed.regions, 0)
+    for update_id, copies in connection.hgetall(keys.published).items():
+        region = update_id.decode().split("-", 1)[0]
+        if region in releases:
+            releases[region] += int(copies)
+    return {
+        "clip": s.dp_clip, "noise": s.dp_noise, "delta": s.dp_delta,
+        "regions": {r: {"releases": n, "epsilon": round(epsilon(n, s.dp_noise, s.dp_delta), 3)}
+                    for r, n in releases.items()},
+    }  # fmt: skip
 
 
 def update_counts(connection: redis.Redis, keys: Keys) -> dict[str, Any]:

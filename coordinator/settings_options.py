@@ -31,6 +31,9 @@ FLAGS: dict[str, tuple[str, Any, str]] = {
     "--round-deadline": ("round_deadline", float, "FedAvg: seconds a round waits"),
     "--max-update-norm": ("max_update_norm", float, "L2 bound on an update (0: none)"),
     "--norm-action": ("norm_action", click.Choice(NORM_ACTIONS), "above the bound: reject or clip"),
+    "--dp-clip": ("dp_clip", float, "DP: clip each update to this L2 norm (0: off)"),
+    "--dp-noise": ("dp_noise", float, "DP: Gaussian noise multiplier (sd = noise x clip)"),
+    "--dp-delta": ("dp_delta", float, "DP: the delta of the (epsilon, delta) reported"),
     "--signed-updates/--no-signed-updates": (
         "signed_updates",
         None,

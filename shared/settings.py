@@ -54,6 +54,11 @@ class FederationSettings:
     # (honest updates of the default model measure about 6-8 at the start, less as lr decays)
     max_update_norm: float = 50.0  # 0: no bound
     norm_action: str = "reject"  # reject | clip
+    # differential privacy (shared/privacy.py): workers clip updates to dp_clip and add
+    # Gaussian noise of dp_noise * dp_clip; 0: off
+    dp_clip: float = 0.0
+    dp_noise: float = 0.0
+    dp_delta: float = 1e-5
     signed_updates: bool = False  # workers sign updates with their region's secret (shared/auth.py)
     # every async mode
     max_staleness: int = 32
@@ -92,6 +97,10 @@ class FederationSettings:
             problems.append("max_staleness, max_inflight >= 0 and inflight_per_region >= 1")
         if self.max_update_norm < 0 or self.norm_action not in NORM_ACTIONS:
             problems.append(f"max_update_norm >= 0 and norm_action in {', '.join(NORM_ACTIONS)}")
+        if self.dp_clip < 0 or self.dp_noise < 0 or not 0 < self.dp_delta < 1:
+            problems.append("dp_clip, dp_noise >= 0 and dp_delta in (0, 1)")
+        if self.dp_noise and not self.dp_clip:
+            problems.append("dp_noise needs dp_clip (the noise is scaled to the clipping bound)")
         if self.worker_ttl < 2 or self.max_retries < 0:
             problems.append("worker_ttl must be >= 2 seconds and max_retries >= 0")
         if self.train.encoding not in ENCODINGS:

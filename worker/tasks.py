@@ -12,12 +12,14 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 from rq import get_current_job
 
 from shared.aggregation import subtract
 from shared.auth import sign
 from shared.codec import Update, UpdateHeader, encode_update
 from shared.jobs import JobSpec
+from shared.privacy import privatize
 from shared.resilience import Outage, retry_redis
 from shared.settings import TrainSettings
 from shared.task.evaluate import ModelScorer, evaluate_region
@@ -71,7 +73,11 @@ def train(spec: dict[str, Any]) -> dict[str, Any]:
         round=job.round,
         data_size=len(ctx.data.split.train),
     )
-    payload = encode_update(Update(header, subtract(result.weights, model.weights)))
+    delta = subtract(result.weights, model.weights)
+    dp = ctx.federation.settings
+    if dp.dp_clip:  # fresh OS entropy: nobody can regenerate the noise from a seed
+        delta = privatize(delta, dp.dp_clip, dp.dp_noise, np.random.default_rng())
+    payload = encode_update(Update(header, delta))
     # the update is held until Redis takes it (a copy sent twice is dropped as a duplicate);
     # the audit count goes in the same MULTI, so it counts exactly the copies published
     _publish(ctx, lambda: _publish_update(ctx, job_id, payload))
