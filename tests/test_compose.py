@@ -55,7 +55,13 @@ def test_workers_scale_outlast_a_job_and_see_only_their_region(name):
     assert mounted == {"./data/meta.json", "./data/catalogue.csv", f"./data/{region}"}
 
 
-def test_the_settings_file_loads():
+def test_the_settings_file_documents_every_setting_at_its_default():
+    import dataclasses
+    import tomllib
+
     loaded = settings.load(ROOT / "fedq.toml")
-    assert loaded.mode in ("async", "buffered", "sync")
-    assert loaded.train.examples_per_job > 0
+    assert loaded == settings.FederationSettings()
+    raw = tomllib.loads((ROOT / "fedq.toml").read_text())
+    fields = {f.name for f in dataclasses.fields(settings.FederationSettings)}
+    assert fields - set(raw) == set()
+    assert {f.name for f in dataclasses.fields(settings.TrainSettings)} - set(raw["train"]) == set()
