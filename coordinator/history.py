@@ -17,7 +17,7 @@ from coordinator.curve import learning_curve
 from shared.federation import Federation
 from shared.keys import Keys
 from shared.privacy import epsilon
-from shared.views import applied_updates
+from shared.views import applied_updates, update_counts
 
 
 def collect(connection: redis.Redis, keys: Keys, fed: Federation) -> dict[str, Any]:
@@ -65,18 +65,3 @@ def privacy_spent(connection: redis.Redis, keys: Keys, fed: Federation) -> dict[
         "regions": {r: {"releases": n, "epsilon": round(epsilon(n, s.dp_noise, s.dp_delta), 3)}
                     for r, n in releases.items()},
     }  # fmt: skip
-
-
-def update_counts(connection: redis.Redis, keys: Keys) -> dict[str, Any]:
-    by_reason: dict[str, int] = {}
-    for reason in connection.hvals(keys.rejected):
-        by_reason[reason.decode()] = by_reason.get(reason.decode(), 0) + 1
-    return {
-        "applied": connection.scard(keys.applied),
-        "rejected": sum(by_reason.values()),
-        "rejected_by_reason": by_reason,
-        "duplicates": sum(int(v) for v in connection.hvals(keys.duplicates)),
-        "published": sum(int(v) for v in connection.hvals(keys.published)),
-        "jobs_retried": int(connection.get(keys.retried) or 0),
-        "jobs_abandoned": int(connection.get(keys.abandoned) or 0),
-    }

@@ -176,7 +176,7 @@ def status(r: redis.Redis, keys: Keys, now: float | None = None) -> dict[str, An
     fed = _federation(r, keys)
     version = int(r.get(keys.version) or 0)
     created = r.hget(keys.model_info(version), "created_at")
-    reasons = Counter(v.decode() for v in r.hvals(keys.rejected))
+    counts = update_counts(r, keys)
     updates = applied_updates(r, keys)
     recent = [u for u in updates if u["at"] and now - u["at"] <= RATE_WINDOW]
     staleness = sorted(u["staleness"] for u in updates if u["staleness"] is not None)
@@ -192,18 +192,12 @@ def status(r: redis.Redis, keys: Keys, now: float | None = None) -> dict[str, An
         "model_age_s": round(now - float(created), 1) if created else None,
         "done": _text(r.get(keys.done)),
         "updates": {
-            "published": sum(int(v) for v in r.hvals(keys.published)),
-            "applied": r.scard(keys.applied),
-            "rejected": sum(reasons.values()),
-            "rejected_by_reason": dict(sorted(reasons.items())),
-            "duplicates": sum(int(v) for v in r.hvals(keys.duplicates)),
+            **{k: counts[k] for k in ("published", "applied", "rejected", "duplicates")},
+            "rejected_by_reason": dict(sorted(counts["rejected_by_reason"].items())),
             "waiting": r.xlen(keys.updates),
             "per_second": round(len(recent) / RATE_WINDOW, 2),
         },
-        "jobs": {
-            "retried": int(r.get(keys.retried) or 0),
-            "abandoned": int(r.get(keys.abandoned) or 0),
-        },  # fmt: skip
+        "jobs": {"retried": counts["jobs_retried"], "abandoned": counts["jobs_abandoned"]},
         "staleness": {
             "p50": _quantile(staleness, 0.5),
             "p90": _quantile(staleness, 0.9),
@@ -223,6 +217,20 @@ def status(r: redis.Redis, keys: Keys, now: float | None = None) -> dict[str, An
             }
             for region in fed.regions
         },  # fmt: skip
+    }
+
+
+def update_counts(r: redis.Redis, keys: Keys) -> dict[str, Any]:
+    """Totals of what happened to updates and train jobs (``fedq run``'s report has these)."""
+    reasons = Counter(v.decode() for v in r.hvals(keys.rejected))
+    return {
+        "applied": r.scard(keys.applied),
+        "rejected": sum(reasons.values()),
+        "rejected_by_reason": dict(reasons),
+        "duplicates": sum(int(v) for v in r.hvals(keys.duplicates)),
+        "published": sum(int(v) for v in r.hvals(keys.published)),
+        "jobs_retried": int(r.get(keys.retried) or 0),
+        "jobs_abandoned": int(r.get(keys.abandoned) or 0),
     }
 
 
