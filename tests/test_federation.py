@@ -5,20 +5,19 @@ from __future__ import annotations
 import json
 import os
 import pickle
-import re
 import subprocess
 import sys
 import time
 import zlib
 from pathlib import Path
 
-import numpy as np
 import pytest
 import redis
 
 from shared.processes import stop_processes
 from shared.settings import FederationSettings
-from shared.task.dataset import read_interactions, read_meta
+from shared.task.dataset import read_meta
+from tests.privacy_scan import assert_no_raw_data
 
 FEDQ = [sys.executable, "-m", "shared"]
 
@@ -104,24 +103,7 @@ def test_job_data_in_redis_is_json_not_pickle(federated_run):
 
 def test_no_raw_interaction_data_in_redis_after_a_run(federated_run, small_data):
     _report, _proc, connection, _out = federated_run
-    blob = _dump(connection)
-    meta = read_meta(small_data)
-    stamps, sequences = set(), []
-    for region in meta.regions:
-        data = read_interactions(small_data, region)
-        stamps |= {str(t) for t in data.timestamp.tolist()}
-        order = np.lexsort((data.timestamp, data.user_id))
-        users, items = data.user_id[order], data.item_id[order]
-        for u in np.unique(users)[:200]:
-            seq = items[users == u][:4]
-            if len(seq) == 4:
-                sequences.append(seq.tolist())
-    numbers = set(re.findall(rb"\d{9,10}", blob))
-    leaked = {s for s in stamps if s.encode() in numbers}
-    assert not leaked, f"event timestamps found in Redis: {sorted(leaked)[:5]}"
-    for seq in sequences:
-        for form in (",".join(map(str, seq)), json.dumps(seq), ", ".join(map(str, seq))):
-            assert form.encode() not in blob, f"an interaction sequence {seq} is in Redis"
+    assert_no_raw_data(connection, small_data)
 
 
 def _fedq_processes(namespace: str) -> list[int]:
@@ -148,30 +130,6 @@ def _initialise(connection: redis.Redis, namespace: str, data: Path, **settings)
     service.initialise(
         connection, Keys(namespace), data, FederationSettings(eval_every=0, **settings)
     )
-
-
-def _dump(connection: redis.Redis) -> bytes:
-    """Every key and value in the database, as one byte string (tensor bytes included)."""
-    parts: list[bytes] = []
-    for key in connection.scan_iter("*"):
-        kind = connection.type(key)
-        parts.append(key)
-        if kind == b"string":
-            parts.append(connection.get(key) or b"")
-        elif kind == b"hash":
-            for k, v in connection.hgetall(key).items():
-                parts += [k, v]
-        elif kind == b"set":
-            parts += list(connection.smembers(key))
-        elif kind == b"list":
-            parts += connection.lrange(key, 0, -1)
-        elif kind == b"zset":
-            parts += [m for m, _ in connection.zrange(key, 0, -1, withscores=True)]
-        elif kind == b"stream":
-            for _id, fields in connection.xrange(key):
-                for k, v in fields.items():
-                    parts += [k, v]
-    return b"\n".join(parts)
 
 
 def test_a_region_without_workers_stalls_no_other_region(small_data, redis_server, tmp_path):

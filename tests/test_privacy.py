@@ -55,3 +55,8 @@ def test_a_dp_run_reports_each_regions_epsilon_within_the_target(
         assert (v["epsilon"] > 0) == (v["releases"] > 0) and v["epsilon"] <= 10.0
     assert max(v["epsilon"] for v in dp["regions"].values()) > 0
     assert "epsilon per region" in proc.stdout
+    import redis
+
+    from tests.privacy_scan import assert_no_raw_data
+
+    assert_no_raw_data(redis.Redis.from_url(redis_server.url), small_data)

@@ -92,6 +92,11 @@ def test_keys_init_writes_private_secrets_and_a_signed_run_applies_every_update(
     assert report["updates"]["rejected"] == 0
     assert sorted(p.name for p in (run / "keys").iterdir()) == sorted(
         f"{r}.key" for r in report["regions"])  # fmt: skip
+    import redis
+
+    from tests.privacy_scan import assert_no_raw_data
+
+    assert_no_raw_data(redis.Redis.from_url(redis_server.url), small_data)
 
 
 def test_a_signed_federations_worker_runs_only_jobs_signed_for_their_id(
