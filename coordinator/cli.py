@@ -64,7 +64,8 @@ def coordinator(data_dir: Path, settings, wait: float, redis_url: str | None,
     from coordinator import service
     from shared.cli_options import StopFlag
 
-    connection, keys = open_redis(redis_url, namespace, wait, lambda m: click.echo(m, err=True))
+    connection, keys = open_redis(redis_url, namespace, wait, lambda m: click.echo(m, err=True),
+                                  user=lambda users: users.coordinator)  # fmt: skip
     fed = service.initialise(connection, keys, data_dir, settings)
     if fed.settings != settings:
         click.echo("joining the existing federation with its own settings", err=True)
@@ -84,7 +85,8 @@ def aggregator(consumer: str, wait: float, redis_url: str | None, namespace: str
     from shared import federation
     from shared.cli_options import StopFlag
 
-    connection, keys = open_redis(redis_url, namespace, wait, lambda m: click.echo(m, err=True))
+    connection, keys = open_redis(redis_url, namespace, wait, lambda m: click.echo(m, err=True),
+                                  user=lambda users: users.aggregator)  # fmt: skip
     fed = federation.wait_for(connection, keys, wait, lambda m: click.echo(m, err=True))
     counters = service.aggregate(connection, keys, fed, StopFlag(), consumer,
                                  say=lambda m: click.echo(m, err=True))  # fmt: skip
@@ -131,13 +133,16 @@ def aggregator(consumer: str, wait: float, redis_url: str | None, namespace: str
     show_default=True,
     help="Compare with local-only and centralized (computed once, cached in DATA).",
 )
+@click.option("--acl", is_flag=True,
+              help="Start Redis (>= 7: FEDQ_REDIS_SERVER) with ACL users; each role logs in as "
+                   "its own (keys in the run directory).")  # fmt: skip
 @click.option("--dp-epsilon", type=float, default=None,
               help="DP: choose the noise so every region's epsilon stays within this over the "
                    "run (needs a version target; clip defaults to 5).")  # fmt: skip
 @settings_options
 def run_cmd(data_dir: Path, workers_per_region: int, slowdown: tuple[str, ...],
             json_out: Path | None, out_dir: Path | None, redis_url: str | None, namespace: str,
-            baselines: bool, dp_epsilon: float | None, settings) -> None:  # fmt: skip
+            baselines: bool, acl: bool, dp_epsilon: float | None, settings) -> None:  # fmt: skip
     """Run a whole federation here: Redis, aggregator, coordinator and workers, then report."""
     import time
 
@@ -164,7 +169,7 @@ def run_cmd(data_dir: Path, workers_per_region: int, slowdown: tuple[str, ...],
         settings = dataclasses.replace(settings, max_inflight=os.cpu_count() or 2)
     out_dir = out_dir or Path("runs") / f"{settings.mode}-{time.strftime('%Y%m%d-%H%M%S')}"
     options = RunOptions(data_dir, settings, workers_per_region, slow, out_dir, redis_url,
-                         namespace)  # fmt: skip
+                         namespace, acl=acl)  # fmt: skip
     say = lambda m: click.echo(m, err=True)  # noqa: E731
     _interrupt_on_sigterm()  # so the run's cleanup stops every process it started
     with bar("federating") as update:

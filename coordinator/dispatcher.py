@@ -132,7 +132,8 @@ class Dispatcher:
         counts = {
             k.decode(): int(v) for k, v in self.r.hgetall(self.keys.dispatched_by_region).items()
         }
-        known = {k.decode(): float(v) for k, v in self.r.hgetall(self.keys.data_sizes).items()}
+        announced = self.r.mget([self.keys.data_size(r) for r in self.fed.regions])
+        known = {r: float(v) for r, v in zip(self.fed.regions, announced, strict=True) if v}
         default = sum(known.values()) / len(known) if known else 1.0
         sizes = {r: max(known.get(r, default), 1.0) for r in self.fed.regions}
         return counts, sizes

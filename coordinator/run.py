@@ -23,10 +23,11 @@ import redis
 
 from coordinator import service
 from coordinator.history import collect
+from shared.auth import ACL_FILE, KEYS_ENV, init_keys, init_users, load_password
 from shared.errors import FedqError
 from shared.keys import Keys
 from shared.processes import stop_processes
-from shared.redis_server import RedisServer
+from shared.redis_server import RedisServer, redact
 from shared.settings import FederationSettings
 from shared.views import region_results
 
@@ -44,6 +45,7 @@ class RunOptions:
     redis_url: str | None = None
     namespace: str = "fedq"
     final_timeout: float = 600.0
+    acl: bool = False  # its Redis (>= 7) runs with ACL users; every role logs in as its own
 
 
 @dataclass
@@ -70,30 +72,37 @@ def run_federation(
     out = options.out_dir
     (out / "logs").mkdir(parents=True, exist_ok=True)
     server = None
+    env = {**os.environ, "FEDQ_NAMESPACE": options.namespace}
+    if options.acl or options.settings.signed_updates:  # a run of its own: its own secrets
+        shutil.rmtree(out / "keys", ignore_errors=True)
+        env[KEYS_ENV] = str((out / "keys").resolve())
     if options.redis_url is None:
         shutil.rmtree(out / "redis", ignore_errors=True)  # a reused run directory starts afresh
-        server = RedisServer(out / "redis").start()
+        server = RedisServer(out / "redis")
+        if options.acl:
+            server.acl_file, server.admin = _run_users(out / "keys", options)
+        server.start()
         url = server.url
-        say(f"redis-server on {url} (data in {out / 'redis'})")
+        say(f"redis-server on {url} (data in {out / 'redis'})"
+            + (", ACL users per role" if options.acl else ""))  # fmt: skip
+    elif options.acl:
+        raise FedqError("--acl starts a Redis of the run's own with its users: without --redis-url")
     else:
         url = options.redis_url
+    env["FEDQ_REDIS_URL"] = url
     roles: list[Role] = []
     try:
-        connection = redis.Redis.from_url(url)
+        connection = server.client() if server is not None else redis.Redis.from_url(url)
         keys = Keys(options.namespace)
         if connection.exists(keys.config):
             raise FedqError(
-                f"namespace {options.namespace!r} at {url} already holds a federation; "
+                f"namespace {options.namespace!r} at {redact(url)} already holds a federation; "
                 "pick another --namespace"
             )
         fed = service.initialise(connection, keys, options.data_dir, options.settings)
         started = time.time()
-        env = {**os.environ, "FEDQ_REDIS_URL": url, "FEDQ_NAMESPACE": options.namespace}
-        if fed.settings.signed_updates:  # a run of its own: its own secrets, in the run directory
-            from shared.auth import KEYS_ENV, init_keys
-
+        if fed.settings.signed_updates:
             init_keys(out / "keys", fed.regions)
-            env[KEYS_ENV] = str((out / "keys").resolve())
         roles.append(_spawn("aggregator", "aggregator", ["aggregator"], env, out))
         for region in fed.regions:
             slow = options.slowdown.get(region, 1.0)
@@ -127,6 +136,16 @@ def run_federation(
         stop_roles(roles)
         if server is not None:
             server.stop()
+
+
+def _run_users(directory: Path, options: RunOptions) -> tuple[Path, tuple[str, str]]:
+    """The run's ACL users (passwords in ``directory``): the ACL file and the admin login."""
+    from shared.acl import Users
+    from shared.task.dataset import read_meta
+
+    init_users(directory, options.namespace, list(read_meta(options.data_dir).regions))
+    admin = Users(options.namespace).admin
+    return directory / ACL_FILE, (admin, load_password(directory, admin) or "")
 
 
 def _spawn(name: str, kind: str, args: list[str], env: dict, out: Path) -> Role:

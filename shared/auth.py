@@ -6,6 +6,11 @@ so an update altered in Redis, one signed with another region's secret, or one w
 signature is rejected with its reason. Secrets live in files, one per region, in
 ``FEDQ_KEYS`` (default ``FEDQ_HOME/keys/<namespace>``), readable by their owner only; a worker
 host needs only its own region's file. ``fedq keys init`` writes them.
+
+The same directory holds the Redis ACL users' passwords (``users/<user>.password``, one per role:
+``shared.acl``) and the ACL file built from them (``users.acl``, hashes only). A fedq process
+whose Redis URL carries no credentials logs in as its role's user when that user's password
+file is there.
 """
 
 from __future__ import annotations
@@ -38,11 +43,62 @@ def init_keys(
         path = directory / f"{check_name('region', region)}.key"
         if path.exists() and not force:
             continue
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(secrets.token_hex(32) + "\n")
+        _write_private(path, secrets.token_hex(32) + "\n")
         written.append(path)
     return written
+
+
+def _write_private(path: Path, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+
+
+def init_users(
+    directory: Path, namespace: str, regions: list[str] | tuple[str, ...], force: bool = False
+) -> list[Path]:
+    """A random password per role user (mode 0600; kept unless ``force``) and ``users.acl``."""
+    from shared.acl import Users
+
+    users_dir = directory / "users"
+    users_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    written = []
+    for user in Users(namespace).all(regions):
+        path = users_dir / f"{user}.password"
+        if path.exists() and not force:
+            continue
+        _write_private(path, secrets.token_urlsafe(32) + "\n")
+        written.append(path)
+    write_acl(directory, namespace, regions)
+    return written
+
+
+def load_password(directory: Path, user: str) -> str | None:
+    """The user's password from the key directory, or None if this host was not given one."""
+    try:
+        return (directory / "users" / f"{user}.password").read_text().strip() or None
+    except FileNotFoundError:
+        return None
+
+
+def write_acl(directory: Path, namespace: str, regions: list[str] | tuple[str, ...]) -> Path:
+    """``users.acl``: the ACL file of the namespace's users, from their password files."""
+    from shared.acl import Users, acl_text
+    from shared.keys import Keys
+
+    passwords = {}
+    for user in Users(namespace).all(regions):
+        password = load_password(directory, user)
+        if password is None:
+            raise FedqError(f"no password for Redis user {user!r} in {directory / 'users'} "
+                            "(run `fedq keys init`)")  # fmt: skip
+        passwords[user] = password
+    path = directory / ACL_FILE
+    _write_private(path, acl_text(Keys(namespace), regions, passwords))
+    return path
+
+
+ACL_FILE = "users.acl"
 
 
 def load_key(directory: Path, region: str) -> bytes:

@@ -1,4 +1,4 @@
-"""``fedq keys``: the per-region secrets that sign updates."""
+"""``fedq keys``: the per-region secrets that sign updates, and the Redis ACL users' passwords."""
 
 from __future__ import annotations
 
@@ -6,10 +6,18 @@ from pathlib import Path
 
 import click
 
+key_dir_option = click.option(
+    "--dir",
+    "directory",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=None,
+    help="The key directory [default: FEDQ_KEYS or FEDQ_HOME/keys/NAMESPACE].",
+)
+
 
 @click.group("keys")
 def keys_group() -> None:
-    """Per-region secrets (HMAC-SHA256) for a federation with --signed-updates."""
+    """Per-region secrets (HMAC-SHA256, for --signed-updates) and Redis users per role."""
 
 
 @keys_group.command("init")
@@ -21,19 +29,20 @@ def keys_group() -> None:
     help="Take the regions from this data set's meta.json.",
 )
 @click.option("--region", "regions", multiple=True, help="A region (repeatable).")
-@click.option(
-    "--dir",
-    "directory",
-    type=click.Path(path_type=Path, file_okay=False),
-    default=None,
-    help="Where the key files go [default: FEDQ_KEYS or FEDQ_HOME/keys/NAMESPACE].",
-)
+@key_dir_option
 @click.option("--namespace", envvar="FEDQ_NAMESPACE", default="fedq", show_default=True)
 @click.option("--force", is_flag=True, help="Replace existing secrets (workers need the new ones).")
+@click.option("--users/--no-users", default=True, show_default=True,
+              help="Also a password per Redis ACL user (one per role) and users.acl.")  # fmt: skip
 def init(data_dir: Path | None, regions: tuple[str, ...], directory: Path | None, namespace: str,
-         force: bool) -> None:  # fmt: skip
-    """Create a secret per region: copy REGION.key to that region's worker hosts only."""
-    from shared.auth import init_keys, key_dir
+         force: bool, users: bool) -> None:  # fmt: skip
+    """Create a secret per region and a Redis user per role.
+
+    Copy REGION.key and users/NS-worker-REGION.password to that region's worker hosts only; give
+    users.acl to the Redis server (`fedq redis acl` prints it). The embedded server starts with
+    it (it needs Redis >= 7: see `fedq redis --help`).
+    """
+    from shared.auth import init_keys, init_users, key_dir
     from shared.task.dataset import read_meta
 
     names = list(regions) or (list(read_meta(data_dir).regions) if data_dir else [])
@@ -44,3 +53,7 @@ def init(data_dir: Path | None, regions: tuple[str, ...], directory: Path | None
     kept = len(names) - len(written)
     click.echo(f"{len(written)} secret(s) written to {directory}"
                + (f", {kept} kept (use --force to replace)" if kept else ""))  # fmt: skip
+    if users:
+        made = init_users(directory, namespace, names, force)
+        click.echo(f"{len(made)} Redis user password(s) written to {directory / 'users'}; "
+                   f"ACL file: {directory / 'users.acl'}")  # fmt: skip

@@ -2,7 +2,9 @@
 
 ``--redis-url`` (env ``FEDQ_REDIS_URL``; ``redis://``, ``rediss://`` or ``unix://``) and
 ``--namespace`` (env ``FEDQ_NAMESPACE``). Without a URL, the embedded server of ``FEDQ_HOME``
-is used, started on first use.
+is used, started on first use. A URL without credentials logs in as the command's role user
+when the key directory holds its password (``shared.acl``); the embedded server then starts with
+that directory's ACL file.
 """
 
 from __future__ import annotations
@@ -17,9 +19,19 @@ from typing import Any
 import click
 import redis
 
+from shared.acl import Users
+from shared.auth import ACL_FILE, key_dir, load_password
 from shared.errors import FedqError
 from shared.keys import DEFAULT_NAMESPACE, Keys
-from shared.redis_server import URL_ENV, connect, default_home, embedded_url, resolve_url
+from shared.redis_server import (
+    URL_ENV,
+    EmbeddedAcl,
+    connect,
+    default_home,
+    embedded_url,
+    redact,
+    resolve_url,
+)
 from shared.resilience import Outage, retry_redis
 
 
@@ -53,12 +65,23 @@ wait_option = click.option(
 )
 
 
+def embedded_acl(namespace: str) -> EmbeddedAcl | None:
+    """The ACL the embedded server must run with: the key directory's, if it has one."""
+    directory = key_dir(namespace)
+    if not (directory / ACL_FILE).exists():
+        return None
+    admin = Users(namespace).admin
+    password = load_password(directory, admin)
+    return EmbeddedAcl((directory / ACL_FILE).read_text(), (admin, password) if password else None)
+
+
 def open_redis(
     redis_url: str | None,
     namespace: str,
     wait: float = 0.0,
     say: Callable[[str], None] | None = None,
     start_embedded: bool = True,
+    user: Callable[[Users], str] | None = None,
 ) -> tuple[redis.Redis, Keys]:
     """A checked connection: one clear line if Redis cannot be reached.
 
@@ -72,25 +95,22 @@ def open_redis(
             f"no Redis to look at: pass --redis-url or set {URL_ENV} (the embedded server of "
             f"{default_home()} is not running)"
         )
-    url = resolve_url(redis_url)
-    connection = connect(url)
-    outage = Outage(say, f"waiting for Redis at {_safe(url)}")
+    users = Users(namespace)
+    name = user(users) if user else users.admin
+    password = load_password(key_dir(namespace), name)
+    url = resolve_url(redis_url, acl=embedded_acl(namespace))
+    connection = connect(url, (name, password) if password else None)
+    outage = Outage(say, f"waiting for Redis at {redact(url)}")
     deadline = time.monotonic() + wait
     try:
         retry_redis(connection.ping, outage, should_stop=lambda: time.monotonic() >= deadline)
     except redis.AuthenticationError as exc:  # a ConnectionError too: this clause goes first
-        raise FedqError(f"Redis at {_safe(url)} refused the credentials: {exc}") from None
+        raise FedqError(f"Redis at {redact(url)} refused the credentials: {exc}") from None
+    except redis.ResponseError as exc:  # NOAUTH, WRONGPASS, NOPERM
+        raise FedqError(f"Redis at {redact(url)} refused the login: {exc}") from None
     except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
-        raise FedqError(f"cannot reach Redis at {_safe(url)}: {exc}") from None
+        raise FedqError(f"cannot reach Redis at {redact(url)}: {exc}") from None
     return connection, Keys(namespace)
-
-
-def _safe(url: str) -> str:
-    """The URL without its password."""
-    if "@" in url and "://" in url:
-        scheme, rest = url.split("://", 1)
-        return f"{scheme}://***@{rest.split('@', 1)[1]}"
-    return url
 
 
 class StopFlag:

