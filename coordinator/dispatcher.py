@@ -49,6 +49,7 @@ class Dispatcher:
         self.store = ModelStore(connection, keys, window=fed.settings.max_staleness + 1)
         self.queues = {r: region_queue(connection, keys, r) for r in fed.regions}
         self._swept_at = 0.0
+        self._seen_started: set[str] = set()  # in-flight jobs seen running at least once
         self.region_keys = (
             auth.load_keys(auth.key_dir(keys.namespace), fed.regions)
             if fed.settings.signed_updates else None
@@ -165,7 +166,18 @@ class Dispatcher:
                 held[job_id] = self.clock()
                 if retried:
                     self.r.hset(key, job_id, f"{held[job_id]:.3f}")
+        # a job seen running and now queued again went back to its queue (its worker stopped
+        # it, or failed it with retries left): it waits from now, not from its first dispatch,
+        # or it would count as stalled at once and let an extra job past max_inflight
+        for job_id, status in states.items():
+            if status == b"started":
+                self._seen_started.add(job_id)
+            elif status == b"queued" and job_id in self._seen_started:
+                self._seen_started.discard(job_id)
+                held[job_id] = self.clock()
+                self.r.hset(key, job_id, f"{held[job_id]:.3f}")
         ended = [i for i, st in states.items() if st is None or st in FINAL_STATES]
+        self._seen_started.difference_update(ended)
         if ended:
             with self.r.pipeline(transaction=False) as pipe:
                 pipe.hdel(key, *ended)

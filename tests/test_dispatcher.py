@@ -27,3 +27,21 @@ def test_a_backlog_of_unsettled_updates_holds_new_jobs_until_the_aggregator_catc
     r.xtrim(K.updates, maxlen=3, approximate=False)  # the aggregator settled one
     dispatcher.tick()
     assert _queued(r, fed) == len(fed.regions)
+
+
+def test_a_job_put_back_on_its_queue_waits_from_then_not_from_its_first_dispatch(r, small_data):
+    settings = FederationSettings(inflight_per_region=1, eval_every=0, stall_after=10)
+    fed = service.initialise(r, K, small_data, settings)
+    now = [1000.0]
+    dispatcher = Dispatcher(r, K, fed, clock=lambda: now[0])
+    dispatcher.tick()
+    job_id = next(k.decode() for k in r.hkeys(K.inflight("cn")))
+    r.hset(f"rq:job:{job_id}", "status", "started")  # a worker took it
+    now[0] += 30
+    assert dispatcher.reconcile("cn")[job_id] == (b"started", 1000.0)
+    r.hset(f"rq:job:{job_id}", "status", "queued")  # stopped cold: RQ queued it again
+    now[0] += 5
+    assert dispatcher.reconcile("cn")[job_id] == (b"queued", 1035.0)
+    assert float(r.hget(K.inflight("cn"), job_id)) == 1035.0
+    now[0] += 5
+    assert dispatcher.reconcile("cn")[job_id] == (b"queued", 1035.0)  # reset once, not again
