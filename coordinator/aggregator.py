@@ -1,6 +1,7 @@
 """The aggregator: the only writer of the global model.
 
-It consumes the updates stream with a consumer group, validates each update, hands it to the
+It consumes the regions' update streams with a consumer group, validates each update (an
+update must come on the stream of the region its header names), hands it to the
 mode's strategy, and persists every outcome atomically: a new version is one Lua script with its
 blob, the version counter, the ids of the updates it applied, their acknowledgement and deletion
 from the stream, and an entry on the applies stream; a rejection is one MULTI/EXEC with its
@@ -43,7 +44,7 @@ READ_COUNT = 16
 # this aggregator's own with an expiry: a crash between the two leaves nothing a restarted
 # aggregator could mistake for the new version.
 COMMIT_SCRIPT = """
-local version, info, applied, updates, applies, old, staged, model = unpack(KEYS)
+local version, info, applied, applies, old, staged, model = unpack(KEYS)
 if tonumber(redis.call('GET', version)) ~= tonumber(ARGV[1]) then
   redis.call('DEL', staged)
   return 0
@@ -65,8 +66,10 @@ redis.call('HSET', info, unpack(info_pairs))
 redis.call('SET', version, ARGV[2])
 if ARGV[4] == '1' then redis.call('DEL', old) end
 redis.call('SADD', applied, unpack(ids))
-redis.call('XACK', updates, ARGV[3], unpack(entries))
-redis.call('XDEL', updates, unpack(entries))
+for k = 1, n_entries, 2 do  -- (stream, entry id) pairs: one batch may span regions
+  redis.call('XACK', entries[k], ARGV[3], entries[k + 1])
+  redis.call('XDEL', entries[k], entries[k + 1])
+end
 redis.call('XADD', applies, 'MAXLEN', '~', '1000000', '*', unpack(applies_pairs))
 return 1
 """
@@ -116,6 +119,7 @@ class Aggregator:
         self._script = None
         self._recent: set[str] = set()
         self._recent_order: deque[str] = deque()
+        self.streams = {keys.update_stream(r): r for r in fed.regions}
         model = self.store.read_current()
         if model is None:
             raise LookupError("no model in Redis: the coordinator initialises it")
@@ -138,45 +142,49 @@ class Aggregator:
         if self.settings.mode == "sync":
             self.tick()
         resp = self.r.xreadgroup(
-            AGGREGATOR_GROUP, self.consumer, {self.keys.updates: ">"}, count=READ_COUNT,
+            AGGREGATOR_GROUP, self.consumer, dict.fromkeys(self.streams, ">"), count=READ_COUNT,
             block=block_ms,
         )  # fmt: skip
-        n = 0
-        for _stream, entries in resp or []:
-            settled = self._settled(
-                [f.get(b"id", b"").decode(errors="replace") for _, f in entries]
-            )
-            for (entry_id, fields), done in zip(entries, settled, strict=True):
-                self.handle(entry_id.decode(), fields, known_settled=done)
-                n += 1
+        batch = in_arrival_order(
+            (entry_ref(stream, entry_id), fields)
+            for stream, entries in resp or [] for entry_id, fields in entries
+        )  # fmt: skip
+        settled = self._settled([f.get(b"id", b"").decode(errors="replace") for _, f in batch])
+        for (ref, fields), done in zip(batch, settled, strict=True):
+            self.handle(ref, fields, known_settled=done)
         self.tick()
-        return n
+        return len(batch)
 
     def recover(self) -> None:
-        """Settle entries delivered before a crash: ours (pending) and dead consumers' (claimed)."""
+        """Settle entries delivered before a crash: ours (pending) and dead consumers' (claimed),
+        over every region's stream in the order they arrived, as an uncrashed run saw them."""
+        held = {ref: f for stream in self.streams for ref, f in self._delivered(stream)}
+        for ref, fields in in_arrival_order(held.items()):
+            self.handle(ref, fields)
+
+    def _delivered(self, stream: str) -> list[tuple[str, dict[bytes, bytes]]]:
+        """Entries of ``stream`` delivered to a consumer and not acknowledged, now ours (the
+        claim returns this consumer's own pending entries again: the caller keeps one copy)."""
+        found = []
         start = "0-0"
         while True:
-            resp = self.r.xreadgroup(
-                AGGREGATOR_GROUP, self.consumer, {self.keys.updates: start}, count=100
-            )
+            resp = self.r.xreadgroup(AGGREGATOR_GROUP, self.consumer, {stream: start}, count=100)
             entries = resp[0][1] if resp else []
             entries = [(e, f) for e, f in entries if f]  # deleted entries come back empty
             if not entries:
                 break
-            for entry_id, fields in entries:
-                self.handle(entry_id.decode(), fields)
+            found += [(entry_ref(stream, entry_id), fields) for entry_id, fields in entries]
             start = entries[-1][0].decode()
         cursor = "0-0"
         while True:
             cursor, claimed, *_ = self.r.xautoclaim(
-                self.keys.updates, AGGREGATOR_GROUP, self.consumer, min_idle_time=0,
-                start_id=cursor, count=100,
+                stream, AGGREGATOR_GROUP, self.consumer, min_idle_time=0, start_id=cursor,
+                count=100,
             )  # fmt: skip
-            for entry_id, fields in claimed:
-                if fields:
-                    self.handle(entry_id.decode(), fields)
+            found += [(entry_ref(stream, e), f) for e, f in claimed if f]
             if cursor in (b"0-0", "0-0"):
                 break
+        return found
 
     def tick(self) -> None:
         round_ = self._round() if self.settings.mode == "sync" else None
@@ -205,9 +213,9 @@ class Aggregator:
             detail = f"{len(payload)} bytes > {MAX_UPDATE_BYTES}"
             self._reject_raw(entry_id, raw_id, RejectReason.TOO_LARGE, detail)
             return
-        signed_by = None
+        stream_region = self.streams[split_ref(entry_id)[0]]
         if self.region_keys is not None:  # verified before a byte of it is decoded
-            signed_by, problem = self._check_signature(fields, payload)
+            problem = self._check_signature(fields, payload, stream_region)
             if problem:
                 self._reject_raw(entry_id, raw_id, *problem)
                 return
@@ -216,9 +224,10 @@ class Aggregator:
         except DecodeError as exc:
             self._reject_raw(entry_id, raw_id, exc.reason, exc.detail)
             return
-        if signed_by is not None and update.header.region != signed_by:
-            detail = f"header says {update.header.region!r}, signed by {signed_by!r}'s secret"
-            self._reject_raw(entry_id, raw_id, RejectReason.WRONG_REGION, detail)
+        if update.header.region != stream_region and update.header.region in self.fed.regions:
+            signed = f", signed with {stream_region!r}'s secret" if self.region_keys else ""
+            detail = f"header says {update.header.region!r}, came on {stream_region!r}'s stream"
+            self._reject_raw(entry_id, raw_id, RejectReason.WRONG_REGION, detail + signed)
             return
         item = Pending(entry_id, update)
         if update.header.update_id != raw_id:
@@ -234,18 +243,18 @@ class Aggregator:
         self.settle(self.strategy.offer(item, self.version, self.weights, self._base))
 
     def _check_signature(
-        self, fields: dict[bytes, bytes], payload: bytes
-    ) -> tuple[str | None, tuple[RejectReason, str] | None]:
+        self, fields: dict[bytes, bytes], payload: bytes, region: str
+    ) -> tuple[RejectReason, str] | None:
+        """The stream's region names the secret: only that region's workers hold it."""
         signature = fields.get(b"sig", b"").decode(errors="replace")
         if not signature:
-            return None, (RejectReason.UNSIGNED, "the federation signs updates; no 'sig' field")
-        region = fields.get(b"region", b"").decode(errors="replace")
+            return RejectReason.UNSIGNED, "the federation signs updates; no 'sig' field"
         key = (self.region_keys or {}).get(region)
         if key is None:
-            return None, (RejectReason.UNKNOWN_REGION, f"signed for region {region!r}, unknown")
+            return RejectReason.UNKNOWN_REGION, f"no secret for region {region!r}"
         if not auth.verify(key, payload, signature):
-            return None, (RejectReason.BAD_SIGNATURE, f"HMAC does not match {region!r}'s secret")
-        return region, None
+            return RejectReason.BAD_SIGNATURE, f"HMAC does not match {region!r}'s secret"
+        return None
 
     def _validate(self, item: Pending) -> tuple[RejectReason, str] | None:
         h = item.update.header
@@ -284,7 +293,7 @@ class Aggregator:
     def _commit(self, outcome: Outcome) -> None:
         new_version = self.version + 1
         ids = [p.update_id for p in outcome.applied]
-        entries = [p.entry_id for p in outcome.applied]
+        entries = [part for p in outcome.applied for part in split_ref(p.entry_id)]
         regions = sorted({p.update.header.region for p in outcome.applied})
         info = {
             "mode": self.strategy.name,
@@ -319,7 +328,7 @@ class Aggregator:
             pipe.set(staged, blob, ex=STAGED_TTL)
             self._commit_script(
                 keys=[self.keys.version, self.keys.model_info(new_version), self.keys.applied,
-                      self.keys.updates, self.keys.applies,
+                      self.keys.applies,
                       self.keys.model(old) if old >= 0 else self.keys.model(-1),
                       staged, self.keys.model(new_version)],
                 args=[self.version, new_version, AGGREGATOR_GROUP, 1 if old >= 0 else 0,
@@ -366,8 +375,9 @@ class Aggregator:
                 maxlen=1_000_000,
                 approximate=True,
             )  # fmt: skip
-            pipe.xack(self.keys.updates, AGGREGATOR_GROUP, entry_id)
-            pipe.xdel(self.keys.updates, entry_id)
+            stream, stream_id = split_ref(entry_id)
+            pipe.xack(stream, AGGREGATOR_GROUP, stream_id)
+            pipe.xdel(stream, stream_id)
             pipe.execute()
         self._remember([update_id])
         self.counters.rejected += 1
@@ -384,8 +394,9 @@ class Aggregator:
                      "version": str(self.version), "at": f"{time.time():.3f}"},
                     maxlen=1_000_000, approximate=True,
                 )  # fmt: skip
-            pipe.xack(self.keys.updates, AGGREGATOR_GROUP, entry_id)
-            pipe.xdel(self.keys.updates, entry_id)
+            stream, stream_id = split_ref(entry_id)
+            pipe.xack(stream, AGGREGATOR_GROUP, stream_id)
+            pipe.xdel(stream, stream_id)
             pipe.execute()
         self.counters.duplicates += 1
 
@@ -438,11 +449,35 @@ class Aggregator:
         )
 
     def _ensure_group(self) -> None:
-        try:
-            self.r.xgroup_create(self.keys.updates, AGGREGATOR_GROUP, id="0", mkstream=True)
-        except redis.ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
+        for stream in self.streams:
+            try:
+                self.r.xgroup_create(stream, AGGREGATOR_GROUP, id="0", mkstream=True)
+            except redis.ResponseError as exc:
+                if "BUSYGROUP" not in str(exc):
+                    raise
+
+
+def entry_ref(stream: bytes | str, entry_id: bytes | str) -> str:
+    """One string for a stream entry: the stream's key and the entry's id (keys have no space)."""
+    as_text = lambda x: x.decode() if isinstance(x, bytes) else x  # noqa: E731
+    return f"{as_text(stream)} {as_text(entry_id)}"
+
+
+def split_ref(ref: str) -> tuple[str, str]:
+    stream, _, entry_id = ref.partition(" ")
+    return stream, entry_id
+
+
+def in_arrival_order(entries) -> list[tuple[str, dict[bytes, bytes]]]:
+    """Entries of several streams ordered by their ids (Redis's arrival time, then sequence):
+    one read returns each region's stream as a block, FedAsync applies in arrival order."""
+
+    def arrival(entry: tuple[str, dict]) -> tuple[int, int, str]:
+        stream, entry_id = split_ref(entry[0])
+        ms, _, seq = entry_id.partition("-")
+        return int(ms), int(seq or 0), stream  # a tie within a millisecond: a fixed order
+
+    return sorted(entries, key=arrival)
 
 
 def _norm_bound(s, n_params: int) -> float:

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 import redis
 
+from shared import federation
 from shared.keys import Keys
 
 
@@ -45,7 +46,10 @@ def audit(connection: redis.Redis, keys: Keys) -> Audit:
     duplicates = {k.decode(): int(v) for k, v in connection.hgetall(keys.duplicates).items()}
     entries = connection.xrange(keys.applies)
     in_applies = Counter(u["id"] for _, e in entries for u in json.loads(e[b"updates"]))
-    queued = Counter(f.get(b"id", b"").decode() for _, f in connection.xrange(keys.updates))
+    fed = federation.read(connection, keys)
+    streams = keys.update_streams(fed.regions) if fed else []
+    queued = Counter(f.get(b"id", b"").decode() for stream in streams
+                     for _, f in connection.xrange(stream))  # fmt: skip
     version = int(connection.get(keys.version) or 0)
     a = Audit(
         published_ids=len(published),

@@ -76,7 +76,7 @@ def coordinator(data_dir: Path, settings, wait: float, redis_url: str | None,
 
 @click.command()
 @click.option("--consumer", default="aggregator", show_default=True,
-              help="Consumer name in the updates stream's group.")  # fmt: skip
+              help="Consumer name in the update streams' group.")  # fmt: skip
 @wait_option
 @redis_options
 def aggregator(consumer: str, wait: float, redis_url: str | None, namespace: str) -> None:

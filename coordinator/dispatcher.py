@@ -26,6 +26,7 @@ from shared.federation import Federation
 from shared.jobs import EVALUATE_TASK, TRAIN_TASK, JobSpec, region_queue
 from shared.keys import Keys
 from shared.store import ModelStore
+from shared.views import waiting_updates
 
 FINAL_STATES = {b"finished", b"failed", b"stopped", b"canceled"}
 ROUND_GRACE = 2.0  # seconds after a round's deadline the aggregator gets to close it
@@ -127,7 +128,8 @@ class Dispatcher:
         the same base version; past ``max_staleness`` such a backlog would only be rejected as
         stale, so the dispatcher stops at half of it.
         """
-        return self.r.xlen(self.keys.updates) >= max(1, self.s.max_staleness // 2)
+        waiting = waiting_updates(self.r, self.keys, self.fed.regions)
+        return waiting >= max(1, self.s.max_staleness // 2)
 
     def _shares(self) -> tuple[dict[str, int], dict[str, float]]:
         counts = {
@@ -222,7 +224,7 @@ class Dispatcher:
         """After the target: cancel queued train jobs, let started ones finish and be settled.
 
         Returns once no train job is in flight and the aggregator has settled every update
-        (the updates stream is empty), or after ``job_timeout`` seconds.
+        (every region's update stream is empty), or after ``job_timeout`` seconds.
         """
         deadline = self.clock() + self.s.job_timeout
         for region in self.fed.regions:
@@ -232,7 +234,7 @@ class Dispatcher:
                     self.r.delete(Job.key_for(job_id.decode()))
         while not should_stop() and self.clock() < deadline:
             busy = sum(len(self.reconcile(region)) for region in self.fed.regions)
-            if busy == 0 and self.r.xlen(self.keys.updates) == 0:
+            if busy == 0 and waiting_updates(self.r, self.keys, self.fed.regions) == 0:
                 return
             time.sleep(poll)
 

@@ -59,7 +59,7 @@ def bench_aggregator(r: redis.Redis, weights: dict, payloads: list[bytes]) -> fl
     fed = federation.create(r, keys, Federation(settings, ("a",), "x", "bench", time.time()))
     ModelStore(r, keys, window=4).initialise(weights, {})
     for i, p in enumerate(payloads):
-        r.xadd(keys.updates, {"u": p, "id": f"u{i}", "region": "a"})
+        r.xadd(keys.update_stream("a"), {"u": p, "id": f"u{i}", "region": "a"})
     aggregator = Aggregator(r, keys, fed)
     aggregator.store.window = 4  # keep Redis memory flat; every update here has staleness 0
     started = time.perf_counter()

@@ -61,10 +61,16 @@ class Keys:
         return self._k("model", int(version), "info")
 
     # --- updates and their outcomes ---
-    @property
-    def updates(self) -> str:
-        """Stream: encoded updates published by workers (field ``u``)."""
-        return self._k("updates")
+    def update_stream(self, region: str) -> str:
+        """Stream: encoded updates published by ``region``'s workers (field ``u``).
+
+        One stream per region, so a region's ACL user can append to its own only and the
+        aggregator can hold every update to the region of the stream it came on.
+        """
+        return self._k("updates", check_name("region", region))
+
+    def update_streams(self, regions: list[str] | tuple[str, ...]) -> list[str]:
+        return [self.update_stream(r) for r in regions]
 
     @property
     def published(self) -> str:

@@ -45,6 +45,14 @@ def _federation(r: redis.Redis, keys: Keys) -> federation.Federation:
     return fed
 
 
+def waiting_updates(r: redis.Redis, keys: Keys, regions: list[str] | tuple[str, ...]) -> int:
+    """Updates published and not yet settled, over every region's stream."""
+    with r.pipeline(transaction=False) as pipe:
+        for stream in keys.update_streams(regions):
+            pipe.xlen(stream)
+        return sum(pipe.execute())
+
+
 def _regions(r: redis.Redis, keys: Keys, region: str | None) -> tuple[str, ...]:
     regions = _federation(r, keys).regions
     if region is None:
@@ -194,7 +202,7 @@ def status(r: redis.Redis, keys: Keys, now: float | None = None) -> dict[str, An
         "updates": {
             **{k: counts[k] for k in ("published", "applied", "rejected", "duplicates")},
             "rejected_by_reason": dict(sorted(counts["rejected_by_reason"].items())),
-            "waiting": r.xlen(keys.updates),
+            "waiting": waiting_updates(r, keys, fed.regions),
             "per_second": round(len(recent) / RATE_WINDOW, 2),
         },
         "jobs": {"retried": counts["jobs_retried"], "abandoned": counts["jobs_abandoned"]},

@@ -47,12 +47,12 @@ def test_worker_rules_give_read_only_models_and_nothing_of_other_regions():
         assert key not in selectors
     for key in ["rq:queue:acl:region:us", "rq:wip:acl:region:us", "rq:job:us-t3",
                 "rq:worker:us.host.1", K.alive("us.host.1"), K.data_size("us"), K.inflight("cn"),
-                K.applied, K.rejected, K.updates]:  # fmt: skip
+                K.applied, K.rejected, K.update_stream("cn"), K.update_stream("us")]:  # fmt: skip
         assert not _matches(rw, key), key
     for key in ["rq:queue:acl:region:cn", "rq:wip:acl:region:cn", "rq:job:cn-t3",
                 "rq:worker:cn.host.1", K.alive("cn.host.1"), K.data_size("cn")]:  # fmt: skip
         assert _matches(rw, key), key
-    assert f"(~{K.updates} ~{K.metrics} ~{K.rejections} -@all +xadd)" in rules
+    assert f"(~{K.update_stream('cn')} ~{K.metrics} ~{K.rejections} -@all +xadd)" in rules
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +82,7 @@ def test_a_workers_user_cannot_write_the_model_or_another_regions_keys(acl_serve
     # what a cn worker needs works
     assert int(worker.get(K.version)) == 0 and worker.get(K.model(0))
     assert worker.hgetall(K.config)
-    worker.xadd(K.updates, {"u": b"x", "id": "probe"})
+    worker.xadd(K.update_stream("cn"), {"u": b"x", "id": "probe"})
     worker.set(K.data_size("cn"), 5)
     worker.lpush("rq:queue:acl:region:cn", "x")
     refused = [
@@ -91,8 +91,9 @@ def test_a_workers_user_cannot_write_the_model_or_another_regions_keys(acl_serve
         ("HSET", K.config, "mode", "sync"), ("SET", K.data_size("us"), "1"),
         ("LPUSH", "rq:queue:acl:region:us", "x"), ("HSET", "rq:job:us-t1", "status", "x"),
         ("DEL", "rq:worker:us.host.1"), ("SET", K.alive("us.host.1"), "1"),
-        ("PUBLISH", "rq:pubsub:us.host.1", "x"), ("XDEL", K.updates, "0-1"),
-        ("XTRIM", K.updates, "MAXLEN", "0"), ("DEL", K.updates), ("SADD", K.applied, "x"),
+        ("PUBLISH", "rq:pubsub:us.host.1", "x"), ("XDEL", K.update_stream("cn"), "0-1"),
+        ("XTRIM", K.update_stream("cn"), "MAXLEN", "0"), ("DEL", K.update_stream("cn")),
+        ("XADD", K.update_stream("us"), "*", "u", "x"), ("SADD", K.applied, "x"),
         ("HSET", K.rejected, "x", "y"), ("XADD", K.applies, "*", "a", "b"),
         ("HSET", K.published, "x", "5"), ("FLUSHALL",), ("KEYS", "*"), ("SCAN", "0"),
         ("CONFIG", "SET", "appendonly", "no"), ("ACL", "SETUSER", U.worker("cn"), "~*"),

@@ -25,11 +25,15 @@ def _fed(r, small_data, **overrides):
     return service.initialise(r, KEYS, small_data, settings)
 
 
-def _publish(r, update_id, region, base, delta, n=100, data_size=0, round_=None):
+def _publish(r, update_id, region, base, delta, n=100, data_size=0, round_=None, stream=None):
     header = UpdateHeader(update_id, update_id, region, "w", base, n, 1.0, 0.1, 0.1, "fp32", 0.0,
                           round_, data_size)  # fmt: skip
     payload = encode_update(Update(header, delta))
-    r.xadd(KEYS.updates, {"u": payload, "id": update_id, "region": region})
+    r.xadd(KEYS.update_stream(stream or region), {"u": payload, "id": update_id, "region": region})
+
+
+def _waiting(r) -> int:
+    return sum(r.xlen(k) for k in r.keys(f"{KEYS.namespace}:updates:*"))
 
 
 def _delta(agg: Aggregator, value: float) -> dict[str, np.ndarray]:
@@ -94,7 +98,7 @@ def test_updates_beyond_max_staleness_are_rejected_with_a_reason(r, small_data):
     assert entry[b"id"] == b"old" and entry[b"reason"] == b"stale"
     assert b"staleness 3 > max 2" in entry[b"detail"]
     assert r.sismember(KEYS.applied, "ok") and not r.sismember(KEYS.applied, "old")
-    assert r.xlen(KEYS.updates) == 0  # every entry settled: acknowledged and removed
+    assert _waiting(r) == 0  # every entry settled: acknowledged and removed
 
 
 @pytest.mark.parametrize(
@@ -107,7 +111,7 @@ def test_updates_beyond_max_staleness_are_rejected_with_a_reason(r, small_data):
 def test_garbage_entries_are_rejected_not_fatal(r, small_data, fields, reason):
     fed = _fed(r, small_data)
     agg = Aggregator(r, KEYS, fed)
-    r.xadd(KEYS.updates, fields)
+    r.xadd(KEYS.update_stream("cn"), fields)
     _drain(agg)
     assert r.hget(KEYS.rejected, fields["id"]).decode() == reason
     assert agg.version == 0
@@ -116,7 +120,8 @@ def test_garbage_entries_are_rejected_not_fatal(r, small_data, fields, reason):
 def test_bad_region_shape_and_nan_are_rejected(r, small_data):
     fed = _fed(r, small_data)
     agg = Aggregator(r, KEYS, fed)
-    _publish(r, "mars", "mars", 0, _delta(agg, 0.0))
+    _publish(r, "mars", "mars", 0, _delta(agg, 0.0), stream="cn")
+    _publish(r, "posing", "us", 0, _delta(agg, 0.0), stream="cn")  # a cn worker posing as us
     bad_shape = _delta(agg, 0.0)
     bad_shape["age_bias"] = np.zeros(3, dtype=np.float32)
     _publish(r, "shape", "cn", 0, bad_shape)
@@ -125,7 +130,8 @@ def test_bad_region_shape_and_nan_are_rejected(r, small_data):
     _publish(r, "nan", "cn", 0, nan)
     _drain(agg)
     reasons = {k.decode(): v.decode() for k, v in r.hgetall(KEYS.rejected).items()}
-    assert reasons == {"mars": "unknown_region", "shape": "shape", "nan": "non_finite"}
+    assert reasons == {"mars": "unknown_region", "posing": "wrong_region", "shape": "shape",
+                       "nan": "non_finite"}  # fmt: skip
     assert agg.version == 0
 
 
@@ -159,7 +165,8 @@ def test_an_oversized_update_is_rejected_before_decoding(r, small_data):
 
     fed = _fed(r, small_data)
     agg = Aggregator(r, KEYS, fed)
-    r.xadd(KEYS.updates, {"u": b"x" * (aggregator_module.MAX_UPDATE_BYTES + 1), "id": "big"})
+    r.xadd(KEYS.update_stream("cn"), {"u": b"x" * (aggregator_module.MAX_UPDATE_BYTES + 1),
+                                       "id": "big"})  # fmt: skip
     _drain(agg)
     assert r.hget(KEYS.rejected, "big") == b"too_large" and agg.version == 0
 
@@ -172,7 +179,7 @@ def test_an_update_published_twice_is_applied_once(r, small_data):
     _drain(agg)
     assert agg.version == 1
     assert int(r.hget(KEYS.duplicates, "same")) == 1
-    assert r.xlen(KEYS.updates) == 0
+    assert r.xlen(KEYS.update_stream("cn")) == 0
 
 
 def test_buffered_mode_flushes_every_k_and_scales_by_staleness(r, small_data):
@@ -182,7 +189,7 @@ def test_buffered_mode_flushes_every_k_and_scales_by_staleness(r, small_data):
     w0 = {k: v.copy() for k, v in agg.weights.items()}
     _publish(r, "a", "cn", 0, _delta(agg, 1.0))
     _drain(agg)
-    assert agg.version == 0 and r.xlen(KEYS.updates) == 1  # held, unacknowledged
+    assert agg.version == 0 and r.xlen(KEYS.update_stream("cn")) == 1  # held, unacknowledged
     _publish(r, "b", "us", 0, _delta(agg, 3.0))
     _drain(agg)
     assert agg.version == 1

@@ -68,9 +68,10 @@ def aggregator(redis_server, small_data):
 ))  # fmt: skip
 def test_the_aggregator_settles_any_stream_entry_without_crashing(aggregator, fields):
     r, agg = aggregator
-    before = r.xlen(K.updates)
-    entry = r.xadd(K.updates, fields)
+    stream = K.update_stream("cn")
+    before = r.xlen(stream)
+    entry = r.xadd(stream, fields)
     agg.step(block_ms=10)
     # whatever it was, the entry was settled: applied, rejected or dropped, and removed
-    assert r.xlen(K.updates) == before
-    assert not r.xrange(K.updates, min=entry, max=entry)
+    assert r.xlen(stream) == before
+    assert not r.xrange(stream, min=entry, max=entry)

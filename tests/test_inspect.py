@@ -14,6 +14,7 @@ import redis
 from rq import Queue
 
 from coordinator import service
+from shared import views
 from shared.jobs import SERIALIZER
 from shared.keys import Keys
 from shared.redis_server import free_port
@@ -52,8 +53,9 @@ def ran(small_data, redis_server):
         bad = Queue(KEYS.queue("cn"), connection=r, serializer=SERIALIZER).enqueue(
             "os.getcwd", job_id="not-a-fedq-task"
         )
-        assert wait_until(lambda: r.get(KEYS.done) and r.xlen(KEYS.updates) == 0
-                          and r.xlen(KEYS.rejections), 180)  # fmt: skip
+        settled = lambda: views.waiting_updates(r, KEYS, ("cn", "us")) == 0  # noqa: E731
+        assert wait_until(lambda: r.get(KEYS.done) and settled() and r.xlen(KEYS.rejections),
+                          180)  # fmt: skip
         assert wait_until(lambda: fedq_json(redis_server.url, "models")[4]["evaluation"].keys()
                           >= {"cn", "us"}, 60)  # fmt: skip
         live = fedq_json(redis_server.url, "workers")

@@ -29,7 +29,8 @@ def _apply_some(r: redis.Redis, keys: Keys, small_data, n: int) -> dict[str, np.
         header = UpdateHeader(f"u{i}", f"u{i}", "cn", "w", i, 100, 1.0, 0.1, 0.1, "fp32", 0.0,
                               None, 100)  # fmt: skip
         delta = {k: np.full(v.shape, 0.01 * (i + 1), np.float32) for k, v in agg.weights.items()}
-        r.xadd(keys.updates, {"u": encode_update(Update(header, delta)), "id": f"u{i}"})
+        r.xadd(keys.update_stream("cn"), {"u": encode_update(Update(header, delta)),
+                                          "id": f"u{i}"})  # fmt: skip
         agg.step(block_ms=100)
     assert agg.version == n
     return agg.weights
@@ -152,7 +153,8 @@ def test_a_role_started_before_its_redis_waits_for_it_or_says_in_one_line_why_no
         try:
             r = redis.Redis.from_url(server.url)
             service.initialise(r, Keys("early"), small_data, FederationSettings(eval_every=0))
-            assert wait_until(lambda: r.exists(Keys("early").updates), 60)  # its group is made
+            made = Keys("early").update_stream("cn")
+            assert wait_until(lambda: r.exists(made), 60)  # its group is made
             assert early.poll() is None
             assert f"waiting for Redis at {url}: Redis unreachable" in fleet.log(early)
         finally:

@@ -40,7 +40,7 @@ def test_unsigned_tampered_foreign_and_replayed_updates_are_rejected_with_reason
         fields = {"u": payload, "id": update_id, "region": region_field}
         if sig is not None:
             fields["sig"] = sig
-        r.xadd(K.updates, fields)
+        r.xadd(K.update_stream(region_field), fields)
 
     good = _payload(agg, "good", "cn")
     publish("good", "cn", good, sign(secrets["cn"], good))

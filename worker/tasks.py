@@ -2,7 +2,7 @@
 
 Both take a job spec (JSON: hyper-parameters, a seed, a version; never data) and read the
 region's data from the worker's own data directory. ``train`` publishes an update (the delta
-from its base version, msgpack) on the updates stream; ``evaluate`` publishes metrics.
+from its base version, msgpack) on its region's update stream; ``evaluate`` publishes metrics.
 """
 
 from __future__ import annotations
@@ -121,7 +121,7 @@ def _publish_update(ctx: WorkerContext, update_id: str, payload: bytes) -> None:
     if ctx.signing_key is not None:
         fields["sig"] = sign(ctx.signing_key, payload)
     with ctx.connection.pipeline(transaction=True) as pipe:
-        pipe.xadd(ctx.keys.updates, fields)
+        pipe.xadd(ctx.keys.update_stream(ctx.region), fields)
         pipe.hincrby(ctx.keys.published, update_id, 1)
         pipe.execute()
 
