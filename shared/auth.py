@@ -48,10 +48,11 @@ def init_keys(
     return written
 
 
-def _write_private(path: Path, text: str) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+def _write_private(path: Path, text: str, mode: int = 0o600) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     with os.fdopen(fd, "w") as f:
         f.write(text)
+    os.chmod(path, mode)  # an existing file keeps its mode through os.open
 
 
 def init_users(
@@ -94,7 +95,9 @@ def write_acl(directory: Path, namespace: str, regions: list[str] | tuple[str, .
                             "(run `fedq keys init`)")  # fmt: skip
         passwords[user] = password
     path = directory / ACL_FILE
-    _write_private(path, acl_text(Keys(namespace), regions, passwords))
+    # readable by all: it holds SHA-256 hashes of random passwords only, and the Redis server
+    # reading it runs as a user of its own (the redis image's `redis`)
+    _write_private(path, acl_text(Keys(namespace), regions, passwords), 0o644)
     return path
 
 

@@ -67,7 +67,7 @@ def url(namespace: str) -> None:
               help="The namespace whose users the ACL holds.")  # fmt: skip
 @key_dir_option
 @click.option("--out", type=click.Path(path_type=Path, dir_okay=False), default=None,
-              help="Write the ACL file here (mode 0600) instead of printing it.")  # fmt: skip
+              help="Write the ACL file here instead of printing it.")  # fmt: skip
 def acl(namespace: str, directory: Path | None, out: Path | None) -> None:
     """The ACL file of the namespace's users (Redis >= 7): `aclfile` or `ACL LOAD` it.
 
@@ -89,7 +89,5 @@ def acl(namespace: str, directory: Path | None, out: Path | None) -> None:
     if out is None:
         click.echo(path.read_text(), nl=False)
     else:
-        out.write_text("")
-        out.chmod(0o600)
         out.write_text(path.read_text())
         click.echo(f"ACL of {len(regions) + 3} users written to {out}", err=True)

@@ -65,3 +65,100 @@ def test_the_settings_file_documents_every_setting_at_its_default():
     fields = {f.name for f in dataclasses.fields(settings.FederationSettings)}
     assert fields - set(raw) == set()
     assert {f.name for f in dataclasses.fields(settings.TrainSettings)} - set(raw["train"]) == set()
+
+
+# --- compose.secure.yaml: ACL users and signed updates, each service given only its own keys ---
+
+SECURE = yaml.safe_load((ROOT / "compose.secure.yaml").read_text())["services"]
+
+
+def _mounts(service: dict) -> dict[str, str]:
+    """Container path -> host path of a service's bind mounts."""
+    pairs = (v.split(":")[:2] for v in service.get("volumes", []))
+    return {target: source for source, target in pairs}
+
+
+def test_secure_override_gives_each_service_only_its_own_secrets():
+    regions = [n.removeprefix("worker-") for n in FEDQ_SERVICES if n.startswith("worker-")]
+    assert set(SECURE) <= set(SERVICES)
+    secrets = {f"./keys/{r}.key" for r in regions}
+    for name in FEDQ_SERVICES:
+        service = SECURE[name]
+        assert service["environment"]["FEDQ_KEYS"] == "/keys"
+        mounted = set(_mounts(service).values())
+        if name.startswith("worker-"):
+            region = name.removeprefix("worker-")
+            assert mounted == {
+                f"./keys/{region}.key",
+                f"./keys/users/fedq-worker-{region}.password",
+            }
+        else:
+            assert mounted == secrets | {f"./keys/users/fedq-{name}.password"}, name
+    assert "--aclfile" in SECURE["redis"]["command"]
+    assert "--signed-updates" in SECURE["coordinator"]["command"]
+
+
+def test_secure_override_runs_a_federation_with_only_the_mounted_files(
+    redis7_binary, small_data, tmp_path
+):
+    """Every service's command as a process that finds in FEDQ_KEYS exactly what its mounts
+    give it, against a Redis 7 started with the override's ACL file."""
+    import os
+
+    import redis as redis_py
+
+    from shared.auth import load_password
+    from shared.redis_server import RedisServer
+    from tests.fleet import wait_until
+
+    host = tmp_path / "host"
+    made = subprocess.run([sys.executable, "-m", "shared", "keys", "init", "--data",
+                           str(small_data), "--dir", str(host / "keys")],
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert made.returncode == 0, made.stderr
+
+    def given(name: str) -> Path:
+        """A directory holding exactly the files the service's mounts put under /keys."""
+        root = tmp_path / name
+        for target, source in _mounts(SECURE[name]).items():
+            if target.startswith("/keys/"):
+                (root / target[len("/keys/") :]).parent.mkdir(parents=True, exist_ok=True)
+                (root / target[len("/keys/") :]).write_bytes((host / source).read_bytes())
+        return root
+
+    redis_keys = given("redis")
+    command = SECURE["redis"]["command"]
+    acl = redis_keys / command[command.index("--aclfile") + 1].removeprefix("/keys/")
+    admin = ("fedq-admin", load_password(redis_keys, "fedq-admin") or "")
+    server = RedisServer(tmp_path / "redis", acl_file=acl, admin=admin,
+                         binary=redis7_binary).start()  # fmt: skip
+    procs = []
+    try:
+        for name in FEDQ_SERVICES:
+            args = SECURE[name].get("command") or SERVICES[name]["command"]
+            args = [str(small_data) if a == "/data" else a for a in args[1:]]
+            args = [str(ROOT / "fedq.toml") if a == "/config/fedq.toml" else a for a in args]
+            if name == "coordinator":
+                args += ["--target-versions", "8", "--eval-every", "8"]
+            env = {**os.environ, "FEDQ_REDIS_URL": server.url, "FEDQ_KEYS": str(given(name)),
+                   "FEDQ_NAMESPACE": "fedq"}  # fmt: skip
+            procs.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "shared", *args],
+                    env=env,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+            )
+        r = server.client()
+        assert wait_until(lambda: r.get("fedq:done"), 300)
+        assert r.acl_log() == []
+        assert r.scard("fedq:applied") == int(r.get("fedq:model:version")) >= 8
+        assert r.hlen("fedq:rejected") == 0
+        with pytest.raises(redis_py.AuthenticationError):
+            redis_py.Redis.from_url(server.url).ping()
+    finally:
+        from shared.processes import stop_processes
+
+        stop_processes(procs)
+        server.stop()

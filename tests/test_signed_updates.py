@@ -76,8 +76,9 @@ def test_keys_init_writes_private_secrets_and_a_signed_run_applies_every_update(
         assert stat.S_IMODE(path.stat().st_mode) == 0o600
         assert len(bytes.fromhex(path.read_text().strip())) == 32
     assert len(list((tmp_path / "keys").glob("*.key"))) == 6
-    for path in [tmp_path / "keys" / "users.acl", *(tmp_path / "keys" / "users").iterdir()]:
+    for path in (tmp_path / "keys" / "users").iterdir():
         assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+    assert stat.S_IMODE((tmp_path / "keys" / "users.acl").stat().st_mode) == 0o644  # hashes
     assert stat.S_IMODE((tmp_path / "keys" / "users").stat().st_mode) == 0o700
     again = subprocess.run([*FEDQ, "keys", "init", "--data", str(small_data)], env=env,
                            capture_output=True, text=True, timeout=60)  # fmt: skip
