@@ -73,7 +73,9 @@ def run_federation(
     (out / "logs").mkdir(parents=True, exist_ok=True)
     server = None
     env = {**os.environ, "FEDQ_NAMESPACE": options.namespace}
-    if options.acl or options.settings.signed_updates:  # a run of its own: its own secrets
+    if options.redis_url is None or options.acl or options.settings.signed_updates:
+        # a run of its own: its own secrets and users (or none), never those of FEDQ_HOME,
+        # whose users would try to log in to a Redis that has no ACL
         shutil.rmtree(out / "keys", ignore_errors=True)
         env[KEYS_ENV] = str((out / "keys").resolve())
     if options.redis_url is None:

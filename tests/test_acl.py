@@ -149,6 +149,12 @@ def test_keys_init_acl_and_fedq_run_with_acl_users(redis7_binary, small_data, tm
     assert sorted(line.split()[1] for line in lines[1:]) == sorted(Users("fedq").all(REGIONS))
     for path in (tmp_path / "keys" / "users").iterdir():
         assert path.read_text().strip() not in printed.stdout  # hashes only
+    plain = subprocess.run(  # the users in FEDQ_KEYS are not the plain run's (its Redis has none)
+        [*FEDQ, "run", "--data", str(small_data), "--target-versions", "4", "--eval-every", "4",
+         "--workers-per-region", "1", "--no-baselines", "--out", str(tmp_path / "plain")],
+        env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert plain.returncode == 0, plain.stderr[-2000:]
     run = tmp_path / "run"
     proc = subprocess.run(
         [*FEDQ, "run", "--data", str(small_data), "--acl", "--target-versions", "8",
