@@ -82,6 +82,7 @@ def open_redis(
     say: Callable[[str], None] | None = None,
     start_embedded: bool = True,
     user: Callable[[Users], str] | None = None,
+    socket_timeout: float | None = None,
 ) -> tuple[redis.Redis, Keys]:
     """A checked connection: one clear line if Redis cannot be reached.
 
@@ -99,7 +100,7 @@ def open_redis(
     name = user(users) if user else users.admin
     password = load_password(key_dir(namespace), name)
     url = resolve_url(redis_url, acl=embedded_acl(namespace))
-    connection = connect(url, (name, password) if password else None)
+    connection = connect(url, (name, password) if password else None, socket_timeout)
     outage = Outage(say, f"waiting for Redis at {redact(url)}")
     deadline = time.monotonic() + wait
     try:

@@ -352,9 +352,13 @@ def has_credentials(url: str) -> bool:
     return bool(parts.username or parts.password)
 
 
-def connect(url: str, user: tuple[str, str] | None = None) -> redis.Redis:
+def connect(
+    url: str, user: tuple[str, str] | None = None, socket_timeout: float | None = None
+) -> redis.Redis:
     """A client for ``url``; ``user`` (name, password) logs in unless the URL has credentials."""
     kwargs: dict[str, object] = {"health_check_interval": 30}
+    if socket_timeout is not None:
+        kwargs["socket_timeout"] = socket_timeout
     if user is not None and not has_credentials(url):
         kwargs.update(username=user[0], password=user[1])
     return redis.Redis.from_url(url, **kwargs)

@@ -62,3 +62,17 @@ def test_a_region_without_workers_expires_its_jobs_and_resumes_when_one_joins(
         wait_until(lambda: False, 7)  # two more queue_ttl periods
         assert r.llen(jp.key) <= settings.inflight_per_region
         assert cn.count <= settings.inflight_per_region
+
+
+def test_an_idle_worker_waits_for_jobs_without_socket_timeouts(small_data, redis_server, r):
+    """redis-py 8 gives connections a 5 s socket timeout; RQ blocks up to 405 s on its queue and
+    raises the timeout only for connections made after it starts, so a connection made before
+    (the worker's first commands) used to time out in an idle wait and log RQ's error."""
+    keys = Keys("idle")
+    service.initialise(r, keys, small_data, FederationSettings(eval_every=0, target_versions=0))
+    with Fleet(redis_server.url, "idle", small_data) as fleet:
+        worker = fleet.worker("me")  # no coordinator: no job will come
+        assert wait_until(lambda: Worker.all(queue=region_queue(r, keys, "me"),
+                                             serializer=SERIALIZER), 60)  # fmt: skip
+        assert not wait_until(lambda: "Timeout" in fleet.log(worker), 15)
+        assert worker.poll() is None

@@ -88,9 +88,13 @@ def test_every_process_rides_out_a_redis_outage_and_the_federation_goes_on(small
                 assert log.count("Redis unreachable") == 1, log
                 assert "Redis reachable again" in log, log
                 assert "Traceback" not in log, log
+            # a worker in the middle of a job through the whole outage may not see it at all
+            noticed = ["could not connect to Redis" in log or "Redis unreachable" in log
+                       for log in logs[2:]]  # fmt: skip
+            assert any(noticed), logs[2:]
             for log in logs[2:]:
-                assert "could not connect to Redis" in log or "Redis unreachable" in log, log
                 assert log.count("could not connect to Redis") <= 2, log  # once per interval
+                assert "Traceback" not in log, log
         result = audit(r, keys)
         assert result.ok and result.applied > 0, result.problems
     finally:

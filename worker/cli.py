@@ -34,6 +34,7 @@ def worker(region: str, data_dir: Path, burst: bool, slowdown: float, wait: floa
     from worker import process
 
     connection, keys = open_redis(redis_url, namespace, wait, lambda m: click.echo(m, err=True),
-                                   user=lambda users: users.worker(region))  # fmt: skip
+                                   user=lambda users: users.worker(region),
+                                   socket_timeout=process.RQ_SOCKET_TIMEOUT)  # fmt: skip
     process.run(connection, keys, region, data_dir, burst=burst, slowdown=slowdown, wait=wait,
                 say=lambda m: click.echo(m, err=True))  # fmt: skip

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import redis
 from redis.exceptions import NoPermissionError
+from rq.defaults import DEFAULT_WORKER_TTL
 from rq.exceptions import StopRequested
 from rq.job import Job
 from rq.queue import Queue
@@ -62,6 +63,10 @@ class OncePerInterval(logging.Filter):
 
 
 RQ_RETRY_LINES = OncePerInterval()
+# RQ blocks on the queue for up to worker_ttl - 15 s and wants its socket timeout 10 s above
+# that; it raises the pool's setting only for connections made after the worker starts, and
+# redis-py 8 defaults to 5 s, so the worker's connection is made with RQ's value from the start
+RQ_SOCKET_TIMEOUT = max(1, DEFAULT_WORKER_TTL - 15) + 10
 
 
 class FedqWorker(SimpleWorker):
