@@ -22,6 +22,7 @@ import secrets
 from pathlib import Path
 
 from shared.errors import FedqError
+from shared.files import write_private
 from shared.keys import check_name
 from shared.redis_server import default_home
 
@@ -43,16 +44,9 @@ def init_keys(
         path = directory / f"{check_name('region', region)}.key"
         if path.exists() and not force:
             continue
-        _write_private(path, secrets.token_hex(32) + "\n")
+        write_private(path, secrets.token_hex(32) + "\n")
         written.append(path)
     return written
-
-
-def _write_private(path: Path, text: str, mode: int = 0o600) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.chmod(path, mode)  # an existing file keeps its mode through os.open
 
 
 def init_users(
@@ -68,7 +62,7 @@ def init_users(
         path = users_dir / f"{user}.password"
         if path.exists() and not force:
             continue
-        _write_private(path, secrets.token_urlsafe(32) + "\n")
+        write_private(path, secrets.token_urlsafe(32) + "\n")
         written.append(path)
     write_acl(directory, namespace, regions)
     return written
@@ -97,7 +91,7 @@ def write_acl(directory: Path, namespace: str, regions: list[str] | tuple[str, .
     path = directory / ACL_FILE
     # readable by all: it holds SHA-256 hashes of random passwords only, and the Redis server
     # reading it runs as a user of its own (the redis image's `redis`)
-    _write_private(path, acl_text(Keys(namespace), regions, passwords), 0o644)
+    write_private(path, acl_text(Keys(namespace), regions, passwords), 0o644)
     return path
 
 

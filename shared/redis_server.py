@@ -32,6 +32,7 @@ from urllib.parse import urlsplit
 import redis
 
 from shared.errors import FedqError
+from shared.files import write_private
 
 HOME_ENV = "FEDQ_HOME"
 URL_ENV = "FEDQ_REDIS_URL"
@@ -248,12 +249,6 @@ def embedded_url(home: Path | None = None) -> str | None:
     return None
 
 
-def _private(path: Path, text: str) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-
-
 def ensure_embedded(home: Path | None = None, acl: EmbeddedAcl | None = None) -> str:
     """Start the embedded server of ``home`` unless it runs; return its URL. Safe to race.
 
@@ -287,11 +282,11 @@ def ensure_embedded(home: Path | None = None, acl: EmbeddedAcl | None = None) ->
         acl_path.unlink(missing_ok=True)
         server = RedisServer(directory)
         if acl is not None:
-            _private(acl_path, acl.text)
+            write_private(acl_path, acl.text)
             server.acl_file, server.admin = acl_path, acl.admin
         server.start(detach=True)
         if acl is not None:
-            _private(directory / "admin", "\n".join(acl.admin) + "\n")
+            write_private(directory / "admin", "\n".join(acl.admin) + "\n")
         url_file.write_text(server.url + "\n")
         pid_file.write_text(f"{server.process.pid}\n" if server.process else "")
         return server.url
