@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 
 from coordinator.settings_options import settings_options
-from shared.cli_options import open_redis, redis_options, wait_option
+from shared.cli_options import data_option, open_redis, redis_options, wait_option
 
 
 @click.command()
@@ -48,13 +48,7 @@ def baseline(
 
 
 @click.command()
-@click.option(
-    "--data",
-    "data_dir",
-    type=click.Path(path_type=Path, exists=True, file_okay=False),
-    required=True,
-    help="Data directory (only meta.json and catalogue.csv are read).",
-)
+@data_option("Data directory (only meta.json and catalogue.csv are read).", required=True)
 @settings_options
 @redis_options
 @wait_option
@@ -97,14 +91,8 @@ def aggregator(consumer: str, wait: float, redis_url: str | None, namespace: str
 
 
 @click.command("run")
-@click.option(
-    "--data",
-    "data_dir",
-    type=click.Path(path_type=Path, file_okay=False),
-    default=Path("data"),
-    show_default=True,
-    help="Data directory; the built-in data set is generated there if it is missing.",
-)
+@data_option("Data directory; the built-in data set is generated there if it is missing.",
+             exists=False, default=Path("data"))  # fmt: skip
 @click.option("--workers-per-region", type=int, default=2, show_default=True)
 @click.option(
     "--slowdown",
@@ -264,13 +252,7 @@ def _parse_slowdown(items: tuple[str, ...]) -> dict[str, float]:
               type=click.Path(path_type=Path, exists=True, dir_okay=False),
               help="A run's report.json (repeatable: async beside sync). Without it, the live "
                    "federation in Redis is reported.")  # fmt: skip
-@click.option(
-    "--data",
-    "data_dir",
-    type=click.Path(path_type=Path, file_okay=False),
-    default=None,
-    help="Data directory whose cached baselines join the table.",
-)
+@data_option("Data directory whose cached baselines join the table.", exists=False)
 @redis_options
 def report(out_dir: Path, runs: tuple[Path, ...], data_dir: Path | None, redis_url: str | None,
            namespace: str) -> None:  # fmt: skip

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from shared.cli_options import data_option
+
 key_dir_option = click.option(
     "--dir",
     "directory",
@@ -21,13 +23,7 @@ def keys_group() -> None:
 
 
 @keys_group.command("init")
-@click.option(
-    "--data",
-    "data_dir",
-    type=click.Path(path_type=Path, exists=True, file_okay=False),
-    default=None,
-    help="Take the regions from this data set's meta.json.",
-)
+@data_option("Take the regions from this data set's meta.json.")
 @click.option("--region", "regions", multiple=True, help="A region (repeatable).")
 @key_dir_option
 @click.option("--namespace", envvar="FEDQ_NAMESPACE", default="fedq", show_default=True)

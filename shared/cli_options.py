@@ -14,6 +14,7 @@ import os
 import signal
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import click
@@ -54,6 +55,21 @@ def redis_options(f: Callable[..., Any]) -> Callable[..., Any]:
         return f(*args, redis_url=redis_url, namespace=namespace, **kwargs)
 
     return wrapper  # fmt: skip
+
+
+def data_option(
+    help: str, *, required: bool = False, exists: bool = True, default: Path | None = None
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """``--data`` (``data_dir``): every command names its data directory the same way."""
+    return click.option(
+        "--data",
+        "data_dir",
+        type=click.Path(path_type=Path, exists=exists, file_okay=False),
+        required=required,
+        default=default,
+        show_default=default is not None,
+        help=help,
+    )
 
 
 wait_option = click.option(

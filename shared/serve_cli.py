@@ -13,12 +13,11 @@ from typing import Any
 
 import click
 
-from shared.cli_options import open_redis, redis_options
+from shared.cli_options import data_option, open_redis, redis_options
 
-_data_option = click.option(
-    "--data", "data_dir", type=click.Path(path_type=Path, exists=True, file_okay=False),
-    required=True, help="Data directory (the region's own folder and the public catalogue).",
-)  # fmt: skip
+_data_option = data_option(
+    "Data directory (the region's own folder and the public catalogue).", required=True
+)
 
 
 def _model_from_redis(redis_url: str | None, namespace: str, version: int | None):

@@ -6,18 +6,12 @@ from pathlib import Path
 
 import click
 
-from shared.cli_options import open_redis, redis_options, wait_option
+from shared.cli_options import data_option, open_redis, redis_options, wait_option
 
 
 @click.command()
 @click.option("--region", required=True, help="The region this worker serves (its queue).")
-@click.option(
-    "--data",
-    "data_dir",
-    type=click.Path(path_type=Path, exists=True, file_okay=False),
-    required=True,
-    help="Data directory with catalogue.csv and this region's folder.",
-)
+@data_option("Data directory with catalogue.csv and this region's folder.", required=True)
 @click.option("--burst", is_flag=True, help="Exit when the queue is empty.")
 @click.option(
     "--slowdown",
