@@ -164,3 +164,26 @@ def test_a_role_started_before_its_redis_waits_for_it_or_says_in_one_line_why_no
         finally:
             fleet.__exit__(None, None, None)
             server.stop()
+
+
+def test_rqs_traceback_for_a_redis_gone_away_becomes_one_line():
+    import io
+    import logging
+
+    from worker.process import OncePerInterval
+
+    out = io.StringIO()
+    log = logging.getLogger("fedq-test-rq-lines")
+    log.addHandler(logging.StreamHandler(out))
+    log.addFilter(OncePerInterval())
+    for error in (redis.ConnectionError("Connection reset by peer"), ValueError("a bug")):
+        try:
+            raise error
+        except Exception:
+            log.error("Worker %s: found an unhandled exception, quitting...", "us.h.1",
+                      exc_info=True)  # fmt: skip
+    lines = out.getvalue().splitlines()
+    assert lines[0] == ("Worker us.h.1: found an unhandled exception, quitting... "
+                        "(Redis went away: Connection reset by peer)")  # fmt: skip
+    assert lines[1].startswith("Worker us.h.1: found") and lines[2].startswith("Traceback")
+    assert lines[-1] == "ValueError: a bug"  # anything else keeps its traceback

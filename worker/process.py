@@ -45,7 +45,8 @@ class JobRefused(Exception):
 
 
 class OncePerInterval(logging.Filter):
-    """RQ logs each of its dequeue retries while Redis is down: let one through per interval."""
+    """RQ logs each of its dequeue retries while Redis is down: let one through per interval.
+    Its tracebacks for a Redis gone away mid-step become one line."""
 
     def __init__(self, interval: float = 10.0) -> None:
         super().__init__()
@@ -53,6 +54,12 @@ class OncePerInterval(logging.Filter):
         self._last = -interval
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], REDIS_DOWN):
+            # RQ quits its loop when Redis goes away mid-step, logging the whole traceback;
+            # ``run`` rides the outage out and says so: one line is enough
+            record.msg = f"{record.getMessage()} (Redis went away: {record.exc_info[1]})"
+            record.args, record.exc_info, record.exc_text = None, None, None
+            return True
         if "could not connect to Redis" not in record.getMessage():
             return True
         now = time.monotonic()
