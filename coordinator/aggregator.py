@@ -74,6 +74,14 @@ redis.call('XADD', applies, 'MAXLEN', '~', '1000000', '*', unpack(applies_pairs)
 return 1
 """
 MAX_UPDATE_BYTES = 64 * 1024 * 1024
+MAX_HANDLINGS = 3  # times a process may die handling one entry before it is rejected unread
+
+
+class StaleWriter(RuntimeError):
+    """Another aggregator wrote the model: this one's view is out of date (never the entry's
+    fault, so it is not turned into a rejection)."""
+
+
 STAGED_TTL = 3600  # seconds a staged blob outlives a crash between staging and commit
 
 
@@ -149,7 +157,7 @@ class Aggregator:
             (entry_ref(stream, entry_id), fields)
             for stream, entries in resp or [] for entry_id, fields in entries
         )  # fmt: skip
-        settled = self._settled([f.get(b"id", b"").decode(errors="replace") for _, f in batch])
+        settled = self._settled([_entry_id_field(f, ref) for ref, f in batch])
         for (ref, fields), done in zip(batch, settled, strict=True):
             self.handle(ref, fields, known_settled=done)
         self.tick()
@@ -160,7 +168,16 @@ class Aggregator:
         over every region's stream in the order they arrived, as an uncrashed run saw them."""
         held = {ref: f for stream in self.streams for ref, f in self._delivered(stream)}
         for ref, fields in in_arrival_order(held.items()):
-            self.handle(ref, fields)
+            # an entry re-read after a crash may be what crashed the process: count the
+            # handlings that never returned, and after MAX_HANDLINGS reject it unread
+            tries = int(self.r.hincrby(self.keys.handling, ref, 1))
+            if tries > MAX_HANDLINGS:
+                raw_id = _entry_id_field(fields, ref)
+                detail = f"the aggregator died {tries - 1} times re-reading this entry"
+                self._reject_raw(ref, raw_id, RejectReason.MALFORMED, detail)
+            else:
+                self.handle(ref, fields)
+            self.r.hdel(self.keys.handling, ref)
 
     def _delivered(self, stream: str) -> list[tuple[str, dict[bytes, bytes]]]:
         """Entries of ``stream`` delivered to a consumer and not acknowledged, now ours (the
@@ -200,7 +217,23 @@ class Aggregator:
     def handle(
         self, entry_id: str, fields: dict[bytes, bytes], known_settled: bool | None = None
     ) -> None:
-        raw_id = fields.get(b"id", b"").decode(errors="replace") or f"entry:{entry_id}"
+        """Settle one entry, whatever its bytes: an exception while handling it is a rejection
+        (``malformed``, with the detail), so no entry can stop the aggregator."""
+        try:
+            self._handle(entry_id, fields, known_settled)
+        except (redis.RedisError, StaleWriter):
+            raise  # Redis's trouble or another writer's, not the entry's
+        except Exception as exc:  # noqa: BLE001 - the point: any entry settles
+            raw_id = _entry_id_field(fields, entry_id)
+            self.strategy.discard(raw_id)
+            detail = f"handling failed: {type(exc).__name__}: {exc}"
+            self._reject_raw(entry_id, raw_id, RejectReason.MALFORMED, detail)
+
+    def _handle(
+        self, entry_id: str, fields: dict[bytes, bytes], known_settled: bool | None = None
+    ) -> None:
+        crash_point("aggregator.handle")
+        raw_id = _entry_id_field(fields, entry_id)
         seen = self._seen(raw_id) if known_settled is None else known_settled
         if seen or self.strategy.holds(raw_id) or raw_id in self._recent:
             self._drop_duplicate(entry_id, raw_id)
@@ -340,7 +373,7 @@ class Aggregator:
         crash_point("aggregator.after_commit")
         if not done:
             current = self.r.get(self.keys.version)
-            raise RuntimeError(
+            raise StaleWriter(
                 f"the model version moved to {current!r} under this aggregator "
                 f"(expected {self.version}): is a second aggregator writing?"
             )
@@ -455,6 +488,16 @@ class Aggregator:
             except redis.ResponseError as exc:
                 if "BUSYGROUP" not in str(exc):
                     raise
+
+
+def _entry_id_field(fields: dict[bytes, bytes], ref: str) -> str:
+    """The update id an entry claims (its ``id`` field), or one made from the entry's place."""
+    raw = fields.get(b"id", b"")
+    claimed = raw.decode(errors="replace")[:MAX_ID] if isinstance(raw, bytes) else ""
+    return claimed or f"entry:{ref}"
+
+
+MAX_ID = 200
 
 
 def entry_ref(stream: bytes | str, entry_id: bytes | str) -> str:

@@ -71,6 +71,9 @@ class Strategy:
     def held(self) -> list[Pending]:
         return []
 
+    def discard(self, update_id: str) -> None:
+        """Forget a held update (it was rejected while being offered)."""
+
     def offer(self, item: Pending, version: int, weights: Weights, base: BaseLookup) -> Outcome:
         raise NotImplementedError
 
@@ -134,6 +137,9 @@ class FedBuff(Strategy):
     def held(self) -> list[Pending]:
         return list(self.buffer)
 
+    def discard(self, update_id: str) -> None:
+        self.buffer = [p for p in self.buffer if p.update_id != update_id]
+
     def offer(self, item: Pending, version: int, weights: Weights, base: BaseLookup) -> Outcome:
         _, rejected = self._staleness(item, version)
         if rejected:
@@ -148,7 +154,7 @@ class FedBuff(Strategy):
         return self._flush(version, weights) if self.buffer else Outcome()
 
     def _flush(self, version: int, weights: Weights) -> Outcome:
-        items, self.buffer = self.buffer, []
+        items = list(self.buffer)
         staleness = [version - p.update.header.base_version for p in items]
         deltas: list[agg.Weights] = [p.update.delta for p in items]
         if self.settings.sample_weighting:
@@ -156,6 +162,7 @@ class FedBuff(Strategy):
             scale = n / n.mean()
             deltas = [{k: v * c for k, v in d.items()} for d, c in zip(deltas, scale, strict=True)]
         new = agg.fedbuff_apply(weights, deltas, staleness, self.settings.server_lr)
+        self.buffer = []  # only once the math is done: an exception leaves the buffer whole
         return Outcome(new, items, info={"staleness": max(staleness), "buffered": len(items)})
 
 
@@ -174,6 +181,9 @@ class FedAvg(Strategy):
 
     def held(self) -> list[Pending]:
         return list(self.collected.values())
+
+    def discard(self, update_id: str) -> None:
+        self.collected = {r: p for r, p in self.collected.items() if p.update_id != update_id}
 
     def offer(self, item: Pending, version: int, weights: Weights, base: BaseLookup) -> Outcome:
         h = item.update.header

@@ -25,6 +25,8 @@ SCHEMA = 1
 ENCODINGS = ("fp32", "fp16", "int8")
 _WIRE_DTYPE = {"fp32": "<f4", "fp16": "<f2", "int8": "i1"}
 MAX_DIMS = 8
+MAX_DIM = 2**31 - 1  # one axis; the element count is bounded by the payload's byte length
+MAX_TEXT = 256  # characters of an id, a region or a worker name in a header
 
 
 class RejectReason(StrEnum):
@@ -115,13 +117,28 @@ def decode_update(data: bytes) -> Update:
             round=None if header.get("round") is None else _int(header, "round"),
             data_size=_int(header, "data_size") if "data_size" in header else 0,
         )
-    except (KeyError, TypeError) as exc:
-        raise DecodeError(RejectReason.MALFORMED, f"header: {exc}") from None
-    if h.n_samples < 1 or h.base_version < 0 or h.data_size < 0:
-        raise DecodeError(
-            RejectReason.MALFORMED, "header: n_samples < 1, base_version < 0 or data_size < 0"
-        )
+    except (KeyError, TypeError, ValueError, OverflowError) as exc:
+        raise DecodeError(RejectReason.MALFORMED, f"header: {exc}"[:300]) from None
+    problem = header_problem(h)
+    if problem:
+        raise DecodeError(RejectReason.MALFORMED, f"header: {problem}")
     return Update(h, tensors)
+
+
+def header_problem(h: UpdateHeader) -> str | None:
+    """What is wrong with an update header's values (its types are checked on decoding).
+
+    Every number a header carries ends up in the applies stream and in ``--json`` output, so a
+    NaN or an absurd count is refused here rather than printed later as invalid JSON."""
+    if h.n_samples < 1 or h.base_version < 0 or h.data_size < 0:
+        return "n_samples < 1, base_version < 0 or data_size < 0"
+    if max(h.n_samples, h.base_version, h.data_size, abs(h.round or 0)) > 2**53:
+        return "a count above 2**53"
+    if h.train_loss < 0 or h.train_seconds < 0 or h.total_seconds < 0 or h.created_at < 0:
+        return "train_loss, train_seconds, total_seconds and created_at must be >= 0"
+    if h.encoding not in ENCODINGS:
+        return f"encoding {h.encoding[:20]!r} (one of {', '.join(ENCODINGS)})"
+    return None
 
 
 def encode_model(model: Model) -> bytes:
@@ -131,7 +148,7 @@ def encode_model(model: Model) -> bytes:
 def decode_model(data: bytes) -> Model:
     header, tensors = _unpack(data, "model")
     version = header.get("version")
-    if not isinstance(version, int):
+    if not _is_int(version):
         raise DecodeError(RejectReason.MALFORMED, "model header has no integer version")
     info = {k: v for k, v in header.items() if k != "version"}
     return Model(version, tensors, info)
@@ -154,29 +171,42 @@ def encode_tensor(x: np.ndarray, encoding: str) -> list[Any]:
 
 
 def decode_tensor(name: str, raw: Any) -> np.ndarray:
+    try:
+        return _decode_tensor(name, raw)
+    except DecodeError:
+        raise
+    except Exception as exc:  # a shape or value numpy refuses that the checks did not foresee
+        raise DecodeError(
+            RejectReason.MALFORMED, f"tensor {name[:40]!r}: {type(exc).__name__}: {exc}"[:300]
+        ) from None
+
+
+def _decode_tensor(name: str, raw: Any) -> np.ndarray:
     if not isinstance(raw, list | tuple) or len(raw) != 4:
         raise DecodeError(
-            RejectReason.MALFORMED, f"tensor {name!r}: not [dtype, shape, bytes, scale]"
+            RejectReason.MALFORMED, f"tensor {name[:40]!r}: not [dtype, shape, bytes, scale]"
         )
     encoding, shape, payload, scale = raw
-    if encoding not in _WIRE_DTYPE:
-        raise DecodeError(RejectReason.ENCODING, f"tensor {name!r}: unknown encoding {encoding!r}")
+    if not isinstance(encoding, str) or encoding not in _WIRE_DTYPE:
+        raise DecodeError(
+            RejectReason.ENCODING, f"tensor {name[:40]!r}: unknown encoding {encoding!r:.40}"
+        )
     if (
         not isinstance(shape, list | tuple)
         or len(shape) > MAX_DIMS
-        or not all(isinstance(d, int) and d >= 0 for d in shape)
+        or not all(_is_int(d) and 0 <= d <= MAX_DIM for d in shape)
     ):
-        raise DecodeError(RejectReason.MALFORMED, f"tensor {name!r}: bad shape {shape!r}")
+        raise DecodeError(RejectReason.MALFORMED, f"tensor {name[:40]!r}: bad shape {shape!r:.80}")
     if not isinstance(payload, bytes):
-        raise DecodeError(RejectReason.MALFORMED, f"tensor {name!r}: payload is not bytes")
-    if not isinstance(scale, int | float) or not math.isfinite(scale) or scale <= 0:
-        raise DecodeError(RejectReason.ENCODING, f"tensor {name!r}: bad scale {scale!r}")
+        raise DecodeError(RejectReason.MALFORMED, f"tensor {name[:40]!r}: payload is not bytes")
+    if not _is_number(scale) or not math.isfinite(scale) or scale <= 0:
+        raise DecodeError(RejectReason.ENCODING, f"tensor {name[:40]!r}: bad scale {scale!r:.40}")
     dtype = np.dtype(_WIRE_DTYPE[encoding])
     count = math.prod(shape)
     if count * dtype.itemsize != len(payload):
         raise DecodeError(
             RejectReason.ENCODING,
-            f"tensor {name!r}: {len(payload)} bytes for shape {list(shape)} in {encoding}",
+            f"tensor {name[:40]!r}: {len(payload)} bytes for shape {list(shape)} in {encoding}",
         )
     wire = np.frombuffer(payload, dtype=dtype).reshape(shape)
     if encoding == "fp32":
@@ -184,6 +214,14 @@ def decode_tensor(name: str, raw: Any) -> np.ndarray:
     if encoding == "fp16":
         return wire.astype(np.float32)
     return wire.astype(np.float32) * np.float32(scale)
+
+
+def _is_int(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _is_number(x: Any) -> bool:
+    return isinstance(x, int | float) and not isinstance(x, bool)
 
 
 def encoded_size(tensors: Mapping[str, np.ndarray], encoding: str) -> int:
@@ -230,18 +268,23 @@ def _str(h: dict, key: str) -> str:
     value = h[key]
     if not isinstance(value, str):
         raise TypeError(f"{key} is not a string")
+    if not value or len(value) > MAX_TEXT:
+        raise ValueError(f"{key} is empty or longer than {MAX_TEXT} characters")
     return value
 
 
 def _int(h: dict, key: str) -> int:
     value = h[key]
-    if isinstance(value, bool) or not isinstance(value, int):
+    if not _is_int(value):
         raise TypeError(f"{key} is not an integer")
     return value
 
 
 def _float(h: dict, key: str) -> float:
     value = h[key]
-    if isinstance(value, bool) or not isinstance(value, int | float):
+    if not _is_number(value):
         raise TypeError(f"{key} is not a number")
-    return float(value)
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"{key} is not finite")
+    return value

@@ -98,6 +98,12 @@ class Keys:
         return self._k("duplicates")
 
     @property
+    def handling(self) -> str:
+        """Hash: stream entry re-read after a crash -> handlings of it that never returned (an
+        entry that kills the aggregator is rejected after a few, so no restart loop exists)."""
+        return self._k("handling")
+
+    @property
     def rejections(self) -> str:
         """Stream: one entry per rejection, with reason and detail (headers only)."""
         return self._k("rejections")

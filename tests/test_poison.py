@@ -1,0 +1,71 @@
+"""Poison entries: no stream entry can stop the aggregator, whatever happens while handling it.
+
+An exception while handling an entry is a rejection (``malformed``, with the detail); an entry
+that kills the aggregator process outright (here a crash point standing for a segfault or an
+OOM kill) is rejected unread once the aggregator has died ``MAX_HANDLINGS`` times on it, so no
+restart loop can exist.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from coordinator import service
+from coordinator.aggregator import MAX_HANDLINGS
+from shared.codec import Update, UpdateHeader, encode_update
+from shared.keys import Keys
+from shared.settings import FederationSettings
+from shared.store import ModelStore
+from tests.fleet import Fleet, wait_until
+
+K = Keys("poison")
+
+
+def _entry(r, update_id: str) -> None:
+    weights = ModelStore(r, K).read_current().weights
+    header = UpdateHeader(update_id, update_id, "cn", "w", 0, 100, 1.0, 0.1, 0.1, "fp32", 0.0,
+                          None, 100)  # fmt: skip
+    delta = {k: np.full(v.shape, 1e-4, np.float32) for k, v in weights.items()}
+    r.xadd(K.update_stream("cn"), {"u": encode_update(Update(header, delta)), "id": update_id})
+
+
+def _federation(r, small_data):
+    settings = FederationSettings(model_dim=8, eval_every=0, target_versions=0)
+    return service.initialise(r, K, small_data, settings)
+
+
+def test_an_exception_while_handling_an_entry_is_a_rejection(small_data, redis_server, r):
+    _federation(r, small_data)
+    _entry(r, "boom")
+    with Fleet(redis_server.url, K.namespace, small_data) as fleet:
+        agg = fleet.aggregator(crash_at="aggregator.handle:1:raise")
+        assert wait_until(lambda: r.hexists(K.rejected, "boom"), 60), fleet.log(agg)
+        _entry(r, "fine")  # the same process goes on: the next entry is applied
+        assert wait_until(lambda: r.sismember(K.applied, "fine"), 60), fleet.log(agg)
+        assert agg.poll() is None
+    assert r.hget(K.rejected, "boom") == b"malformed"
+    detail = next(f[b"detail"] for _, f in r.xrange(K.rejections) if f[b"id"] == b"boom")
+    assert b"handling failed: InjectedFault" in detail
+
+
+def test_an_entry_that_kills_the_aggregator_is_rejected_after_a_few_deaths(
+    small_data, redis_server, r
+):
+    _federation(r, small_data)
+    _entry(r, "killer")
+    deaths = 0
+    with Fleet(redis_server.url, K.namespace, small_data) as fleet:
+        for _ in range(MAX_HANDLINGS + 3):
+            agg = fleet.aggregator(crash_at="aggregator.handle:1")
+            wait_until(lambda a=agg: a.poll() is not None or r.hexists(K.rejected, "killer"), 60)
+            if agg.poll() is None:
+                break  # it survived: the entry was rejected unread
+            assert agg.returncode == -9, fleet.log(agg)
+            deaths += 1
+        assert agg.poll() is None, "the aggregator never got past the entry"
+    # the first death is on first delivery; then MAX_HANDLINGS counted handlings on restarts
+    assert deaths == MAX_HANDLINGS + 1
+    assert r.hget(K.rejected, "killer") == b"malformed"
+    detail = next(f[b"detail"] for _, f in r.xrange(K.rejections) if f[b"id"] == b"killer")
+    assert f"died {MAX_HANDLINGS} times".encode() in detail
+    assert r.hlen(K.handling) == 0 and r.xlen(K.update_stream("cn")) == 0
