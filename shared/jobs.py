@@ -20,7 +20,7 @@ from shared.keys import Keys
 
 TRAIN_TASK = "worker.tasks.train"
 EVALUATE_TASK = "worker.tasks.evaluate"
-TASKS = frozenset({TRAIN_TASK, EVALUATE_TASK})
+TASKS = {TRAIN_TASK: "train", EVALUATE_TASK: "evaluate"}  # task -> the spec kind it takes
 SERIALIZER = JSONSerializer
 
 
@@ -51,16 +51,26 @@ class JobSpec:
 
     @staticmethod
     def from_json(raw: Any) -> JobSpec:
+        """A spec from a job's JSON argument; ValueError names what is wrong with it."""
         if not isinstance(raw, dict):
             raise ValueError(f"job spec is not a mapping: {type(raw).__name__}")
         allowed = set(JobSpec.__dataclass_fields__)
-        unknown = sorted(set(raw) - allowed)
+        unknown = sorted(str(k)[:40] for k in set(raw) - allowed)
         if unknown:
-            raise ValueError(f"job spec has unknown fields {unknown}")
+            raise ValueError(f"job spec has unknown fields {unknown[:5]}")
+        for name, types in _FIELD_TYPES.items():
+            if name in raw and (not isinstance(raw[name], types) or isinstance(raw[name], bool)):
+                raise ValueError(f"job spec field {name!r} has the wrong type")
         spec = JobSpec(**raw)
         if spec.kind not in ("train", "evaluate"):
-            raise ValueError(f"job spec kind {spec.kind!r}")
+            raise ValueError(f"job spec kind {spec.kind[:20]!r}")
         return spec
+
+
+_FIELD_TYPES: dict[str, type | tuple[type, ...]] = {
+    "kind": str, "region": str, "seed": int, "train": dict, "version": (int, type(None)),
+    "round": (int, type(None)), "issued_at": (int, float), "sig": (str, type(None)),
+}  # fmt: skip
 
 
 def region_queue(connection: redis.Redis, keys: Keys, region: str) -> Queue:

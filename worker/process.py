@@ -16,7 +16,6 @@ import logging
 import os
 import signal
 import socket
-import sys
 import threading
 import time
 from pathlib import Path
@@ -25,23 +24,69 @@ import redis
 from redis.exceptions import NoPermissionError
 from rq.defaults import DEFAULT_WORKER_TTL
 from rq.exceptions import StopRequested
-from rq.job import Job
+from rq.job import Job, JobStatus
 from rq.queue import Queue
+from rq.results import Result
+from rq.utils import now
 from rq.worker import SimpleWorker
 
 from shared import federation
 from shared.abandoned import forget_worker, settle_abandoned
 from shared.errors import FedqError
-from shared.jobs import SERIALIZER, TASKS, region_queue
+from shared.jobs import SERIALIZER, TASKS, JobSpec, region_queue
 from shared.keys import Keys
 from shared.resilience import REDIS_DOWN, Outage, retry_redis
 from shared.store import ModelCache, ModelStore
 from shared.task.local_data import load_region, load_shared
 from worker.context import WorkerContext, install
 
+REFUSED_TTL = 86_400  # seconds a refused job stays in the failed registry, for operators
+# RQ job features fedq never uses: each names code to import, a URL to call or more jobs to run
+_JOB_EXTRAS = {
+    "callbacks": lambda j: (
+        j._success_callback_name or j._failure_callback_name or j._stopped_callback_name
+    ),
+    "webhooks": lambda j: j.webhooks,
+    "dependencies": lambda j: j._dependency_ids,
+    "repeats": lambda j: j.repeats_left,
+    "a rate limit": lambda j: j.rate_limit_key,
+    "a group": lambda j: j.group_id,
+}
 
-class JobRefused(Exception):
-    pass
+
+def job_problem(job: Job, context: WorkerContext | None = None) -> str | None:
+    """Why a job must not run, or None: only fedq's tasks, with one job spec for argument and
+    none of RQ's extras, whatever else the job's hash says; with a worker's context, a spec for
+    this region, and in a signed federation one signed for this very job id, and recent."""
+    try:
+        name, args, kwargs = job.func_name, job.args, job.kwargs
+    except Exception as exc:  # data the JSON serializer cannot read (pickle, garbage)
+        return f"undecodable job data ({type(exc).__name__})"
+    if name not in TASKS:
+        return f"task {str(name)[:80]!r} is not one of fedq's tasks"
+    extras = [what for what, present in _JOB_EXTRAS.items() if present(job)]
+    if extras:
+        return f"the job asks for {', '.join(extras)}, which fedq jobs never have"
+    if kwargs or len(args) != 1:
+        return "a fedq job takes one job spec (a JSON mapping) and nothing else"
+    try:
+        spec = JobSpec.from_json(args[0])
+    except ValueError as exc:
+        return f"bad job spec: {exc}"[:300]
+    if TASKS[name] != spec.kind:
+        return f"a {spec.kind} spec sent to {name}"
+    if context is None:
+        return None
+    if spec.region != context.region:
+        return f"a job for region {spec.region[:40]!r} reached a worker of {context.region!r}"
+    if context.signing_key is not None:
+        s = context.federation.settings
+        if not spec.verify(context.signing_key, job.id):
+            return "job spec unsigned, altered, or signed for another id or region"
+        age = time.time() - spec.issued_at
+        if age > s.queue_ttl + s.job_timeout * (s.max_retries + 1):
+            return f"job spec issued {age:.0f}s ago: too old, a replay?"
+    return None
 
 
 class OncePerInterval(logging.Filter):
@@ -80,6 +125,7 @@ class FedqWorker(SimpleWorker):
     """A SimpleWorker that refuses every job that is not one of fedq's tasks."""
 
     fedq_keys: Keys | None = None
+    fedq_context: WorkerContext | None = None  # what jobs are checked against (region, secret)
     fedq_job_id: str | None = None  # the job being run, until RQ has recorded how it ended
     max_connection_wait_time = 5.0  # RQ's dequeue backoff: at most 5 s (RQ's default is 60)
 
@@ -117,20 +163,27 @@ class FedqWorker(SimpleWorker):
         self.fedq_job_id = None  # not reached if recording the job's end failed
 
     def perform_job(self, job: Job, queue: Queue, execution) -> bool:
-        try:
-            name = job.func_name
-        except Exception as exc:  # data the JSON serializer cannot read (pickle, garbage)
-            name, detail = None, f"undecodable job data ({type(exc).__name__})"
-        else:
-            detail = f"task {name!r} is not one of fedq's tasks"
-        if name in TASKS:
+        problem = job_problem(job, self.fedq_context)
+        if problem is None:
             return super().perform_job(job, queue, execution)
-        self._record_refusal(job, detail)
-        try:
-            raise JobRefused(detail)
-        except JobRefused:
-            self._finalize_failure(job, queue, execution, sys.exc_info())
+        self._refuse(job, queue, execution, problem)
         return False
+
+    def _refuse(self, job: Job, queue: Queue, execution, detail: str) -> None:
+        """Fail a refused job without RQ's failure handling: that would import and call the
+        job's callbacks, send its webhooks and enqueue its dependents, all named by whoever
+        wrote the job. Settled on the queue the job was taken from, not the one it claims."""
+        self._record_refusal(job, detail)
+        job.ended_at = now()
+        with self.connection.pipeline() as pipe:
+            job.set_status(JobStatus.FAILED, pipeline=pipe)
+            self.cleanup_execution(job, pipeline=pipe, execution=execution)
+            reason = f"JobRefused: {detail}"
+            queue.failed_job_registry.add(job, ttl=REFUSED_TTL, exc_string=reason, pipeline=pipe)
+            Result.create_failure(job, REFUSED_TTL, exc_string=reason, worker_name=self.name,
+                                  pipeline=pipe)  # fmt: skip
+            self.increment_failed_job_count(pipe)
+            pipe.execute()
 
     def handle_job_failure(self, job: Job, queue: Queue, *args, **kwargs) -> None:
         # RQ puts a failed job with retries left back on its queue (same id); fedq counts it
@@ -142,10 +195,11 @@ class FedqWorker(SimpleWorker):
     def _record_refusal(self, job: Job, detail: str) -> None:
         if self.fedq_keys is None:
             return
+        region = self.fedq_context.region if self.fedq_context else ""
         self.connection.xadd(
             self.fedq_keys.rejections,
-            {"id": job.id, "reason": "job_refused", "detail": detail, "worker": self.name,
-             "at": f"{time.time():.3f}"},
+            {"id": job.id[:200], "reason": "job_refused", "detail": detail, "worker": self.name,
+             "region": region, "at": f"{time.time():.3f}"},
             maxlen=100_000,
             approximate=True,
         )  # fmt: skip
@@ -249,6 +303,7 @@ def run(
                 [queue], connection=connection, serializer=SERIALIZER, name=context.worker_id
             )
             worker.fedq_keys = keys
+            worker.fedq_context = context
             worker.log.addFilter(RQ_RETRY_LINES)
             with contextlib.suppress(*REDIS_DOWN):  # RQ's teardown may fail with Redis gone
                 worked = worker.work(burst=burst, logging_level="WARNING") or worked

@@ -131,34 +131,12 @@ def _publish(ctx: WorkerContext, send: Callable[[], object]) -> None:
 
 
 def _spec(raw: dict[str, Any], ctx: WorkerContext, kind: str) -> JobSpec:
+    """The job's spec, already admitted by the worker (``worker.process.job_problem``: kind,
+    region, signature); checked again here so a task never runs on another region's spec."""
     job = JobSpec.from_json(raw)
-    if ctx.signing_key is not None:
-        _check_signed(job, ctx)
-    if job.kind != kind:
-        raise ValueError(f"a {job.kind} spec sent to the {kind} task")
-    if job.region != ctx.region:
-        raise ValueError(f"a job for region {job.region!r} reached a worker of {ctx.region!r}")
+    if job.kind != kind or job.region != ctx.region:
+        raise ValueError(f"a {job.kind} spec for {job.region!r} sent to {ctx.region!r}'s {kind}")
     return job
-
-
-def _check_signed(job: JobSpec, ctx: WorkerContext) -> None:
-    """A signed federation's worker runs only jobs its coordinator signed for this very id, and
-    not long after they were issued (a replayed old job is refused)."""
-    job_id = _job_id()
-    s = ctx.federation.settings
-    problem = None
-    if not job.verify(ctx.signing_key, job_id):
-        problem = "job spec unsigned, altered, or signed for another id or region"
-    elif time.time() - job.issued_at > s.queue_ttl + s.job_timeout * (s.max_retries + 1):
-        problem = f"job spec issued {time.time() - job.issued_at:.0f}s ago: too old, a replay?"
-    if problem:
-        ctx.connection.xadd(
-            ctx.keys.rejections,
-            {"id": job_id, "reason": "job_refused", "detail": problem, "region": ctx.region,
-             "worker": ctx.worker_id, "at": f"{time.time():.3f}"},
-            maxlen=100_000, approximate=True,
-        )  # fmt: skip
-        raise PermissionError(f"job {job_id} refused: {problem}")
 
 
 def _job_id() -> str:
