@@ -91,8 +91,10 @@ def aggregator(consumer: str, wait: float, redis_url: str | None, namespace: str
 
 
 @click.command("run")
-@data_option("Data directory; the built-in data set is generated there if it is missing.",
-             exists=False, default=Path("data"))  # fmt: skip
+@data_option("Data directory [default: ./data, where the built-in data set is generated if it "
+             "is missing].", exists=False, default=None)  # fmt: skip
+@click.option("--generate", is_flag=True,
+              help="Generate the built-in data set into --data if it holds none.")  # fmt: skip
 @click.option("--workers-per-region", type=int, default=2, show_default=True)
 @click.option(
     "--slowdown",
@@ -128,7 +130,8 @@ def aggregator(consumer: str, wait: float, redis_url: str | None, namespace: str
               help="DP: choose the noise so every region's epsilon stays within this over the "
                    "run (needs a version target; clip defaults to 5).")  # fmt: skip
 @settings_options
-def run_cmd(data_dir: Path, workers_per_region: int, slowdown: tuple[str, ...],
+def run_cmd(data_dir: Path | None, generate: bool, workers_per_region: int,
+            slowdown: tuple[str, ...],
             json_out: Path | None, out_dir: Path | None, redis_url: str | None, namespace: str,
             baselines: bool, acl: bool, dp_epsilon: float | None, settings) -> None:  # fmt: skip
     """Run a whole federation here: Redis, aggregator, coordinator and workers, then report."""
@@ -140,11 +143,7 @@ def run_cmd(data_dir: Path, workers_per_region: int, slowdown: tuple[str, ...],
 
     if workers_per_region < 1:
         raise click.BadParameter("must be at least 1", param_hint="--workers-per-region")
-    if not (data_dir / "meta.json").exists():
-        from shared.task import generate
-
-        click.echo(f"{data_dir} has no data set: generating the built-in one (seed 0)", err=True)
-        generate.write(generate.generate(seed=0, scale="default"), data_dir)
+    data_dir = _data_set(data_dir, generate)
     slow = _parse_slowdown(slowdown)
     if dp_epsilon is not None:
         settings = _noise_for_epsilon(settings, data_dir, dp_epsilon)
@@ -197,6 +196,32 @@ def run_cmd(data_dir: Path, workers_per_region: int, slowdown: tuple[str, ...],
     rss = ", ".join(f"{k} {v:.0f} MB" for k, v in report["peak_rss_mb"].items())
     click.echo(f"{report['versions']} versions in {report['seconds']:.0f}s; peak RSS: {rss}")
     click.echo(f"report: {out_dir / 'report.json'}, {out_dir / 'summary.md'} and plots")
+
+
+DEFAULT_DATA = Path("data")
+
+
+def _data_set(named: Path | None, generate: bool) -> Path:
+    """The run's data directory. The built-in data set is generated only into the default
+    directory or with --generate: a mistyped path is an error, never a silent synthetic run."""
+    data_dir = named or DEFAULT_DATA
+    if (data_dir / "meta.json").exists():
+        return data_dir
+    if named is not None and not generate:
+        what = "does not exist" if not data_dir.exists() else "holds no data set (no meta.json)"
+        raise click.BadParameter(
+            f"{data_dir} {what}; pass --generate to generate the built-in data set there",
+            param_hint="--data",
+        )
+    if data_dir.exists() and any(data_dir.iterdir()):
+        raise click.BadParameter(
+            f"{data_dir} is not empty and holds no data set (no meta.json): not generating "
+            "into it", param_hint="--data")  # fmt: skip
+    from shared.task import generate as built_in
+
+    click.echo(f"{data_dir} has no data set: generating the built-in one (seed 0)", err=True)
+    built_in.write(built_in.generate(seed=0, scale="default"), data_dir)
+    return data_dir
 
 
 DEFAULT_DP_CLIP = 5.0  # below honest updates' norms (about 6-8): every update is clipped

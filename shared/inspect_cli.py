@@ -9,7 +9,6 @@ line (exit 1) when there is nothing to reach.
 from __future__ import annotations
 
 import functools
-import json
 import sys
 import time
 from collections.abc import Callable
@@ -22,6 +21,7 @@ from rich.table import Table
 
 from shared import views
 from shared.cli_options import open_redis, redis_options
+from shared.json_text import json_text
 
 # a pipe or a file gets the full width, not rich's default of 80 columns
 console = Console(width=None if sys.stdout.isatty() else 160)
@@ -42,7 +42,7 @@ def _inspection(f: Callable[..., Any]) -> Callable[..., Any]:
 
 def _emit(data: Any, as_json: bool, table: Callable[[Any], Table | str]) -> None:
     if as_json:
-        click.echo(json.dumps(data, indent=2, sort_keys=True))
+        click.echo(json_text(data))
     else:
         console.print(table(data))
 
@@ -190,6 +190,6 @@ def requeue(r, keys, as_json: bool, region: str | None, job_ids: tuple[str, ...]
     """Put failed jobs back on their queues (all, a region's, or JOB_IDS)."""
     done = views.requeue_failed(r, keys, region, job_ids)
     if as_json:
-        click.echo(json.dumps({"requeued": done}))
+        click.echo(json_text({"requeued": done}, indent=None))
     else:
         click.echo(f"requeued {len(done)} job(s)" + (f": {', '.join(done)}" if done else ""))

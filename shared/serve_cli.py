@@ -14,6 +14,7 @@ from typing import Any
 import click
 
 from shared.cli_options import data_option, open_redis, redis_options
+from shared.json_text import json_text
 
 _data_option = data_option(
     "Data directory (the region's own folder and the public catalogue).", required=True
@@ -81,6 +82,9 @@ def _parse_attrs(text: str) -> tuple[dict[str, str], float]:
     return pairs, price
 
 
+MAX_K = 1000
+
+
 @click.command()
 @_data_option
 @click.option("--region", help="The shopper's region (--user).")
@@ -90,7 +94,8 @@ def _parse_attrs(text: str) -> tuple[dict[str, str], float]:
     help="A new item, e.g. 'category=ring,metal=gold_18k,gem=diamond,"
     "colour=yellow,gender=women,price=420': which regions' shoppers it reaches.",
 )
-@click.option("-k", "k", type=int, default=10, show_default=True)
+@click.option("-k", "k", type=click.IntRange(1, MAX_K), default=10, show_default=True,
+              help="How many items (1 to 1000).")  # fmt: skip
 @click.option("--version", type=int, default=None, help="Stored model version [default: current].")
 @click.option(
     "--model",
@@ -123,7 +128,7 @@ def recommend(data_dir: Path, region: str | None, user_id: int | None, item_attr
         result["regions_without_data_here"] = sorted(set(shared.meta.regions) - set(present))
     result["model_version"] = meta["version"]
     if as_json:
-        click.echo(json.dumps(result, indent=2))
+        click.echo(json_text(result))
     else:
         _print(result)
 

@@ -67,3 +67,30 @@ def test_a_local_baseline_reports_every_batch_and_prints_no_bar_to_a_pipe(small_
     assert [d for d, _ in seen] == list(range(1, len(seen) + 1))
     proc = fedq("baseline", "--data", str(small_data), "--mode", "local", "--epochs", "1")
     assert "━" not in proc.stderr and "epoch 1" in proc.stderr
+
+
+def test_a_mistyped_data_path_is_an_error_never_a_synthetic_run(tmp_path):
+    missing = tmp_path / "nonexistent"
+    proc = fedq("run", "--data", str(missing), check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "does not exist; pass --generate" in proc.stderr
+    assert not missing.exists()  # nothing created, nothing generated
+    (tmp_path / "empty").mkdir()
+    proc = fedq("run", "--data", str(tmp_path / "empty"), check=False)
+    assert proc.returncode == 2 and "holds no data set (no meta.json)" in proc.stderr
+    assert list((tmp_path / "empty").iterdir()) == []
+
+
+@pytest.mark.parametrize("k", ["0", "-1", "1001"])
+def test_recommend_refuses_k_out_of_range(small_data, k):
+    proc = fedq("recommend", "--data", str(small_data), "--region", "cn", "--user", "1",
+                "-k", k, check=False)  # fmt: skip
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "Invalid value for '-k'" in proc.stderr and "1<=x<=1000" in proc.stderr
+
+
+def test_json_text_turns_non_finite_numbers_into_null():
+    from shared.json_text import json_text
+
+    text = json_text({"loss": float("nan"), "x": [float("inf"), 1.5], "n": 3})
+    assert json.loads(text) == {"loss": None, "x": [None, 1.5], "n": 3}

@@ -15,13 +15,14 @@ REES46 = """\
 2018-12-02 13:53:42 UTC,1925511016616034733,1842214461889315556,1,1806829201890738522,jewelry.pendant,1,54.66,1515915625207851155,f,white,silver,sapphire
 2018-12-02 17:44:02 UTC,1925626951238681511,1835566849434059453,1,1806829201890738522,jewelry.pendant,0,88.90,1515915625207851155,f,red,gold,amethyst
 2018-12-03 10:00:00 UTC,1925626951238681512,1842195256808833386,1,1806829201890738522,jewelry.earring,0,561.51,1515915625353230683,,red,gold,diamond
-2018-12-04 10:00:00 UTC,1925626951238681513,1806829193678291446,1,1806829201848795447,,1,212.14,1515915625353230683,f,yellow
+2018-12-04 10:00:00 UTC,1925626951238681513,1806829193678291446,1,1806829201848795447,212.14,1515915625353230683,f,yellow,,
 not a date,1,2,1,3,jewelry.ring,0,10.0,1515915625353230683,f,red,gold,ruby
 2018-12-05 10:00:00 UTC,1925626951238681514,1842214461889315556,1,1806829201890738522,jewelry.pendant,1,54.66
 2018-12-06 10:00:00 UTC,1925626951238681515,,1,1806829201890738522,jewelry.ring,0,10.0,1515915625353230683,f,red,gold,ruby
 2018-12-07 10:00:00 UTC,1925626951238681516,1835566849434059453,1,1806829201890738522,jewelry.pendant,0,abc,1515915625353230683,f,red,gold,amethyst
 2018-12-08 10:00:00 UTC,1925626951238681517,1835566849434059453,1,1806829201890738522,jewelry.pendant,0,88.90,1515915625353230683,f,red,gold,amethyst
 2018-12-08 10:00:00 UTC,1925626951238681517,1835566849434059453,1,1806829201890738522,jewelry.pendant,0,88.90,1515915625353230683,f,red,gold,amethyst
+2019-01-26 05:51:21 UTC,1965130913738130034,1937825427510789079,1,,230.12,1550612949079425642,,,,
 """
 
 
@@ -30,27 +31,33 @@ def test_rees46_both_row_lengths_and_bad_rows(tmp_path):
     src.write_text(REES46)
     out = tmp_path / "out"
     report = import_rees46(src, out, {"cn": 1.0, "us": 1.0})
-    assert report.rows_read == 12
+    assert report.rows_read == 13
     assert report.bad_rows == 4
     assert [line for line, _ in report.bad_examples] == [7, 8, 9, 10]
     reasons = dict(report.bad_examples)
     assert "event_time" in reasons[7] and "fields" in reasons[8]
     assert "product_id" in reasons[9] and "price" in reasons[10]
     assert report.duplicates_merged == 1
-    assert report.rows_imported == 12 - 4 - 1
+    assert report.rows_imported == 13 - 4 - 1
     assert sum(report.regions.values()) == report.rows_imported
     meta = read_meta(out)
     catalogue = read_catalogue(out)
     assert meta.regions == ("cn", "us")
-    assert len(catalogue) == 4
+    assert len(catalogue) == 5
     by_source = {s: i for i, s in enumerate(catalogue.source_id)}
     earring = by_source["1842195256808833386"]
     assert catalogue.attributes["category"][earring] == "earring"
     assert catalogue.attributes["gem"][earring] == "diamond"
-    # the 11-field row (line 6) has no metal and no gem; its item's attributes come from line 2
+    # 11-field rows as published: no category_code, no brand; price 6th, user 7th
     plain = by_source["1806829193678291446"]
     assert catalogue.attributes["category"][plain] == "unknown"
-    assert catalogue.attributes["metal"][plain] == "gold"
+    assert catalogue.attributes["metal"][plain] == "gold"  # from its first row (line 2)
+    bare = by_source["1937825427510789079"]  # the published example: a real purchase, kept
+    assert catalogue.price[bare] == pytest.approx(230.12)
+    users = set()
+    for r in meta.regions:
+        users |= set(read_interactions(out, r).user_id.tolist())
+    assert len(users) == 3  # the two 13-field users' and the example's
     total = sum(len(read_interactions(out, r)) for r in meta.regions)
     assert total == report.rows_imported
     # each user is wholly in one region (a stable hash), and the region loads and splits

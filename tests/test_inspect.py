@@ -240,6 +240,9 @@ def test_recommend_gives_unseen_items_ranked_and_the_same_from_an_exported_file(
     assert fedq(url, "export", "--out", str(tmp_path / "m.pt")).returncode == 0
     offline = fedq_json("redis://127.0.0.1:1/0", *args, "--model", str(tmp_path / "m.pt"))
     assert [x["item_id"] for x in offline["recommendations"]] == [x["item_id"] for x in recs]
+    every = fedq_json(url, *args[:-1], "1000")["recommendations"]  # more than are on sale
+    assert 0 < len(every) < 600 and all(isinstance(x["score"], float) for x in every)
+    assert not seen & {x["item_id"] for x in every}
     nobody = fedq(url, "recommend", "--data", str(small_data), "--region", "cn", "--user", "-5")
     assert nobody.returncode == 1 and "user -5 has no events in region 'cn'" in nobody.stderr
 

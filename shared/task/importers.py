@@ -6,7 +6,9 @@ a line in the report, and a bad row never stops the import.
 
 REES46 "eCommerce purchase history from jewelry store": no header; a row has 13 fields
 (event_time, order_id, product_id, quantity, category_id, category_code, brand_id, price, user_id,
-gender, colour, metal, gem) or 11, where metal and gem are absent. The file has no region, so a
+gender, colour, metal, gem) or 11, where category_code and brand_id are absent: the price is
+the 6th field and the user the 7th, then gender, colour, metal, gem (tests/test_importers.py has
+a row as published). The file has no region, so a
 user's region comes from a stable hash of the user id (blake2b, 8 bytes, modulo 10,000) placed
 into the cumulative shares of ``regions`` (by default the six regions of the generated data,
 with its shares). Users and items are renumbered densely; an item's attributes come from its
@@ -155,7 +157,9 @@ def import_generic(
 def _rees46_row(row: list[str], shares: dict[str, float], got: _Collected) -> str | None:
     if len(row) not in (11, 13):
         return f"{len(row)} fields, expected 13 or 11"
-    fields = [x.strip() for x in row] + ["", ""] * (len(row) == 11)
+    fields = [x.strip() for x in row]
+    if len(fields) == 11:  # no category_code, no brand_id: put empty ones in their places
+        fields = fields[:5] + ["", ""] + fields[5:]
     stamp, _order, product, quantity, _cat_id, cat_code, _brand, price, user = fields[:9]
     gender, colour, metal, gem = fields[9:13]
     when = _parse_time(stamp)

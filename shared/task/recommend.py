@@ -41,6 +41,7 @@ def recommend(
         )[0].numpy()
     scores[np.unique(items)] = -np.inf
     top = np.argsort(-scores, kind="stable")[:k]
+    top = top[np.isfinite(scores[top])]  # seen and unsellable items are never recommended
     describe = shared.catalogue.describe
     return {
         "user": int(user_id),
@@ -79,7 +80,8 @@ def audience(
                 time = torch.as_tensor(part.time)
                 users = model.user_vectors(catalogue, torch.as_tensor(part.history),
                                            torch.as_tensor(part.region))  # fmt: skip
-                kth = torch.topk(model.logits(catalogue, users, time), k, dim=1).values[:, -1]
+                logits = model.logits(catalogue, users, time)
+                kth = torch.topk(logits, min(k, logits.shape[1]), dim=1).values[:, -1]
                 reached += int((model.new_item_logits(users, codes, time, time) > kth).sum())
         out[name] = {"users": len(test), "shown_to": round(reached / max(len(test), 1), 4),
                      "shoppers_reached": reached}  # fmt: skip
