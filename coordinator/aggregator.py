@@ -30,6 +30,7 @@ from shared.aggregation import clip_to_norm
 from shared.codec import DecodeError, Model, RejectReason, decode_update, encode_model
 from shared.faults import crash_point
 from shared.federation import Federation
+from shared.jobs import issued_jobs, job_of, job_region, parse_issued
 from shared.keys import AGGREGATOR_GROUP, Keys
 from shared.store import ModelStore
 
@@ -44,7 +45,7 @@ READ_COUNT = 16
 # this aggregator's own with an expiry: a crash between the two leaves nothing a restarted
 # aggregator could mistake for the new version.
 COMMIT_SCRIPT = """
-local version, info, applied, applies, old, staged, model = unpack(KEYS)
+local version, info, applied, applies, old, staged, model, applied_jobs = unpack(KEYS)
 if tonumber(redis.call('GET', version)) ~= tonumber(ARGV[1]) then
   redis.call('DEL', staged)
   return 0
@@ -58,7 +59,7 @@ local function take(n)
   i = i + n
   return out
 end
-local n_ids = tonumber(ARGV[i]); local ids = take(n_ids)
+local n_ids = tonumber(ARGV[i]); local ids = take(n_ids); local jobs = take(n_ids)
 i = i + 1; local n_entries = tonumber(ARGV[i]); local entries = take(n_entries)
 i = i + 1; local n_info = tonumber(ARGV[i]); local info_pairs = take(2 * n_info)
 i = i + 1; local n_applies = tonumber(ARGV[i]); local applies_pairs = take(2 * n_applies)
@@ -66,6 +67,7 @@ redis.call('HSET', info, unpack(info_pairs))
 redis.call('SET', version, ARGV[2])
 if ARGV[4] == '1' then redis.call('DEL', old) end
 redis.call('SADD', applied, unpack(ids))
+for k = 1, n_ids do redis.call('HSET', applied_jobs, jobs[k], ids[k]) end  -- one attempt a job
 for k = 1, n_entries, 2 do  -- (stream, entry id) pairs: one batch may span regions
   redis.call('XACK', entries[k], ARGV[3], entries[k + 1])
   redis.call('XDEL', entries[k], entries[k + 1])
@@ -83,6 +85,12 @@ class StaleWriter(RuntimeError):
 
 
 STAGED_TTL = 3600  # seconds a staged blob outlives a crash between staging and commit
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    issued: dict | None  # what the coordinator issued for the job, None if nothing
+    applied: bool  # an attempt of the job was applied
 
 
 @dataclass
@@ -157,9 +165,9 @@ class Aggregator:
             (entry_ref(stream, entry_id), fields)
             for stream, entries in resp or [] for entry_id, fields in entries
         )  # fmt: skip
-        settled = self._settled([_entry_id_field(f, ref) for ref, f in batch])
-        for (ref, fields), done in zip(batch, settled, strict=True):
-            self.handle(ref, fields, known_settled=done)
+        known = self._job_records([_entry_id_field(f, ref) for ref, f in batch])
+        for (ref, fields), record in zip(batch, known, strict=True):
+            self.handle(ref, fields, known=record)
         self.tick()
         return len(batch)
 
@@ -172,9 +180,9 @@ class Aggregator:
             # handlings that never returned, and after MAX_HANDLINGS reject it unread
             tries = int(self.r.hincrby(self.keys.handling, ref, 1))
             if tries > MAX_HANDLINGS:
-                raw_id = _entry_id_field(fields, ref)
                 detail = f"the aggregator died {tries - 1} times re-reading this entry"
-                self._reject_raw(ref, raw_id, RejectReason.MALFORMED, detail)
+                self._reject_raw(ref, f"entry:{ref}", RejectReason.MALFORMED, detail,
+                                 claimed=_entry_id_field(fields, ref))  # fmt: skip
             else:
                 self.handle(ref, fields)
             self.r.hdel(self.keys.handling, ref)
@@ -215,58 +223,73 @@ class Aggregator:
     # --- one entry ---
 
     def handle(
-        self, entry_id: str, fields: dict[bytes, bytes], known_settled: bool | None = None
+        self, entry_id: str, fields: dict[bytes, bytes], known: JobRecord | None = None
     ) -> None:
         """Settle one entry, whatever its bytes: an exception while handling it is a rejection
         (``malformed``, with the detail), so no entry can stop the aggregator."""
         try:
-            self._handle(entry_id, fields, known_settled)
+            self._handle(entry_id, fields, known)
         except (redis.RedisError, StaleWriter):
             raise  # Redis's trouble or another writer's, not the entry's
         except Exception as exc:  # noqa: BLE001 - the point: any entry settles
             raw_id = _entry_id_field(fields, entry_id)
             self.strategy.discard(raw_id)
             detail = f"handling failed: {type(exc).__name__}: {exc}"
-            self._reject_raw(entry_id, raw_id, RejectReason.MALFORMED, detail)
+            self._reject_raw(entry_id, f"entry:{entry_id}", RejectReason.MALFORMED, detail,
+                             claimed=raw_id)  # fmt: skip
 
-    def _handle(
-        self, entry_id: str, fields: dict[bytes, bytes], known_settled: bool | None = None
-    ) -> None:
+    def _handle(self, entry_id: str, fields: dict[bytes, bytes], known: JobRecord | None) -> None:
+        """Authenticate, then book-keep, then validate and offer.
+
+        Until an entry is shown to be an authentic update of an issued job of its stream's region
+        (signature, header, id, job), a rejection is recorded under the entry, never under the id
+        it claims: a forgery cannot settle, or block, anybody's real update. Only an applied
+        attempt settles a job; a rejected attempt never blocks a later valid one.
+        """
         crash_point("aggregator.handle")
         raw_id = _entry_id_field(fields, entry_id)
-        seen = self._seen(raw_id) if known_settled is None else known_settled
-        if seen or self.strategy.holds(raw_id) or raw_id in self._recent:
-            self._drop_duplicate(entry_id, raw_id)
-            return
+        claimed = {"claimed": raw_id}
+
+        def refuse(reason: RejectReason, detail: str) -> None:
+            self._reject_raw(entry_id, f"entry:{entry_id}", reason, detail, **claimed)
+
         payload = fields.get(b"u")
         if payload is None:
-            self._reject_raw(entry_id, raw_id, RejectReason.MALFORMED, "entry has no field 'u'")
-            return
+            return refuse(RejectReason.MALFORMED, "entry has no field 'u'")
         if len(payload) > MAX_UPDATE_BYTES:
-            detail = f"{len(payload)} bytes > {MAX_UPDATE_BYTES}"
-            self._reject_raw(entry_id, raw_id, RejectReason.TOO_LARGE, detail)
-            return
+            return refuse(RejectReason.TOO_LARGE, f"{len(payload)} bytes > {MAX_UPDATE_BYTES}")
         stream_region = self.streams[split_ref(entry_id)[0]]
         if self.region_keys is not None:  # verified before a byte of it is decoded
             problem = self._check_signature(fields, payload, stream_region)
             if problem:
-                self._reject_raw(entry_id, raw_id, *problem)
-                return
+                return refuse(*problem)
         try:
             update = decode_update(payload)
         except DecodeError as exc:
-            self._reject_raw(entry_id, raw_id, exc.reason, exc.detail)
-            return
-        if update.header.region != stream_region and update.header.region in self.fed.regions:
+            return refuse(exc.reason, exc.detail)
+        h = update.header
+        if h.region != stream_region:
             signed = f", signed with {stream_region!r}'s secret" if self.region_keys else ""
-            detail = f"header says {update.header.region!r}, came on {stream_region!r}'s stream"
-            self._reject_raw(entry_id, raw_id, RejectReason.WRONG_REGION, detail + signed)
+            detail = f"header says {h.region[:40]!r}, came on {stream_region!r}'s stream"
+            reason = (RejectReason.WRONG_REGION if h.region in self.fed.regions
+                      else RejectReason.UNKNOWN_REGION)  # fmt: skip
+            return refuse(reason, detail + signed)
+        if h.update_id != raw_id or job_of(h.update_id) != h.job_id:
+            detail = f"header ids {h.update_id[:80]!r}/{h.job_id[:80]!r} != entry id {raw_id!r}"
+            return refuse(RejectReason.MALFORMED, detail)
+        if job_region(h.job_id) != stream_region:
+            detail = f"job {h.job_id[:80]!r} is not {stream_region!r}'s"
+            return refuse(RejectReason.WRONG_REGION, detail)
+        record = known if known is not None else self._job_records([raw_id])[0]
+        issued = record.issued
+        if issued is None or issued.get("kind") != "train" or issued.get("region") != h.region:
+            return refuse(RejectReason.UNKNOWN_JOB, f"no train job {h.job_id[:80]!r} was issued")
+        # authentic from here: a copy of an attempt of a job already applied, or held by the
+        # strategy, or applied in this very batch, is a duplicate; anything else is judged
+        if record.applied or self.strategy.holds(h.job_id) or h.job_id in self._recent:
+            self._drop_duplicate(entry_id, raw_id)
             return
         item = Pending(entry_id, update)
-        if update.header.update_id != raw_id:
-            detail = f"header id {update.header.update_id!r} != entry id {raw_id!r}"
-            self._reject_raw(entry_id, raw_id, RejectReason.MALFORMED, detail)
-            return
         problem = self._validate(item)
         if problem:
             self.settle(Outcome().reject(item, *problem))
@@ -290,9 +313,6 @@ class Aggregator:
         return None
 
     def _validate(self, item: Pending) -> tuple[RejectReason, str] | None:
-        h = item.update.header
-        if h.region not in self.fed.regions:
-            return RejectReason.UNKNOWN_REGION, f"region {h.region!r} is not in the federation"
         delta = item.update.delta
         if delta.keys() != self.weights.keys():
             missing = sorted(set(self.weights) - set(delta))
@@ -326,6 +346,7 @@ class Aggregator:
     def _commit(self, outcome: Outcome) -> None:
         new_version = self.version + 1
         ids = [p.update_id for p in outcome.applied]
+        jobs = [p.update.header.job_id for p in outcome.applied]
         entries = [part for p in outcome.applied for part in split_ref(p.entry_id)]
         regions = sorted({p.update.header.region for p in outcome.applied})
         info = {
@@ -363,9 +384,9 @@ class Aggregator:
                 keys=[self.keys.version, self.keys.model_info(new_version), self.keys.applied,
                       self.keys.applies,
                       self.keys.model(old) if old >= 0 else self.keys.model(-1),
-                      staged, self.keys.model(new_version)],
+                      staged, self.keys.model(new_version), self.keys.applied_jobs],
                 args=[self.version, new_version, AGGREGATOR_GROUP, 1 if old >= 0 else 0,
-                      len(ids), *ids, len(entries), *entries,
+                      len(ids), *ids, *jobs, len(entries), *entries,
                       len(info), *_flat(info), len(applies), *_flat(applies)],
                 client=pipe,
             )  # fmt: skip
@@ -384,7 +405,7 @@ class Aggregator:
         self.weights = {k: np.asarray(v, dtype=np.float32) for k, v in outcome.new_weights.items()}
         self.counters.applied += len(ids)
         self.counters.versions += 1
-        self._remember(ids)
+        self._remember(jobs)
 
     def _reject(self, item: Pending, reason: RejectReason, detail: str) -> None:
         h = item.update.header
@@ -398,7 +419,12 @@ class Aggregator:
         reason: RejectReason,
         detail: str,
         extra: dict[str, str] | None = None,
+        claimed: str | None = None,
     ) -> None:
+        """Record a rejection under ``update_id`` (``entry:<ref>`` for an entry not shown to be
+        an authentic update of its job, with the id it ``claimed`` beside it)."""
+        if claimed is not None:
+            extra = {**(extra or {}), "claimed": claimed}
         with self.r.pipeline(transaction=True) as pipe:
             pipe.hset(self.keys.rejected, update_id, reason.value)
             pipe.xadd(
@@ -412,7 +438,6 @@ class Aggregator:
             pipe.xack(stream, AGGREGATOR_GROUP, stream_id)
             pipe.xdel(stream, stream_id)
             pipe.execute()
-        self._remember([update_id])
         self.counters.rejected += 1
         self.counters.by_reason[reason.value] = self.counters.by_reason.get(reason.value, 0) + 1
 
@@ -449,19 +474,18 @@ class Aggregator:
         while len(self._recent_order) > keep:
             self._recent.discard(self._recent_order.popleft())
 
-    def _seen(self, update_id: str) -> bool:
-        return self.strategy.holds(update_id) or self._settled([update_id])[0]
-
-    def _settled(self, update_ids: list[str]) -> list[bool]:
-        """Whether each id was already applied or rejected: one round trip for a whole batch."""
-        if not update_ids:
-            return []
+    def _job_records(self, update_ids: list[str]) -> list[JobRecord]:
+        """For each claimed update id, its job's issue record and whether an attempt of the job
+        was applied: one round trip for a whole batch."""
+        jobs = [job_of(i) for i in update_ids]
         with self.r.pipeline(transaction=False) as pipe:
-            for update_id in update_ids:
-                pipe.sismember(self.keys.applied, update_id or "-")
-                pipe.hexists(self.keys.rejected, update_id or "-")
+            issued_jobs(pipe, self.keys, jobs)
+            for job_id in jobs:
+                pipe.hexists(self.keys.applied_jobs, job_id or "-")
             flags = pipe.execute()
-        return [bool(a or b) for a, b in zip(flags[::2], flags[1::2], strict=True)]
+        n = len(jobs)
+        return [JobRecord(parse_issued(raw), bool(applied))
+                for raw, applied in zip(flags[:n], flags[n:], strict=True)]  # fmt: skip
 
     def _base(self, version: int) -> Weights | None:
         if version in self._base_cache:

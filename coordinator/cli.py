@@ -307,3 +307,31 @@ def report(out_dir: Path, runs: tuple[Path, ...], data_dir: Path | None, redis_u
                 baselines[mode] = json.loads(path.read_text())
     for path in write_report(out_dir, reports, baselines):
         click.echo(f"wrote {path}")
+
+
+@click.command("audit")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (shape: docs/CLI.md).")
+@redis_options
+def audit_cmd(as_json: bool, redis_url: str | None, namespace: str) -> None:
+    """Check exactly-once: every published update applied once or rejected, every copy
+    accounted for, every applied update from a job the coordinator issued. Exit 1 on a problem.
+
+    Meant for a drained federation; while one runs, updates in flight show as queued."""
+    from coordinator.audit import audit
+    from shared import federation
+    from shared.json_text import json_text
+
+    connection, keys = open_redis(redis_url, namespace, start_embedded=False)
+    if federation.read(connection, keys) is None:
+        raise click.ClickException(f"no federation under namespace {namespace!r}")
+    result = audit(connection, keys)
+    if as_json:
+        click.echo(json_text(result.to_json()))
+    else:
+        figures = {k: v for k, v in result.to_json().items() if k not in ("problems", "ok")}
+        click.echo(", ".join(f"{k.replace('_', ' ')} {v}" for k, v in figures.items()))
+        for problem in result.problems:
+            click.echo(f"PROBLEM: {problem}")
+        click.echo("audit: ok" if result.ok else f"audit: {len(result.problems)} problem(s)")
+    if not result.ok:
+        sys.exit(1)

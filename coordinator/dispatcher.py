@@ -23,7 +23,14 @@ from rq.job import Job
 from shared import auth
 from shared.abandoned import settle_abandoned, sweep_dead_workers
 from shared.federation import Federation
-from shared.jobs import EVALUATE_TASK, TRAIN_TASK, JobSpec, region_queue
+from shared.jobs import (
+    EVALUATE_TASK,
+    TRAIN_TASK,
+    JobSpec,
+    new_job_id,
+    record_issued,
+    region_queue,
+)
 from shared.keys import Keys
 from shared.store import ModelStore
 from shared.views import waiting_updates
@@ -191,7 +198,7 @@ class Dispatcher:
 
     def _enqueue_train(self, region: str, round_number: int | None) -> str:
         n = int(self.r.incr(self.keys.dispatched))
-        job_id = f"{region}-r{round_number}" if round_number is not None else f"{region}-t{n}"
+        job_id = new_job_id(region, f"r{round_number}" if round_number is not None else f"t{n}")
         version = self.store.current_version() or 0
         train = _train_mapping(self.fed)
         train["lr"] = self.s.local_lr(version, self.clock() - self.fed.created_at)
@@ -204,10 +211,13 @@ class Dispatcher:
             issued_at=self.clock(),
         )
         spec = self._sign(spec, job_id)
-        # counted in flight before it is queued: a dispatcher killed in between leaves an id
-        # with no job, which the next reconcile drops, never a job beyond the bound
-        self.r.hset(self.keys.inflight(region), job_id, f"{self.clock():.3f}")
-        self.r.hincrby(self.keys.dispatched_by_region, region, 1)
+        # counted in flight (and issued) before it is queued: a dispatcher killed in between
+        # leaves an id with no job, which the next reconcile drops, never a job beyond the bound
+        with self.r.pipeline(transaction=True) as pipe:
+            record_issued(pipe, self.keys, job_id, spec)
+            pipe.hset(self.keys.inflight(region), job_id, f"{self.clock():.3f}")
+            pipe.hincrby(self.keys.dispatched_by_region, region, 1)
+            pipe.execute()
         self.queues[region].enqueue(
             TRAIN_TASK,
             spec.to_json(),
@@ -268,12 +278,12 @@ class Dispatcher:
                 "regions": json.dumps(list(self.fed.regions)),
             },
         )
-        for region in self.fed.regions:
-            self._enqueue_train(region, number)
+        jobs = {region: self._enqueue_train(region, number) for region in self.fed.regions}
+        self.r.hset(self.keys.round, "jobs", json.dumps(jobs))
 
     def _cancel_round(self, number: int) -> None:
-        for region in self.fed.regions:
-            job_id = f"{region}-r{number}"
+        raw = self.r.hget(self.keys.round, "jobs")
+        for region, job_id in (json.loads(raw) if raw else {}).items():
             self.queues[region].remove(job_id)
 
     # --- evaluation ---
@@ -290,13 +300,15 @@ class Dispatcher:
         """One evaluate job per region for ``version``, ahead of queued train jobs."""
         self.r.sadd(self.keys.evaluated, version)
         for region in self.fed.regions:
+            job_id = new_job_id(region, f"e{version}")
             spec = JobSpec(kind="evaluate", region=region, seed=self.s.seed, version=version,
                            issued_at=self.clock())  # fmt: skip
-            spec = self._sign(spec, f"{region}-e{version}")
+            spec = self._sign(spec, job_id)
+            record_issued(self.r, self.keys, job_id, spec)
             self.queues[region].enqueue(
                 EVALUATE_TASK,
                 spec.to_json(),
-                job_id=f"{region}-e{version}",
+                job_id=job_id,
                 job_timeout=int(self.s.job_timeout),
                 ttl=int(max(self.s.queue_ttl, 600)),
                 result_ttl=RESULT_TTL,

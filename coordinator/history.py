@@ -17,7 +17,7 @@ from coordinator.curve import learning_curve
 from shared.federation import Federation
 from shared.keys import Keys
 from shared.privacy import epsilon
-from shared.views import applied_updates, update_counts
+from shared.views import applied_updates, published_copies, update_counts
 
 
 def collect(connection: redis.Redis, keys: Keys, fed: Federation) -> dict[str, Any]:
@@ -51,15 +51,12 @@ def collect(connection: redis.Redis, keys: Keys, fed: Federation) -> dict[str, A
 
 def privacy_spent(connection: redis.Redis, keys: Keys, fed: Federation) -> dict[str, Any] | None:
     """(epsilon, delta) per region over the releases (published updates) so far; None without
-    DP. Update ids are RQ job ids, which start with the region."""
+    DP. Each region's published copies are its releases."""
     s = fed.settings
     if not s.dp_noise:
         return None
-    releases = dict.fromkeys(fed.regions, 0)
-    for update_id, copies in connection.hgetall(keys.published).items():
-        region = update_id.decode().split("-", 1)[0]
-        if region in releases:
-            releases[region] += int(copies)
+    published = published_copies(connection, keys, fed.regions)
+    releases = {region: sum(by_id.values()) for region, by_id in published.items()}
     return {
         "clip": s.dp_clip, "noise": s.dp_noise, "delta": s.dp_delta,
         "regions": {r: {"releases": n, "epsilon": round(epsilon(n, s.dp_noise, s.dp_delta), 3)}

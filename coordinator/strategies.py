@@ -64,8 +64,9 @@ class Strategy:
     def elapsed(self) -> float:
         return time.time() - self.started
 
-    def holds(self, update_id: str) -> bool:
-        """Whether an update is waiting inside the strategy (buffered, or in an open round)."""
+    def holds(self, job_id: str) -> bool:
+        """Whether an update of the job is waiting inside the strategy (buffered, or in an open
+        round): another attempt of the same job is then a duplicate."""
         return False
 
     def held(self) -> list[Pending]:
@@ -131,8 +132,8 @@ class FedBuff(Strategy):
         super().__init__(settings, started)
         self.buffer: list[Pending] = []
 
-    def holds(self, update_id: str) -> bool:
-        return any(p.update_id == update_id for p in self.buffer)
+    def holds(self, job_id: str) -> bool:
+        return any(p.update.header.job_id == job_id for p in self.buffer)
 
     def held(self) -> list[Pending]:
         return list(self.buffer)
@@ -176,8 +177,8 @@ class FedAvg(Strategy):
         self.round: Round | None = None
         self.collected: dict[str, Pending] = {}
 
-    def holds(self, update_id: str) -> bool:
-        return any(p.update_id == update_id for p in self.collected.values())
+    def holds(self, job_id: str) -> bool:
+        return any(p.update.header.job_id == job_id for p in self.collected.values())
 
     def held(self) -> list[Pending]:
         return list(self.collected.values())

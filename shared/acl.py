@@ -88,7 +88,7 @@ def worker_rules(keys: Keys, region: str, rq_prefix: str = "rq") -> list[str]:
                 f"%R~{rq_prefix}:rl-keys"]  # fmt: skip
     append_only = [
         f"(~{keys.update_stream(region)} ~{keys.metrics} ~{keys.rejections} -@all +xadd)",
-        f"(~{keys.published} -@all +hincrby)",
+        f"(~{keys.published(region)} -@all +hincrby)",
         f"(~{keys.retried} ~{keys.abandoned} -@all +incr +incrby)",
     ]
     channels = [f"&{rq_prefix}:pubsub:{region}.*"]

@@ -34,6 +34,7 @@ COMMANDS = {
     "rejections": "shared.inspect_cli:rejections",
     "models": "shared.inspect_cli:models",
     "requeue": "shared.inspect_cli:requeue",
+    "audit": "coordinator.cli:audit_cmd",
 }
 
 

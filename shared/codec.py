@@ -46,6 +46,7 @@ class RejectReason(StrEnum):
     UNSIGNED = "unsigned"  # the federation signs updates; this one has no signature
     BAD_SIGNATURE = "bad_signature"  # altered, or signed with another region's secret
     WRONG_REGION = "wrong_region"  # the header names another region than the one that signed
+    UNKNOWN_JOB = "unknown_job"  # no such job was issued to the stream's region
     REPLAYED = "replayed"  # a signed copy of an update already settled (never applied twice)
 
 
@@ -213,7 +214,9 @@ def _decode_tensor(name: str, raw: Any) -> np.ndarray:
         return wire  # zero-copy, read-only view of the message bytes
     if encoding == "fp16":
         return wire.astype(np.float32)
-    return wire.astype(np.float32) * np.float32(scale)
+    out = wire.astype(np.float32)
+    out *= np.float32(scale)  # in place: a 0-d tensor stays an array, not a numpy scalar
+    return out
 
 
 def _is_int(x: Any) -> bool:

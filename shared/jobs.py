@@ -8,6 +8,7 @@ worker), and workers run only the task functions named in ``TASKS``.
 from __future__ import annotations
 
 import json
+import secrets
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
@@ -71,6 +72,51 @@ _FIELD_TYPES: dict[str, type | tuple[type, ...]] = {
     "kind": str, "region": str, "seed": int, "train": dict, "version": (int, type(None)),
     "round": (int, type(None)), "issued_at": (int, float), "sig": (str, type(None)),
 }  # fmt: skip
+
+
+def new_job_id(region: str, label: str) -> str:
+    """``<region>-<label>-<nonce>``: the region first (ACL patterns and the aggregator read it),
+    then a readable label (``t12``, ``e600``, ``r3``), then 64 random bits, so nobody who cannot
+    read the region's queue can name one of its jobs in advance."""
+    return f"{region}-{label}-{secrets.token_hex(8)}"
+
+
+def job_region(job_id: str) -> str:
+    return job_id.partition("-")[0]
+
+
+def new_update_id(job_id: str) -> str:
+    """One attempt's update id: the job id and a random suffix. A copy of an attempt sent twice
+    has the same id (a duplicate); a re-run of the job has another, so a rejected attempt never
+    blocks a later valid one, and at most one attempt per job is applied."""
+    return f"{job_id}.{secrets.token_hex(4)}"
+
+
+def job_of(update_id: str) -> str:
+    return update_id.rpartition(".")[0]
+
+
+def record_issued(
+    pipe: redis.client.Pipeline | redis.Redis, keys: Keys, job_id: str, spec: JobSpec
+) -> None:
+    """What the coordinator issued, for the aggregator (which may not read RQ's job keys)."""
+    record = {"kind": spec.kind, "region": spec.region, "version": spec.version,
+              "round": spec.round}  # fmt: skip
+    pipe.hset(keys.issued, job_id, json.dumps(record))
+
+
+def issued_jobs(pipe: redis.client.Pipeline, keys: Keys, job_ids: list[str]) -> None:
+    """Queue the look-up of each job's record on ``pipe``; read with ``parse_issued``."""
+    for job_id in job_ids:
+        pipe.hget(keys.issued, job_id or "-")
+
+
+def parse_issued(raw: bytes | None) -> dict[str, Any] | None:
+    try:
+        record = json.loads(raw) if raw else None
+    except ValueError:
+        return None
+    return record if isinstance(record, dict) else None
 
 
 def region_queue(connection: redis.Redis, keys: Keys, region: str) -> Queue:

@@ -72,10 +72,12 @@ class Keys:
     def update_streams(self, regions: list[str] | tuple[str, ...]) -> list[str]:
         return [self.update_stream(r) for r in regions]
 
-    @property
-    def published(self) -> str:
-        """Hash: update id -> copies workers published (an audit trail: ids only, no data)."""
-        return self._k("published")
+    def published(self, region: str) -> str:
+        """Hash: update id -> copies ``region``'s workers published (an audit trail: ids only).
+
+        One hash per region, so a region's ACL user can count only its own copies.
+        """
+        return self._k("published", check_name("region", region))
 
     @property
     def applied(self) -> str:
@@ -83,9 +85,23 @@ class Keys:
         return self._k("applied")
 
     @property
+    def applied_jobs(self) -> str:
+        """Hash: job id -> the id of the one update (attempt) of it that was applied."""
+        return self._k("applied", "jobs")
+
+    @property
     def rejected(self) -> str:
-        """Hash: update id (or stream entry id) -> rejection reason."""
+        """Hash: update id -> rejection reason, for authentic updates of issued jobs; an entry
+        that could not be tied to its job (unsigned, forged, unknown job) is recorded under
+        ``entry:<stream> <entry id>``, so a forgery never marks an honest id."""
         return self._k("rejected")
+
+    @property
+    def issued(self) -> str:
+        """Hash: job id -> what the coordinator issued (kind, region, version, round; JSON).
+
+        Only an update of an issued train job, on its region's stream, can be applied."""
+        return self._k("issued")
 
     @property
     def clipped(self) -> str:

@@ -9,6 +9,7 @@ its header fields only.
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections import Counter
 from typing import Any
@@ -147,12 +148,22 @@ def rejections(r: redis.Redis, keys: Keys, tail: int = 20) -> list[dict[str, Any
     for _id, f in reversed(r.xrevrange(keys.rejections, count=tail)):
         d = {k.decode(): v.decode(errors="replace") for k, v in f.items()}
         out.append({
-            "id": d.get("id"), "reason": d.get("reason"), "detail": d.get("detail"),
-            "region": d.get("region"), "worker": d.get("worker"),
+            "id": d.get("id"), "claimed": d.get("claimed"), "reason": d.get("reason"),
+            "detail": d.get("detail"), "region": d.get("region"), "worker": d.get("worker"),
             "version": int(d["version"]) if d.get("version", "").isdigit() else None,
-            "at": float(d["at"]) if "at" in d else None,
+            "at": _number(d.get("at")),
         })  # fmt: skip
     return out
+
+
+def _number(text: str | None) -> float | None:
+    """A float a writer put in a stream field, or None if it is not a finite number (workers
+    append to the rejections stream: a view never trusts its fields)."""
+    try:
+        value = float(text) if text is not None else None
+    except ValueError:
+        return None
+    return value if value is not None and math.isfinite(value) else None
 
 
 def models(r: redis.Redis, keys: Keys) -> list[dict[str, Any]]:
@@ -228,15 +239,28 @@ def status(r: redis.Redis, keys: Keys, now: float | None = None) -> dict[str, An
     }
 
 
+def published_copies(
+    r: redis.Redis, keys: Keys, regions: list[str] | tuple[str, ...]
+) -> dict[str, dict[str, int]]:
+    """region -> update id -> copies its workers published (each region counts its own)."""
+    with r.pipeline(transaction=False) as pipe:
+        for region in regions:
+            pipe.hgetall(keys.published(region))
+        rows = pipe.execute()
+    return {region: {k.decode(errors="replace"): int(v) for k, v in row.items()}
+            for region, row in zip(regions, rows, strict=True)}  # fmt: skip
+
+
 def update_counts(r: redis.Redis, keys: Keys) -> dict[str, Any]:
     """Totals of what happened to updates and train jobs (``fedq run``'s report has these)."""
     reasons = Counter(v.decode() for v in r.hvals(keys.rejected))
+    published = published_copies(r, keys, _federation(r, keys).regions)
     return {
         "applied": r.scard(keys.applied),
         "rejected": sum(reasons.values()),
         "rejected_by_reason": dict(reasons),
         "duplicates": sum(int(v) for v in r.hvals(keys.duplicates)),
-        "published": sum(int(v) for v in r.hvals(keys.published)),
+        "published": sum(sum(by_id.values()) for by_id in published.values()),
         "jobs_retried": int(r.get(keys.retried) or 0),
         "jobs_abandoned": int(r.get(keys.abandoned) or 0),
     }

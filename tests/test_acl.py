@@ -47,7 +47,8 @@ def test_worker_rules_give_read_only_models_and_nothing_of_other_regions():
         assert key not in selectors
     for key in ["rq:queue:acl:region:us", "rq:wip:acl:region:us", "rq:job:us-t3",
                 "rq:worker:us.host.1", K.alive("us.host.1"), K.data_size("us"), K.inflight("cn"),
-                K.applied, K.rejected, K.update_stream("cn"), K.update_stream("us")]:  # fmt: skip
+                K.applied, K.rejected, K.update_stream("cn"), K.update_stream("us"),
+                K.issued, K.applied_jobs, K.published("us")]:  # fmt: skip
         assert not _matches(rw, key), key
     for key in ["rq:queue:acl:region:cn", "rq:wip:acl:region:cn", "rq:job:cn-t3",
                 "rq:worker:cn.host.1", K.alive("cn.host.1"), K.data_size("cn")]:  # fmt: skip
@@ -95,7 +96,9 @@ def test_a_workers_user_cannot_write_the_model_or_another_regions_keys(acl_serve
         ("XTRIM", K.update_stream("cn"), "MAXLEN", "0"), ("DEL", K.update_stream("cn")),
         ("XADD", K.update_stream("us"), "*", "u", "x"), ("SADD", K.applied, "x"),
         ("HSET", K.rejected, "x", "y"), ("XADD", K.applies, "*", "a", "b"),
-        ("HSET", K.published, "x", "5"), ("FLUSHALL",), ("KEYS", "*"), ("SCAN", "0"),
+        ("HSET", K.published("cn"), "x", "5"), ("HINCRBY", K.published("us"), "x", "1"),
+        ("HSET", K.issued, "cn-t1", "{}"), ("HSET", K.applied_jobs, "cn-t1", "x"),
+        ("FLUSHALL",), ("KEYS", "*"), ("SCAN", "0"),
         ("CONFIG", "SET", "appendonly", "no"), ("ACL", "SETUSER", U.worker("cn"), "~*"),
     ]  # fmt: skip
     for command in refused:

@@ -17,6 +17,7 @@ import pytest
 from coordinator import service
 from coordinator.aggregator import Aggregator
 from shared.codec import Update, UpdateHeader, encode_update
+from shared.jobs import JobSpec, record_issued
 from shared.keys import Keys
 from shared.settings import FederationSettings
 from shared.store import ModelStore
@@ -33,11 +34,13 @@ def _federation(r, keys: Keys, small_data, mode: str):
     shapes = {k: v.shape for k, v in ModelStore(r, keys).read_current().weights.items()}
     rng = np.random.default_rng(7)
     for i in range(N_UPDATES):
-        uid = f"u{i:02d}"
         region = REGIONS[i % len(REGIONS)]
+        job_id = f"{region}-t{i}-{i:016x}"  # the same ids in both namespaces
+        record_issued(r, keys, job_id, JobSpec(kind="train", region=region))
+        uid = f"{job_id}.{i:08x}"
         base = max(0, i - 2) if mode == "async" else max(0, i // 3 - 1)  # a little stale
-        header = UpdateHeader(uid, uid, region, "w", base, 100, 1.0, 0.1, 0.1, "fp32", 0.0, None,
-                              1000)  # fmt: skip
+        header = UpdateHeader(uid, job_id, region, "w", base, 100, 1.0, 0.1, 0.1, "fp32", 0.0,
+                              None, 1000)  # fmt: skip
         delta = {k: rng.normal(0, 0.01, s).astype(np.float32) for k, s in shapes.items()}
         # explicit entry ids: arrival order over the regions' streams, even within a millisecond
         r.xadd(keys.update_stream(region), {"u": encode_update(Update(header, delta)), "id": uid,

@@ -12,21 +12,24 @@ import numpy as np
 
 from coordinator import service
 from coordinator.aggregator import MAX_HANDLINGS
-from shared.codec import Update, UpdateHeader, encode_update
 from shared.keys import Keys
 from shared.settings import FederationSettings
 from shared.store import ModelStore
 from tests.fleet import Fleet, wait_until
+from tests.updates import publish
 
 K = Keys("poison")
 
 
-def _entry(r, update_id: str) -> None:
+def _entry(r) -> str:
     weights = ModelStore(r, K).read_current().weights
-    header = UpdateHeader(update_id, update_id, "cn", "w", 0, 100, 1.0, 0.1, 0.1, "fp32", 0.0,
-                          None, 100)  # fmt: skip
     delta = {k: np.full(v.shape, 1e-4, np.float32) for k, v in weights.items()}
-    r.xadd(K.update_stream("cn"), {"u": encode_update(Update(header, delta)), "id": update_id})
+    return publish(r, K, "cn", 0, delta)
+
+
+def _rejection(r, update_id: str) -> dict[bytes, bytes] | None:
+    return next((f for _, f in r.xrange(K.rejections) if f.get(b"claimed") == update_id.encode()),
+                None)  # fmt: skip
 
 
 def _federation(r, small_data):
@@ -36,28 +39,28 @@ def _federation(r, small_data):
 
 def test_an_exception_while_handling_an_entry_is_a_rejection(small_data, redis_server, r):
     _federation(r, small_data)
-    _entry(r, "boom")
+    boom = _entry(r)
     with Fleet(redis_server.url, K.namespace, small_data) as fleet:
         agg = fleet.aggregator(crash_at="aggregator.handle:1:raise")
-        assert wait_until(lambda: r.hexists(K.rejected, "boom"), 60), fleet.log(agg)
-        _entry(r, "fine")  # the same process goes on: the next entry is applied
-        assert wait_until(lambda: r.sismember(K.applied, "fine"), 60), fleet.log(agg)
+        assert wait_until(lambda: _rejection(r, boom), 60), fleet.log(agg)
+        fine = _entry(r)  # the same process goes on: the next entry is applied
+        assert wait_until(lambda: r.sismember(K.applied, fine), 60), fleet.log(agg)
         assert agg.poll() is None
-    assert r.hget(K.rejected, "boom") == b"malformed"
-    detail = next(f[b"detail"] for _, f in r.xrange(K.rejections) if f[b"id"] == b"boom")
-    assert b"handling failed: InjectedFault" in detail
+    rejection = _rejection(r, boom)
+    assert rejection[b"reason"] == b"malformed"
+    assert b"handling failed: InjectedFault" in rejection[b"detail"]
 
 
 def test_an_entry_that_kills_the_aggregator_is_rejected_after_a_few_deaths(
     small_data, redis_server, r
 ):
     _federation(r, small_data)
-    _entry(r, "killer")
+    killer = _entry(r)
     deaths = 0
     with Fleet(redis_server.url, K.namespace, small_data) as fleet:
         for _ in range(MAX_HANDLINGS + 3):
             agg = fleet.aggregator(crash_at="aggregator.handle:1")
-            wait_until(lambda a=agg: a.poll() is not None or r.hexists(K.rejected, "killer"), 60)
+            wait_until(lambda a=agg: a.poll() is not None or _rejection(r, killer), 60)
             if agg.poll() is None:
                 break  # it survived: the entry was rejected unread
             assert agg.returncode == -9, fleet.log(agg)
@@ -65,7 +68,7 @@ def test_an_entry_that_kills_the_aggregator_is_rejected_after_a_few_deaths(
         assert agg.poll() is None, "the aggregator never got past the entry"
     # the first death is on first delivery; then MAX_HANDLINGS counted handlings on restarts
     assert deaths == MAX_HANDLINGS + 1
-    assert r.hget(K.rejected, "killer") == b"malformed"
-    detail = next(f[b"detail"] for _, f in r.xrange(K.rejections) if f[b"id"] == b"killer")
-    assert f"died {MAX_HANDLINGS} times".encode() in detail
+    rejection = _rejection(r, killer)
+    assert rejection[b"reason"] == b"malformed"
+    assert f"died {MAX_HANDLINGS} times".encode() in rejection[b"detail"]
     assert r.hlen(K.handling) == 0 and r.xlen(K.update_stream("cn")) == 0

@@ -14,23 +14,20 @@ import redis
 from coordinator import service
 from coordinator.aggregator import Aggregator
 from coordinator.audit import audit
-from shared.codec import Update, UpdateHeader, encode_update
 from shared.keys import Keys
 from shared.redis_server import RedisServer, free_port
 from shared.settings import FederationSettings
 from shared.store import ModelStore
 from tests.fleet import FEDQ, Fleet, wait_until
+from tests.updates import publish
 
 
 def _apply_some(r: redis.Redis, keys: Keys, small_data, n: int) -> dict[str, np.ndarray]:
     fed = service.initialise(r, keys, small_data, FederationSettings(model_dim=8, eval_every=0))
     agg = Aggregator(r, keys, fed)
     for i in range(n):
-        header = UpdateHeader(f"u{i}", f"u{i}", "cn", "w", i, 100, 1.0, 0.1, 0.1, "fp32", 0.0,
-                              None, 100)  # fmt: skip
         delta = {k: np.full(v.shape, 0.01 * (i + 1), np.float32) for k, v in agg.weights.items()}
-        r.xadd(keys.update_stream("cn"), {"u": encode_update(Update(header, delta)),
-                                          "id": f"u{i}"})  # fmt: skip
+        publish(r, keys, "cn", i, delta)
         agg.step(block_ms=100)
     assert agg.version == n
     return agg.weights
@@ -122,7 +119,7 @@ def test_a_worker_holds_its_finished_update_through_an_outage_and_publishes_it_a
             assert worker.poll() is None
             server = RedisServer(tmp_path / "redis", port=port).start()
             r = redis.Redis.from_url(server.url)
-            assert wait_until(lambda: r.hget(keys.published, job_id) == b"1", 60)
+            assert wait_until(lambda: list(r.hvals(keys.published("cn"))) == [b"1"], 60)
             assert f"worker cn.{socket.gethostname()}.{worker.pid}: Redis unreachable" in (
                 fleet.log(worker))  # fmt: skip
             assert wait_until(lambda: r.hget(f"rq:job:{job_id}", "status") == b"finished", 30)

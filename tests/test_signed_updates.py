@@ -12,19 +12,18 @@ import numpy as np
 from coordinator import service
 from coordinator.aggregator import Aggregator
 from shared.auth import init_keys, load_keys, sign
-from shared.codec import Update, UpdateHeader, encode_update
+from shared.jobs import new_update_id
 from shared.keys import Keys
 from shared.settings import FederationSettings
 from tests.fleet import FEDQ
+from tests.updates import issue_train, update_payload
 
 K = Keys("signed")
 
 
 def _payload(agg: Aggregator, update_id: str, region: str) -> bytes:
-    header = UpdateHeader(update_id, update_id, region, "w", 0, 100, 1.0, 0.1, 0.1, "fp32", 0.0,
-                          None, 100)  # fmt: skip
     delta = {k: np.full(v.shape, 1e-4, np.float32) for k, v in agg.weights.items()}
-    return encode_update(Update(header, delta))
+    return update_payload(update_id, region, 0, delta, data_size=100)
 
 
 def test_unsigned_tampered_foreign_and_replayed_updates_are_rejected_with_reasons(
@@ -35,34 +34,39 @@ def test_unsigned_tampered_foreign_and_replayed_updates_are_rejected_with_reason
     init_keys(tmp_path, fed.regions)
     secrets = load_keys(tmp_path, fed.regions)
     agg = Aggregator(r, K, fed, region_keys=secrets)
+    ids = {name: new_update_id(issue_train(r, K, "cn", name)) for name in
+           ("good", "unsigned", "tampered", "forged", "inside")}  # fmt: skip
 
-    def publish(update_id: str, region_field: str, payload: bytes, sig: str | None) -> None:
-        fields = {"u": payload, "id": update_id, "region": region_field}
+    def publish(name: str, stream_region: str, payload: bytes, sig: str | None) -> None:
+        fields = {"u": payload, "id": ids[name], "region": stream_region}
         if sig is not None:
             fields["sig"] = sig
-        r.xadd(K.update_stream(region_field), fields)
+        r.xadd(K.update_stream(stream_region), fields)
 
-    good = _payload(agg, "good", "cn")
+    good = _payload(agg, ids["good"], "cn")
     publish("good", "cn", good, sign(secrets["cn"], good))
-    publish("unsigned", "cn", _payload(agg, "unsigned", "cn"), None)
-    tampered = bytearray(_payload(agg, "tampered", "cn"))
+    publish("unsigned", "cn", _payload(agg, ids["unsigned"], "cn"), None)
+    tampered = bytearray(_payload(agg, ids["tampered"], "cn"))
     sig = sign(secrets["cn"], bytes(tampered))
     tampered[-1] ^= 0x01  # one bit of a tensor changed after signing
     publish("tampered", "cn", bytes(tampered), sig)
-    forged = _payload(agg, "forged", "cn")  # a us worker posing as cn
+    forged = _payload(agg, ids["forged"], "cn")  # a us worker posing as cn
     publish("forged", "cn", forged, sign(secrets["us"], forged))
-    inside = _payload(agg, "inside", "cn")  # signed as us, claims cn in its header
+    inside = _payload(agg, ids["inside"], "cn")  # signed as us, claims cn in its header
     publish("inside", "us", inside, sign(secrets["us"], inside))
     publish("good", "cn", good, sign(secrets["cn"], good))  # replayed
     while agg.step(block_ms=50):
         pass
-    reasons = {k.decode(): v.decode() for k, v in r.hgetall(K.rejected).items()}
+    by_name = {v: k for k, v in ids.items()}
+    reasons = {by_name[f[b"claimed"].decode()]: f[b"reason"].decode()
+               for _, f in r.xrange(K.rejections) if b"claimed" in f}  # fmt: skip
     assert reasons == {"unsigned": "unsigned", "tampered": "bad_signature",
                        "forged": "bad_signature", "inside": "wrong_region"}  # fmt: skip
-    assert r.smembers(K.applied) == {b"good"} and agg.version == 1
-    assert int(r.hget(K.duplicates, "good")) == 1
-    stream = [(f[b"id"], f[b"reason"]) for _, f in r.xrange(K.rejections)]
-    assert (b"good", b"replayed") in stream
+    assert not any(r.hexists(K.rejected, i) for i in ids.values())  # none blocks a real one
+    assert r.smembers(K.applied) == {ids["good"].encode()} and agg.version == 1
+    assert int(r.hget(K.duplicates, ids["good"])) == 1
+    stream = [(f[b"id"].decode(), f[b"reason"]) for _, f in r.xrange(K.rejections)]
+    assert (ids["good"], b"replayed") in stream
 
 
 def test_keys_init_writes_private_secrets_and_a_signed_run_applies_every_update(
@@ -112,7 +116,7 @@ def test_a_signed_federations_worker_runs_only_jobs_signed_for_their_id(
 
     from rq import Queue
 
-    from shared.jobs import SERIALIZER, TRAIN_TASK, JobSpec
+    from shared.jobs import SERIALIZER, TRAIN_TASK, JobSpec, record_issued
     from shared.settings import TrainSettings
     from tests.fleet import Fleet
 
@@ -126,6 +130,7 @@ def test_a_signed_federations_worker_runs_only_jobs_signed_for_their_id(
                    issued_at=time.time())  # fmt: skip
     old = JobSpec(kind="train", region="cn", seed=2, train=asdict(TrainSettings()),
                   issued_at=time.time() - 86_400)  # fmt: skip
+    record_issued(r, keys, "cn-ok", spec)
     queue.enqueue(TRAIN_TASK, spec.signed(cn, "cn-ok").to_json(), job_id="cn-ok")
     queue.enqueue(TRAIN_TASK, spec.to_json(), job_id="cn-unsigned")
     queue.enqueue(TRAIN_TASK, spec.signed(cn, "cn-ok").to_json(), job_id="cn-moved")
@@ -134,7 +139,7 @@ def test_a_signed_federations_worker_runs_only_jobs_signed_for_their_id(
         fleet.env["FEDQ_KEYS"] = str(tmp_path / "keys")
         worker = fleet.worker("cn", "--burst")
         assert worker.wait(timeout=120) == 0, fleet.log(worker)
-    published = {k.decode() for k in r.hkeys(keys.published)}
+    published = {k.decode().partition(".")[0] for k in r.hkeys(keys.published("cn"))}
     assert published == {"cn-ok"}
     refused = {f[b"id"].decode(): f[b"detail"].decode() for _, f in r.xrange(keys.rejections)}
     assert set(refused) == {"cn-unsigned", "cn-moved", "cn-old"}

@@ -32,7 +32,7 @@ def _start(r, keys: Keys, small_data, fleet: Fleet, slowdown: str):
 
 def _published(r, keys: Keys, job_id: str) -> int:
     stream = keys.update_stream(job_id.split("-")[0])  # job ids begin with their region
-    return sum(1 for _, f in r.xrange(stream) if f[b"id"].decode() == job_id)
+    return sum(1 for _, f in r.xrange(stream) if f[b"id"].decode().startswith(job_id + "."))
 
 
 def test_first_sigterm_finishes_the_current_job_then_exits(small_data, redis_server, r):

@@ -18,7 +18,7 @@ from rq import get_current_job
 from shared.aggregation import subtract
 from shared.auth import sign
 from shared.codec import Update, UpdateHeader, encode_update
-from shared.jobs import JobSpec
+from shared.jobs import JobSpec, new_update_id
 from shared.privacy import privatize
 from shared.resilience import Outage, retry_redis
 from shared.settings import TrainSettings
@@ -58,8 +58,9 @@ def train(spec: dict[str, Any]) -> dict[str, Any]:
     ctx.optimizer_state = result.optimizer_state
     if ctx.slowdown > 1:  # stands for a slow or distant silo
         time.sleep((ctx.slowdown - 1) * (time.perf_counter() - started))
+    update_id = new_update_id(job_id)  # this attempt's: a re-run of the job gets another
     header = UpdateHeader(
-        update_id=job_id,
+        update_id=update_id,
         job_id=job_id,
         region=ctx.region,
         worker_id=ctx.worker_id,
@@ -80,9 +81,9 @@ def train(spec: dict[str, Any]) -> dict[str, Any]:
     payload = encode_update(Update(header, delta))
     # the update is held until Redis takes it (a copy sent twice is dropped as a duplicate);
     # the audit count goes in the same MULTI, so it counts exactly the copies published
-    _publish(ctx, lambda: _publish_update(ctx, job_id, payload))
+    _publish(ctx, lambda: _publish_update(ctx, update_id, payload))
     return {
-        "update_id": job_id,
+        "update_id": update_id,
         "base_version": model.version,
         "n_samples": result.n_samples,
         "loss": result.loss,
@@ -122,7 +123,7 @@ def _publish_update(ctx: WorkerContext, update_id: str, payload: bytes) -> None:
         fields["sig"] = sign(ctx.signing_key, payload)
     with ctx.connection.pipeline(transaction=True) as pipe:
         pipe.xadd(ctx.keys.update_stream(ctx.region), fields)
-        pipe.hincrby(ctx.keys.published, update_id, 1)
+        pipe.hincrby(ctx.keys.published(ctx.region), update_id, 1)
         pipe.execute()
 
 

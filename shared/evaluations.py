@@ -1,0 +1,91 @@
+"""Evaluation results: what a region's workers publish about a version, and how it is checked.
+
+A worker scores a version on its region's held-out users and appends the result to its
+region's evaluation stream (``Keys.evaluation_stream``; its ACL user may append to no other).
+The aggregator checks each result like an update (signature, schema, finite values in range,
+an evaluation job the coordinator issued for that version and region, one result per job) and
+copies the accepted ones onto ``Keys.metrics``, the only stream the learning curve, the stopping
+rule (``target_metric``) and the views read. A forged or broken result is rejected with its
+reason and counts for nothing.
+
+The metric names are the recommender's (``shared.task.evaluate``), kept here without importing
+the task (and torch) so the aggregator stays small.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+MAX_RESULT_BYTES = 64 * 1024
+TEST_METRICS = ("users", "hr@10", "ndcg@10", "hr@10_sampled", "ndcg@10_sampled",
+                "cold_start.hr@10", "cold_start.n", "cold_start.random_hr@10")  # fmt: skip
+VALIDATION_METRICS = ("users", "hr@10", "ndcg@10")
+MAX_COUNT = 1e9
+
+
+class BadResult(ValueError):
+    """An evaluation result that cannot count; the message says why."""
+
+
+def encode_result(record: dict[str, Any]) -> bytes:
+    return json.dumps(record, sort_keys=True, allow_nan=False).encode()
+
+
+def check_result(raw: bytes, region: str, job_id: str, version: int) -> dict[str, Any]:
+    """The result as a record, if it is one ``region``'s worker could honestly have made for
+    evaluation job ``job_id`` of ``version``; else BadResult naming the problem."""
+    if not isinstance(raw, bytes) or len(raw) > MAX_RESULT_BYTES:
+        raise BadResult(f"not bytes, or more than {MAX_RESULT_BYTES} bytes")
+    try:
+        record = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise BadResult("not JSON") from None
+    if not isinstance(record, dict):
+        raise BadResult("not a JSON object")
+    if record.get("region") != region:
+        raise BadResult(f"region {str(record.get('region'))[:40]!r}, came on {region!r}'s stream")
+    if record.get("job_id") != job_id:
+        raise BadResult(f"job id {str(record.get('job_id'))[:80]!r} != the entry's {job_id!r}")
+    got = record.get("version")
+    if not isinstance(got, int) or isinstance(got, bool) or got != version:
+        raise BadResult(f"version {str(got)[:20]!r}, but job {job_id!r} evaluates {version}")
+    at = record.get("at")
+    if not isinstance(at, int | float) or isinstance(at, bool) or not math.isfinite(at):
+        raise BadResult("'at' is not a finite number")
+    test = _metrics(record.get("test"), TEST_METRICS, "test")
+    validation = _metrics(record.get("validation"), VALIDATION_METRICS, "validation")
+    return {"version": version, "region": region, "job_id": job_id, "at": float(at),
+            "test": test, "validation": validation}  # fmt: skip
+
+
+def _metrics(raw: Any, names: tuple[str, ...], part: str) -> dict[str, float]:
+    if not isinstance(raw, dict):
+        raise BadResult(f"{part!r} is not an object")
+    missing = [n for n in names if n not in raw]
+    if missing:
+        raise BadResult(f"{part!r} lacks {missing[:4]}")
+    out = {}
+    for name in names:
+        value = raw[name]
+        if not isinstance(value, int | float) or isinstance(value, bool):
+            raise BadResult(f"{part}.{name} is not a number")
+        value = float(value)
+        count = name == "users" or name.endswith(".n")
+        top = MAX_COUNT if count else 1.0
+        if not math.isfinite(value) or not 0.0 <= value <= top:
+            raise BadResult(f"{part}.{name} = {value!r} is outside [0, {top:g}]")
+        out[name] = value
+    return out
+
+
+def parse_accepted(fields: dict[bytes, bytes]) -> dict[str, Any] | None:
+    """A record of the metrics stream (written only by the aggregator, after ``check_result``),
+    or None if it does not parse: a view never trusts a stream."""
+    try:
+        record = json.loads(fields[b"m"])
+        version, region = record["version"], record["region"]
+        return check_result(fields[b"m"], region, record["job_id"], version)
+    except (KeyError, ValueError, TypeError):
+        return None
