@@ -28,6 +28,7 @@ from coordinator.strategies import FedBuff, Outcome, Pending, Round, Strategy, m
 from shared import auth
 from shared.aggregation import clip_to_norm
 from shared.codec import DecodeError, Model, RejectReason, decode_update, encode_model
+from shared.evaluations import BadResult, check_result, encode_result
 from shared.faults import crash_point
 from shared.federation import Federation
 from shared.jobs import issued_jobs, job_of, job_region, parse_issued
@@ -99,6 +100,7 @@ class Counters:
     rejected: int = 0
     duplicates: int = 0
     versions: int = 0
+    results: int = 0  # evaluation results accepted
     by_reason: dict[str, int] = field(default_factory=dict)
 
     def add(self, other: Counters) -> None:
@@ -106,6 +108,7 @@ class Counters:
         self.rejected += other.rejected
         self.duplicates += other.duplicates
         self.versions += other.versions
+        self.results += other.results
         for reason, n in other.by_reason.items():
             self.by_reason[reason] = self.by_reason.get(reason, 0) + n
 
@@ -136,6 +139,7 @@ class Aggregator:
         self._recent: set[str] = set()
         self._recent_order: deque[str] = deque()
         self.streams = {keys.update_stream(r): r for r in fed.regions}
+        self.result_streams = {keys.evaluation_stream(r): r for r in fed.regions}
         model = self.store.read_current()
         if model is None:
             raise LookupError("no model in Redis: the coordinator initialises it")
@@ -157,10 +161,9 @@ class Aggregator:
         """Read and settle one batch of new entries; returns how many were read."""
         if self.settings.mode == "sync":
             self.tick()
-        resp = self.r.xreadgroup(
-            AGGREGATOR_GROUP, self.consumer, dict.fromkeys(self.streams, ">"), count=READ_COUNT,
-            block=block_ms,
-        )  # fmt: skip
+        streams = dict.fromkeys([*self.streams, *self.result_streams], ">")
+        resp = self.r.xreadgroup(AGGREGATOR_GROUP, self.consumer, streams, count=READ_COUNT,
+                                 block=block_ms)  # fmt: skip
         batch = in_arrival_order(
             (entry_ref(stream, entry_id), fields)
             for stream, entries in resp or [] for entry_id, fields in entries
@@ -174,7 +177,8 @@ class Aggregator:
     def recover(self) -> None:
         """Settle entries delivered before a crash: ours (pending) and dead consumers' (claimed),
         over every region's stream in the order they arrived, as an uncrashed run saw them."""
-        held = {ref: f for stream in self.streams for ref, f in self._delivered(stream)}
+        held = {ref: f for stream in [*self.streams, *self.result_streams]
+                for ref, f in self._delivered(stream)}  # fmt: skip
         for ref, fields in in_arrival_order(held.items()):
             # an entry re-read after a crash may be what crashed the process: count the
             # handlings that never returned, and after MAX_HANDLINGS reject it unread
@@ -228,7 +232,10 @@ class Aggregator:
         """Settle one entry, whatever its bytes: an exception while handling it is a rejection
         (``malformed``, with the detail), so no entry can stop the aggregator."""
         try:
-            self._handle(entry_id, fields, known)
+            if split_ref(entry_id)[0] in self.result_streams:
+                self._handle_result(entry_id, fields, known)
+            else:
+                self._handle(entry_id, fields, known)
         except (redis.RedisError, StaleWriter):
             raise  # Redis's trouble or another writer's, not the entry's
         except Exception as exc:  # noqa: BLE001 - the point: any entry settles
@@ -297,6 +304,53 @@ class Aggregator:
         if self.settings.mode == "sync":
             self.tick()  # the update may belong to a round opened since the last look
         self.settle(self.strategy.offer(item, self.version, self.weights, self._base))
+
+    def _handle_result(
+        self, entry_id: str, fields: dict[bytes, bytes], known: JobRecord | None
+    ) -> None:
+        """An evaluation result counts only if it is the first valid one of an evaluation job
+        the coordinator issued to the stream's region, for the version the job names; it is
+        then copied onto the metrics stream, the only one the curve and the stopping rule read.
+        """
+        raw_id = _entry_id_field(fields, entry_id)
+        region = self.result_streams[split_ref(entry_id)[0]]
+
+        def refuse(reason: RejectReason, detail: str) -> None:
+            self._reject_raw(entry_id, f"entry:{entry_id}", reason, detail,
+                             {"kind": "evaluation"}, claimed=raw_id)  # fmt: skip
+
+        payload = fields.get(b"m")
+        if payload is None:
+            return refuse(RejectReason.MALFORMED, "entry has no field 'm'")
+        if self.region_keys is not None:
+            problem = self._check_signature(fields, payload, region)
+            if problem:
+                return refuse(*problem)
+        job_id = job_of(raw_id)
+        if job_region(job_id) != region:
+            return refuse(RejectReason.WRONG_REGION, f"job {job_id[:80]!r} is not {region!r}'s")
+        record = known if known is not None else self._job_records([raw_id])[0]
+        issued = record.issued
+        if issued is None or issued.get("kind") != "evaluate" or issued.get("region") != region:
+            return refuse(RejectReason.UNKNOWN_JOB, f"no evaluate job {job_id[:80]!r} was issued")
+        if record.applied or job_id in self._recent:
+            self._drop_duplicate(entry_id, raw_id)
+            return
+        try:
+            result = check_result(payload, region, job_id, int(issued.get("version")))
+        except (BadResult, TypeError, ValueError) as exc:
+            return refuse(RejectReason.MALFORMED, f"evaluation result: {exc}")
+        stream, stream_id = split_ref(entry_id)
+        with self.r.pipeline(transaction=True) as pipe:
+            pipe.xadd(self.keys.metrics, {"version": result["version"], "region": region,
+                                          "m": encode_result(result)},
+                      maxlen=100_000, approximate=True)  # fmt: skip
+            pipe.hset(self.keys.applied_jobs, job_id, raw_id)
+            pipe.xack(stream, AGGREGATOR_GROUP, stream_id)
+            pipe.xdel(stream, stream_id)
+            pipe.execute()
+        self._remember([job_id])
+        self.counters.results += 1
 
     def _check_signature(
         self, fields: dict[bytes, bytes], payload: bytes, region: str
@@ -506,7 +560,7 @@ class Aggregator:
         )
 
     def _ensure_group(self) -> None:
-        for stream in self.streams:
+        for stream in [*self.streams, *self.result_streams]:
             try:
                 self.r.xgroup_create(stream, AGGREGATOR_GROUP, id="0", mkstream=True)
             except redis.ResponseError as exc:

@@ -87,7 +87,8 @@ def worker_rules(keys: Keys, region: str, rq_prefix: str = "rq") -> list[str]:
                 f"%R~{rq_prefix}:suspended", f"%R~{rq_prefix}:queues",
                 f"%R~{rq_prefix}:rl-keys"]  # fmt: skip
     append_only = [
-        f"(~{keys.update_stream(region)} ~{keys.metrics} ~{keys.rejections} -@all +xadd)",
+        f"(~{keys.update_stream(region)} ~{keys.evaluation_stream(region)} ~{keys.rejections} "
+        "-@all +xadd)",
         f"(~{keys.published(region)} -@all +hincrby)",
         f"(~{keys.retried} ~{keys.abandoned} -@all +incr +incrby)",
     ]

@@ -137,8 +137,14 @@ class Keys:
     # --- evaluation and jobs ---
     @property
     def metrics(self) -> str:
-        """Stream: per-region evaluation results of a version."""
+        """Stream: accepted evaluation results (version, region, ``m``), written only by the
+        aggregator after checking them (``shared.evaluations``); what curves and views read."""
         return self._k("metrics")
+
+    def evaluation_stream(self, region: str) -> str:
+        """Stream: evaluation results ``region``'s workers publish (``m``, ``id``, ``sig``); one
+        per region, so a region's ACL user can append to its own only."""
+        return self._k("evaluations", check_name("region", region))
 
     def inflight(self, region: str) -> str:
         """Hash: this region's train jobs the dispatcher counts as in flight -> dispatch time."""
@@ -187,6 +193,14 @@ class Keys:
     def retried(self) -> str:
         """Counter: train jobs re-queued (same id) after their worker died or failed them."""
         return self._k("retried")
+
+    def lease(self, role: str) -> str:
+        """String with a TTL: ``"<fencing token> <holder>"`` of the role's active instance."""
+        return self._k("lease", check_name("role", role))
+
+    def fence(self, role: str) -> str:
+        """Counter: the role's last fencing token (grows with every new lease holder)."""
+        return self._k("lease", check_name("role", role), "fence")
 
     def pattern(self) -> str:
         """Every fedq key of this namespace (for inspection and cleanup)."""

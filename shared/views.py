@@ -21,6 +21,7 @@ from rq.worker import Worker
 
 from shared import federation
 from shared.errors import FedqError
+from shared.evaluations import parse_accepted
 from shared.jobs import SERIALIZER, TRAIN_TASK, region_queue
 from shared.keys import Keys
 
@@ -28,14 +29,12 @@ RATE_WINDOW = 60.0  # seconds over which "updates per second" is measured
 
 
 def region_results(connection: redis.Redis, keys: Keys) -> dict[int, dict[str, dict]]:
-    """version -> region -> the evaluation record a worker published (the last one wins)."""
+    """version -> region -> the evaluation record the aggregator accepted (one per job)."""
     out: dict[int, dict[str, dict]] = {}
     for _id, fields in connection.xrange(keys.metrics):
-        try:
-            record = json.loads(fields[b"m"])
-            out.setdefault(int(record["version"]), {})[str(record["region"])] = record
-        except (KeyError, ValueError, TypeError):
-            continue  # a malformed metrics entry is skipped, not fatal to a view
+        record = parse_accepted(fields)
+        if record is not None:  # a view never trusts a stream: anything else is skipped
+            out.setdefault(record["version"], {})[record["region"]] = record
     return out
 
 

@@ -53,7 +53,9 @@ def test_worker_rules_give_read_only_models_and_nothing_of_other_regions():
     for key in ["rq:queue:acl:region:cn", "rq:wip:acl:region:cn", "rq:job:cn-t3",
                 "rq:worker:cn.host.1", K.alive("cn.host.1"), K.data_size("cn")]:  # fmt: skip
         assert _matches(rw, key), key
-    assert f"(~{K.update_stream('cn')} ~{K.metrics} ~{K.rejections} -@all +xadd)" in rules
+    assert (f"(~{K.update_stream('cn')} ~{K.evaluation_stream('cn')} ~{K.rejections} "
+            "-@all +xadd)") in rules  # fmt: skip
+    assert not _matches(rw, K.metrics) and K.metrics not in selectors  # accepted results only
 
 
 @pytest.fixture(scope="module")
@@ -95,6 +97,7 @@ def test_a_workers_user_cannot_write_the_model_or_another_regions_keys(acl_serve
         ("PUBLISH", "rq:pubsub:us.host.1", "x"), ("XDEL", K.update_stream("cn"), "0-1"),
         ("XTRIM", K.update_stream("cn"), "MAXLEN", "0"), ("DEL", K.update_stream("cn")),
         ("XADD", K.update_stream("us"), "*", "u", "x"), ("SADD", K.applied, "x"),
+        ("XADD", K.metrics, "*", "m", "x"), ("XADD", K.evaluation_stream("us"), "*", "m", "x"),
         ("HSET", K.rejected, "x", "y"), ("XADD", K.applies, "*", "a", "b"),
         ("HSET", K.published("cn"), "x", "5"), ("HINCRBY", K.published("us"), "x", "1"),
         ("HSET", K.issued, "cn-t1", "{}"), ("HSET", K.applied_jobs, "cn-t1", "x"),

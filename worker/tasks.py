@@ -7,7 +7,6 @@ from its base version, msgpack) on its region's update stream; ``evaluate`` publ
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from typing import Any
@@ -18,6 +17,7 @@ from rq import get_current_job
 from shared.aggregation import subtract
 from shared.auth import sign
 from shared.codec import Update, UpdateHeader, encode_update
+from shared.evaluations import VALIDATION_METRICS, encode_result
 from shared.jobs import JobSpec, new_update_id
 from shared.privacy import privatize
 from shared.resilience import Outage, retry_redis
@@ -104,16 +104,21 @@ def evaluate(spec: dict[str, Any]) -> dict[str, Any]:
     scorer = ModelScorer(model)
     test = evaluate_region(scorer, ctx.data, "test", seed=job.seed)
     validation = evaluate_region(scorer, ctx.data, "validation", negatives=0, seed=job.seed)
+    job_id = _job_id()
     record = {
         "version": job.version,
         "region": ctx.region,
+        "job_id": job_id,
         "test": test,
-        "validation": {k: validation[k] for k in ("users", "hr@10", "ndcg@10")},
+        "validation": {k: validation[k] for k in VALIDATION_METRICS},
         "at": time.time(),
     }
-    fields = {"version": job.version, "region": ctx.region, "m": json.dumps(record)}
-    _publish(ctx, lambda: ctx.connection.xadd(ctx.keys.metrics, fields, maxlen=100_000,
-                                              approximate=True))  # fmt: skip
+    payload = encode_result(record)
+    fields = {"m": payload, "id": new_update_id(job_id), "region": ctx.region}
+    if ctx.signing_key is not None:
+        fields["sig"] = sign(ctx.signing_key, payload)
+    _publish(ctx, lambda: ctx.connection.xadd(ctx.keys.evaluation_stream(ctx.region), fields,
+                                              maxlen=100_000, approximate=True))  # fmt: skip
     return {"version": job.version, "region": ctx.region, "hr@10": test["hr@10"]}
 
 
