@@ -33,6 +33,7 @@ from shared.faults import crash_point
 from shared.federation import Federation
 from shared.jobs import issued_jobs, job_of, job_region, parse_issued
 from shared.keys import AGGREGATOR_GROUP, Keys
+from shared.lease import FencedBatch, Lease, LostLease
 from shared.store import ModelStore
 
 Weights = dict[str, np.ndarray]
@@ -46,7 +47,12 @@ READ_COUNT = 16
 # this aggregator's own with an expiry: a crash between the two leaves nothing a restarted
 # aggregator could mistake for the new version.
 COMMIT_SCRIPT = """
-local version, info, applied, applies, old, staged, model, applied_jobs = unpack(KEYS)
+local version, info, applied, applies, old, staged, model, applied_jobs, lease = unpack(KEYS)
+local holder = ARGV[#ARGV]  -- this aggregator's lease value ('' when it runs without one)
+if holder ~= '' and redis.call('GET', lease) ~= holder then
+  redis.call('DEL', staged)
+  return -1
+end
 if tonumber(redis.call('GET', version)) ~= tonumber(ARGV[1]) then
   redis.call('DEL', staged)
   return 0
@@ -80,7 +86,7 @@ MAX_UPDATE_BYTES = 64 * 1024 * 1024
 MAX_HANDLINGS = 3  # times a process may die handling one entry before it is rejected unread
 
 
-class StaleWriter(RuntimeError):
+class StaleWriter(LostLease):
     """Another aggregator wrote the model: this one's view is out of date (never the entry's
     fault, so it is not turned into a rejection)."""
 
@@ -121,8 +127,10 @@ class Aggregator:
         fed: Federation,
         consumer: str = "aggregator",
         region_keys: dict[str, bytes] | None = None,
+        lease: Lease | None = None,
     ) -> None:
         self.r = connection
+        self.lease = lease  # every write is fenced by it (None: a lone aggregator, tests)
         self.keys = keys
         self.fed = fed
         self.consumer = consumer
@@ -213,6 +221,10 @@ class Aggregator:
             found += [(entry_ref(stream, e), f) for e, f in claimed if f]
             if cursor in (b"0-0", "0-0"):
                 break
+        for c in self.r.xinfo_consumers(stream, AGGREGATOR_GROUP):  # dead instances' names
+            name = c["name"].decode() if isinstance(c["name"], bytes) else c["name"]
+            if name != self.consumer and not c["pending"]:
+                self.r.xgroup_delconsumer(stream, AGGREGATOR_GROUP, name)
         return found
 
     def tick(self) -> None:
@@ -340,15 +352,9 @@ class Aggregator:
             result = check_result(payload, region, job_id, int(issued.get("version")))
         except (BadResult, TypeError, ValueError) as exc:
             return refuse(RejectReason.MALFORMED, f"evaluation result: {exc}")
-        stream, stream_id = split_ref(entry_id)
-        with self.r.pipeline(transaction=True) as pipe:
-            pipe.xadd(self.keys.metrics, {"version": result["version"], "region": region,
-                                          "m": encode_result(result)},
-                      maxlen=100_000, approximate=True)  # fmt: skip
-            pipe.hset(self.keys.applied_jobs, job_id, raw_id)
-            pipe.xack(stream, AGGREGATOR_GROUP, stream_id)
-            pipe.xdel(stream, stream_id)
-            pipe.execute()
+        accepted = {"version": result["version"], "region": region, "m": encode_result(result)}
+        batch = FencedBatch().add(*_xadd(self.keys.metrics, accepted, maxlen=100_000))
+        self._settle_entry(batch.add("HSET", self.keys.applied_jobs, job_id, raw_id), entry_id)
         self._remember([job_id])
         self.counters.results += 1
 
@@ -438,14 +444,18 @@ class Aggregator:
                 keys=[self.keys.version, self.keys.model_info(new_version), self.keys.applied,
                       self.keys.applies,
                       self.keys.model(old) if old >= 0 else self.keys.model(-1),
-                      staged, self.keys.model(new_version), self.keys.applied_jobs],
+                      staged, self.keys.model(new_version), self.keys.applied_jobs,
+                      self.keys.lease("aggregator")],
                 args=[self.version, new_version, AGGREGATOR_GROUP, 1 if old >= 0 else 0,
                       len(ids), *ids, *jobs, len(entries), *entries,
-                      len(info), *_flat(info), len(applies), *_flat(applies)],
+                      len(info), *_flat(info), len(applies), *_flat(applies),
+                      self._lease_value()],
                 client=pipe,
             )  # fmt: skip
             _, done = pipe.execute()
         crash_point("aggregator.after_commit")
+        if done == -1:
+            raise StaleWriter("this aggregator lost its lease: another one is active")
         if not done:
             current = self.r.get(self.keys.version)
             raise StaleWriter(
@@ -479,38 +489,44 @@ class Aggregator:
         an authentic update of its job, with the id it ``claimed`` beside it)."""
         if claimed is not None:
             extra = {**(extra or {}), "claimed": claimed}
-        with self.r.pipeline(transaction=True) as pipe:
-            pipe.hset(self.keys.rejected, update_id, reason.value)
-            pipe.xadd(
-                self.keys.rejections,
-                {"id": update_id, "reason": reason.value, "detail": detail[:500],
-                 "version": str(self.version), "at": f"{time.time():.3f}", **(extra or {})},
-                maxlen=1_000_000,
-                approximate=True,
-            )  # fmt: skip
-            stream, stream_id = split_ref(entry_id)
-            pipe.xack(stream, AGGREGATOR_GROUP, stream_id)
-            pipe.xdel(stream, stream_id)
-            pipe.execute()
+        fields = {
+            "id": update_id,
+            "reason": reason.value,
+            "detail": detail[:500],
+            "version": str(self.version),
+            "at": f"{time.time():.3f}",
+            **(extra or {}),
+        }
+        batch = FencedBatch().add("HSET", self.keys.rejected, update_id, reason.value)
+        self._settle_entry(batch.add(*_xadd(self.keys.rejections, fields)), entry_id)
         self.counters.rejected += 1
         self.counters.by_reason[reason.value] = self.counters.by_reason.get(reason.value, 0) + 1
 
     def _drop_duplicate(self, entry_id: str, update_id: str) -> None:
-        with self.r.pipeline(transaction=True) as pipe:
-            pipe.hincrby(self.keys.duplicates, update_id, 1)
-            if self.region_keys is not None:  # signed federation: say so where operators look
-                pipe.xadd(
-                    self.keys.rejections,
-                    {"id": update_id, "reason": RejectReason.REPLAYED.value,
-                     "detail": "a copy of an update already settled: dropped",
-                     "version": str(self.version), "at": f"{time.time():.3f}"},
-                    maxlen=1_000_000, approximate=True,
-                )  # fmt: skip
-            stream, stream_id = split_ref(entry_id)
-            pipe.xack(stream, AGGREGATOR_GROUP, stream_id)
-            pipe.xdel(stream, stream_id)
-            pipe.execute()
+        batch = FencedBatch().add("HINCRBY", self.keys.duplicates, update_id, 1)
+        if self.region_keys is not None:  # signed federation: say so where operators look
+            batch.add(*_xadd(self.keys.rejections, {
+                "id": update_id, "reason": RejectReason.REPLAYED.value,
+                "detail": "a copy of an update already settled: dropped",
+                "version": str(self.version), "at": f"{time.time():.3f}"}))  # fmt: skip
+        self._settle_entry(batch, entry_id)
         self.counters.duplicates += 1
+
+    def _lease_value(self) -> str:
+        """What the commit script compares the lease with ('' for a lone aggregator)."""
+        if self.lease is None:
+            return ""
+        if self.lease.value is None:
+            raise StaleWriter("this aggregator lost its lease: another one is active")
+        return self.lease.value
+
+    def _settle_entry(self, batch: FencedBatch, entry_id: str) -> None:
+        """The outcome's writes, the entry's acknowledgement and deletion: one atomic step, and
+        only while this aggregator holds the lease (a paused ex-active writes nothing)."""
+        stream, stream_id = split_ref(entry_id)
+        batch.add("XACK", stream, AGGREGATOR_GROUP, stream_id).add("XDEL", stream, stream_id)
+        if not batch.execute(self.r, self.lease):
+            raise StaleWriter("this aggregator lost its lease: another one is active")
 
     # --- helpers ---
 
@@ -611,6 +627,11 @@ def _norm_bound(s, n_params: int) -> float:
         return s.max_update_norm
     sd = s.dp_noise * s.dp_clip
     return max(s.max_update_norm, s.dp_clip + sd * (math.sqrt(n_params) + 4))
+
+
+def _xadd(stream: str, fields: dict, maxlen: int = 1_000_000) -> tuple:
+    """An XADD command's words (capped, approximately, like redis-py's ``maxlen``)."""
+    return ("XADD", stream, "MAXLEN", "~", maxlen, "*", *_flat(fields))
 
 
 def _flat(mapping: dict) -> list:

@@ -69,11 +69,11 @@ def coordinator(data_dir: Path, settings, wait: float, redis_url: str | None,
 
 
 @click.command()
-@click.option("--consumer", default="aggregator", show_default=True,
-              help="Consumer name in the update streams' group.")  # fmt: skip
+@click.option("--consumer", default=None,
+              help="Consumer name in the streams' group [default: one per process].")  # fmt: skip
 @wait_option
 @redis_options
-def aggregator(consumer: str, wait: float, redis_url: str | None, namespace: str) -> None:
+def aggregator(consumer: str | None, wait: float, redis_url: str | None, namespace: str) -> None:
     """Consume updates and apply them to the global model (the model's only writer)."""
     from coordinator import service
     from shared import federation

@@ -27,11 +27,12 @@ from shared.jobs import (
     EVALUATE_TASK,
     TRAIN_TASK,
     JobSpec,
+    issued_command,
     new_job_id,
-    record_issued,
     region_queue,
 )
 from shared.keys import Keys
+from shared.lease import FencedBatch, Lease, LostLease
 from shared.store import ModelStore
 from shared.views import waiting_updates
 
@@ -48,8 +49,10 @@ class Dispatcher:
         keys: Keys,
         fed: Federation,
         clock: Callable[[], float] = time.time,
+        lease: Lease | None = None,
     ) -> None:
         self.r = connection
+        self.lease = lease  # what every job's bookkeeping is fenced by (None: a lone dispatcher)
         self.keys = keys
         self.fed = fed
         self.s = fed.settings
@@ -213,11 +216,10 @@ class Dispatcher:
         spec = self._sign(spec, job_id)
         # counted in flight (and issued) before it is queued: a dispatcher killed in between
         # leaves an id with no job, which the next reconcile drops, never a job beyond the bound
-        with self.r.pipeline(transaction=True) as pipe:
-            record_issued(pipe, self.keys, job_id, spec)
-            pipe.hset(self.keys.inflight(region), job_id, f"{self.clock():.3f}")
-            pipe.hincrby(self.keys.dispatched_by_region, region, 1)
-            pipe.execute()
+        # (fenced: a paused ex-active coordinator enqueues nothing once a standby took over)
+        batch = FencedBatch().add(*issued_command(self.keys, job_id, spec))
+        batch.add("HSET", self.keys.inflight(region), job_id, f"{self.clock():.3f}")
+        self._fenced(batch.add("HINCRBY", self.keys.dispatched_by_region, region, 1))
         self.queues[region].enqueue(
             TRAIN_TASK,
             spec.to_json(),
@@ -266,18 +268,13 @@ class Dispatcher:
         self._start_round(number + 1, version, now)
 
     def _start_round(self, number: int, version: int, now: float) -> None:
+        batch = FencedBatch()
         for region in self.fed.regions:
-            self.r.delete(self.keys.inflight(region))
-        self.r.hset(
-            self.keys.round,
-            mapping={
-                "number": number,
-                "base_version": version,
-                "started": f"{now:.3f}",
-                "deadline": f"{now + self.s.round_deadline:.3f}",
-                "regions": json.dumps(list(self.fed.regions)),
-            },
-        )
+            batch.add("DEL", self.keys.inflight(region))
+        batch.add("HSET", self.keys.round, "number", number, "base_version", version,
+                  "started", f"{now:.3f}", "deadline", f"{now + self.s.round_deadline:.3f}",
+                  "regions", json.dumps(list(self.fed.regions)))  # fmt: skip
+        self._fenced(batch)
         jobs = {region: self._enqueue_train(region, number) for region in self.fed.regions}
         self.r.hset(self.keys.round, "jobs", json.dumps(jobs))
 
@@ -304,7 +301,7 @@ class Dispatcher:
             spec = JobSpec(kind="evaluate", region=region, seed=self.s.seed, version=version,
                            issued_at=self.clock())  # fmt: skip
             spec = self._sign(spec, job_id)
-            record_issued(self.r, self.keys, job_id, spec)
+            self._fenced(FencedBatch().add(*issued_command(self.keys, job_id, spec)))
             self.queues[region].enqueue(
                 EVALUATE_TASK,
                 spec.to_json(),
@@ -315,6 +312,10 @@ class Dispatcher:
                 failure_ttl=FAILURE_TTL,
                 at_front=True,
             )
+
+    def _fenced(self, batch: FencedBatch) -> None:
+        if not batch.execute(self.r, self.lease):
+            raise LostLease("this coordinator lost its lease: another one is active")
 
     def _sign(self, spec: JobSpec, job_id: str) -> JobSpec:
         if self.region_keys is None:

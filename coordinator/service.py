@@ -18,6 +18,7 @@ from coordinator.dispatcher import Dispatcher
 from shared import federation
 from shared.federation import Federation
 from shared.keys import Keys
+from shared.lease import Lease, LostLease
 from shared.resilience import REDIS_DOWN, Outage
 from shared.settings import FederationSettings
 from shared.store import ModelStore
@@ -64,13 +65,28 @@ def coordinate(
 ) -> str | None:
     """Dispatch until a target is reached (returns its reason) or ``should_stop``.
 
-    A Redis outage pauses it (backoff, one line per interval); all its state is in Redis, so
-    it picks up where it was, and a half-done dispatch is tidied by the next reconcile.
+    Only the holder of the coordinator lease dispatches; another instance stands by and takes
+    over when the active one dies. A Redis outage pauses it (backoff, one line per interval);
+    all its state is in Redis, so it picks up where it was, and a half-done dispatch is tidied
+    by the next reconcile.
     """
-    dispatcher = Dispatcher(connection, keys, fed)
+    lease = Lease(connection, keys, "coordinator")
+    dispatcher = Dispatcher(connection, keys, fed, lease=lease)
     outage = Outage(say, "coordinator")
+    try:
+        return _coordinate(dispatcher, lease, should_stop, interval, final_evaluation, say,
+                           outage)  # fmt: skip
+    finally:
+        lease.release()
+
+
+def _coordinate(dispatcher, lease, should_stop, interval, final_evaluation, say, outage):
+    connection, keys = dispatcher.r, dispatcher.keys
     while not should_stop():
         try:
+            if lease.value is None and not lease.hold(should_stop, say):
+                return None
+            lease.check()
             reason = dispatcher.tick()
             if reason:
                 dispatcher.drain(should_stop)
@@ -80,6 +96,11 @@ def coordinate(
                         dispatcher.schedule_evaluation(version)
                 return reason
             outage.recovered()
+        except LostLease as exc:
+            if say is not None:
+                say(f"coordinator: {exc}; standing by")
+            lease.value = None
+            continue
         except REDIS_DOWN as exc:
             time.sleep(outage.failed(exc))
             continue
@@ -92,26 +113,41 @@ def aggregate(
     keys: Keys,
     fed: Federation,
     should_stop: Callable[[], bool],
-    consumer: str = "aggregator",
+    consumer: str | None = None,
     say: Callable[[str], None] | None = None,
 ) -> Counters:
     """Aggregate until ``should_stop``; after a Redis outage, start over from what Redis holds.
 
+    Only the holder of the aggregator lease aggregates, and every write it makes is fenced by
+    the lease; another instance stands by and takes over (claiming what the dead one had read)
+    when the active one dies, and an instance that finds its lease gone stands by again.
     Starting over is the crash-restart path: the model and version are re-read (a commit whose
     reply was lost is not applied again) and the updates it had read but not settled are still
     pending in the stream, so ``recover`` reads them again.
     """
     totals = Counters()
     outage = Outage(say, "aggregator")
-    while not should_stop():
-        aggregator = None
-        try:
-            aggregator = Aggregator(connection, keys, fed, consumer)
-            outage.recovered()
-            aggregator.run(should_stop)
-        except REDIS_DOWN as exc:
-            time.sleep(outage.failed(exc))
-        finally:
-            if aggregator is not None:
-                totals.add(aggregator.counters)
+    lease = Lease(connection, keys, "aggregator")
+    consumer = consumer or lease.holder
+    try:
+        while not should_stop():
+            aggregator = None
+            try:
+                if lease.value is None and not lease.hold(should_stop, say):
+                    break
+                aggregator = Aggregator(connection, keys, fed, consumer, lease=lease)
+                outage.recovered()
+                aggregator.run(lambda: should_stop() or lease.lost.is_set())
+                lease.check()
+            except LostLease as exc:
+                if say is not None:
+                    say(f"aggregator: {exc}; standing by")
+                lease.value = None
+            except REDIS_DOWN as exc:
+                time.sleep(outage.failed(exc))
+            finally:
+                if aggregator is not None:
+                    totals.add(aggregator.counters)
+    finally:
+        lease.release()
     return totals

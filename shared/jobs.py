@@ -96,13 +96,18 @@ def job_of(update_id: str) -> str:
     return update_id.rpartition(".")[0]
 
 
+def issued_command(keys: Keys, job_id: str, spec: JobSpec) -> tuple[str, str, str, str]:
+    """The write that records what the coordinator issued, for the aggregator (which may not
+    read RQ's job keys): ``HSET <ns>:issued <job id> <kind, region, version, round>``."""
+    record = {"kind": spec.kind, "region": spec.region, "version": spec.version,
+              "round": spec.round}  # fmt: skip
+    return ("HSET", keys.issued, job_id, json.dumps(record))
+
+
 def record_issued(
     pipe: redis.client.Pipeline | redis.Redis, keys: Keys, job_id: str, spec: JobSpec
 ) -> None:
-    """What the coordinator issued, for the aggregator (which may not read RQ's job keys)."""
-    record = {"kind": spec.kind, "region": spec.region, "version": spec.version,
-              "round": spec.round}  # fmt: skip
-    pipe.hset(keys.issued, job_id, json.dumps(record))
+    pipe.execute_command(*issued_command(keys, job_id, spec))
 
 
 def issued_jobs(pipe: redis.client.Pipeline, keys: Keys, job_ids: list[str]) -> None:
