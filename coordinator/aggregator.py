@@ -47,7 +47,8 @@ READ_COUNT = 16
 # this aggregator's own with an expiry: a crash between the two leaves nothing a restarted
 # aggregator could mistake for the new version.
 COMMIT_SCRIPT = """
-local version, info, applied, applies, old, staged, model, applied_jobs, lease = unpack(KEYS)
+local version, info, applied, applies, old, staged, model, applied_jobs, lease, pinned =
+  unpack(KEYS)
 local holder = ARGV[#ARGV]  -- this aggregator's lease value ('' when it runs without one)
 if holder ~= '' and redis.call('GET', lease) ~= holder then
   redis.call('DEL', staged)
@@ -72,7 +73,10 @@ i = i + 1; local n_info = tonumber(ARGV[i]); local info_pairs = take(2 * n_info)
 i = i + 1; local n_applies = tonumber(ARGV[i]); local applies_pairs = take(2 * n_applies)
 redis.call('HSET', info, unpack(info_pairs))
 redis.call('SET', version, ARGV[2])
-if ARGV[4] == '1' then redis.call('DEL', old) end
+-- the version leaving the window goes, unless an evaluation scheduled for it is not done yet
+if tonumber(ARGV[4]) >= 0 and redis.call('HEXISTS', pinned, ARGV[4]) == 0 then
+  redis.call('DEL', old)
+end
 redis.call('SADD', applied, unpack(ids))
 for k = 1, n_ids do redis.call('HSET', applied_jobs, jobs[k], ids[k]) end  -- one attempt a job
 for k = 1, n_entries, 2 do  -- (stream, entry id) pairs: one batch may span regions
@@ -445,8 +449,8 @@ class Aggregator:
                       self.keys.applies,
                       self.keys.model(old) if old >= 0 else self.keys.model(-1),
                       staged, self.keys.model(new_version), self.keys.applied_jobs,
-                      self.keys.lease("aggregator")],
-                args=[self.version, new_version, AGGREGATOR_GROUP, 1 if old >= 0 else 0,
+                      self.keys.lease("aggregator"), self.keys.pinned],
+                args=[self.version, new_version, AGGREGATOR_GROUP, old if old >= 0 else -1,
                       len(ids), *ids, *jobs, len(entries), *entries,
                       len(info), *_flat(info), len(applies), *_flat(applies),
                       self._lease_value()],

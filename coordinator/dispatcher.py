@@ -39,6 +39,7 @@ from shared.views import waiting_updates
 FINAL_STATES = {b"finished", b"failed", b"stopped", b"canceled"}
 ROUND_GRACE = 2.0  # seconds after a round's deadline the aggregator gets to close it
 RESULT_TTL = 3600
+PIN_CHECK = 1.0  # seconds between looks at pinned versions' evaluation jobs
 FAILURE_TTL = 86_400
 
 
@@ -60,6 +61,7 @@ class Dispatcher:
         self.store = ModelStore(connection, keys, window=fed.settings.max_staleness + 1)
         self.queues = {r: region_queue(connection, keys, r) for r in fed.regions}
         self._swept_at = 0.0
+        self._unpinned_at = 0.0
         self._seen_started: set[str] = set()  # in-flight jobs seen running at least once
         self.region_keys = (
             auth.load_keys(auth.key_dir(keys.namespace), fed.regions)
@@ -83,6 +85,9 @@ class Dispatcher:
         else:
             self._async()
         self._evaluations(version)
+        if self.clock() - self._unpinned_at >= PIN_CHECK:
+            self._release_pins()
+            self._unpinned_at = self.clock()
         if self.clock() - self._swept_at >= self.s.worker_ttl:
             sweep_dead_workers(self.r, self.keys, list(self.queues.values()))
             self._swept_at = self.clock()
@@ -294,15 +299,21 @@ class Dispatcher:
             self.schedule_evaluation(due)
 
     def schedule_evaluation(self, version: int) -> None:
-        """One evaluate job per region for ``version``, ahead of queued train jobs."""
+        """One evaluate job per region for ``version``, ahead of queued train jobs; the version
+        is pinned (its blob outlives the window) until every one of them is done."""
         self.r.sadd(self.keys.evaluated, version)
+        specs = {}
         for region in self.fed.regions:
             job_id = new_job_id(region, f"e{version}")
             spec = JobSpec(kind="evaluate", region=region, seed=self.s.seed, version=version,
                            issued_at=self.clock())  # fmt: skip
-            spec = self._sign(spec, job_id)
-            self._fenced(FencedBatch().add(*issued_command(self.keys, job_id, spec)))
-            self.queues[region].enqueue(
+            specs[job_id] = self._sign(spec, job_id)
+        batch = FencedBatch().add("HSET", self.keys.pinned, version, json.dumps(list(specs)))
+        for job_id, spec in specs.items():
+            batch.add(*issued_command(self.keys, job_id, spec))
+        self._fenced(batch)
+        for job_id, spec in specs.items():
+            self.queues[spec.region].enqueue(
                 EVALUATE_TASK,
                 spec.to_json(),
                 job_id=job_id,
@@ -312,6 +323,17 @@ class Dispatcher:
                 failure_ttl=FAILURE_TTL,
                 at_front=True,
             )
+
+    def _release_pins(self) -> None:
+        """Unpin every version whose evaluation jobs all ended (finished, failed, expired)."""
+        pins = {int(v): json.loads(ids) for v, ids in self.r.hgetall(self.keys.pinned).items()}
+        for version, job_ids in pins.items():
+            with self.r.pipeline(transaction=False) as pipe:
+                for job_id in job_ids:
+                    pipe.hget(Job.key_for(job_id), "status")
+                states = pipe.execute()
+            if all(state is None or state in FINAL_STATES for state in states):
+                self.store.unpin(version)
 
     def _fenced(self, batch: FencedBatch) -> None:
         if not batch.execute(self.r, self.lease):

@@ -130,6 +130,12 @@ class Keys:
         return self._k("applies")
 
     @property
+    def pinned(self) -> str:
+        """Hash: version -> its scheduled evaluation jobs (JSON list): the version's blob is kept
+        past the window until they are done."""
+        return self._k("pinned")
+
+    @property
     def evaluated(self) -> str:
         """Set: versions whose federated evaluation the dispatcher has scheduled."""
         return self._k("evaluated")

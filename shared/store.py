@@ -3,7 +3,8 @@
 A version's blob never changes once written (``SET NX``); the version counter moves by one per
 commit; the blobs of the last ``window`` versions are kept so an update trained on a recent base
 can still be mixed, and older ones are deleted in the same atomic step that adds a new one (the
-aggregator's commit script, which also records the applied ids and acknowledges them).
+aggregator's commit script, which also records the applied ids and acknowledges them) unless
+the version is pinned: an evaluation scheduled for it is not done yet (``unpin`` then drops it).
 """
 
 from __future__ import annotations
@@ -55,6 +56,12 @@ class ModelStore:
         raw = self.r.hgetall(self.keys.model_info(version))
         return {k.decode(): v.decode() for k, v in raw.items()}
 
+    def unpin(self, version: int) -> None:
+        """Its evaluations are done: drop the pin, and the blob if it left the window meanwhile
+        (the commit that moved it out kept it for the pin)."""
+        self.r.eval(_UNPIN, 3, self.keys.pinned, self.keys.version, self.keys.model(version),
+                    version, self.window)  # fmt: skip
+
     def initialise(self, weights: Mapping[str, np.ndarray], info: dict[str, Any]) -> bool:
         """Write version 0 unless a model exists; True if this call wrote it."""
         blob = encode_model(Model(0, dict(weights), {}))
@@ -73,6 +80,14 @@ class ModelStore:
                     return True
                 except redis.WatchError:
                     continue
+
+
+_UNPIN = """
+redis.call('HDEL', KEYS[1], ARGV[1])
+local current = tonumber(redis.call('GET', KEYS[2]) or '-1')
+if tonumber(ARGV[1]) <= current - tonumber(ARGV[2]) then redis.call('DEL', KEYS[3]) end
+return 1
+"""
 
 
 def _info(info: dict[str, Any]) -> dict[str, str]:
