@@ -241,15 +241,24 @@ class Attack:
         self.entries["metrics"] += len(results)
 
     def _pause(self, roles: list[Role]) -> None:
+        """Another region's worker stops mid-job (a long GC, a frozen VM): its job is re-run
+        elsewhere, and its own copy arrives stale when it wakes up."""
         workers = [r for r in roles if r.kind == "worker" and not r.name.startswith(
             f"worker-{HOSTILE}-") and all(r is not p for _, p in self.paused)]  # fmt: skip
+        busy = set()  # pids of workers running a job now (worker names end in the pid)
+        for region in self._regions():
+            for job_id in self.admin.hkeys(self.keys.inflight(region)):
+                name = self.admin.hget(Job.key_for(job_id.decode()), "worker_name")
+                if name:
+                    busy.add(int(name.decode().rsplit(".", 1)[1]))
+        workers = [r for r in workers if r.process.pid in busy] or workers
         if workers:
             victim = self.rng.choice(workers)
             os.kill(victim.process.pid, signal.SIGSTOP)
             self.paused.append((time.monotonic() + PAUSE_SECONDS, victim))
 
     def _kill(self, roles: list[Role]) -> None:
-        role = self.rng.choice(["aggregator", "coordinator"])
+        role = ("aggregator", "coordinator")[self.injected["kill"] % 2]  # each in turn
         holder = self.admin.get(self.keys.lease(role))
         pid = int(holder.decode().split(":")[1]) if holder else None
         victim = next((r for r in roles if r.process.pid == pid), None)
