@@ -24,7 +24,7 @@ FEDQ = [sys.executable, "-m", "shared"]
 
 
 def _run(name: str, data: Path, versions: int, extra: list[str], env: dict) -> dict:
-    out = Path(tempfile.mkdtemp(prefix=f"fedq-{name}-"))
+    out = Path(tempfile.mkdtemp(prefix=f"fedq-{name.replace(' ', '-')}-"))
     cmd = [*FEDQ, "run", "--data", str(data), "--no-baselines", "--target-versions",
            str(versions), "--out", str(out), *extra]  # fmt: skip
     print(f"{name}: {' '.join(cmd[2:])}", flush=True)

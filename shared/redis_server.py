@@ -132,24 +132,24 @@ class RedisServer:
             f"port {0 if self.tls else self.port}",
             "bind 127.0.0.1",
             "protected-mode yes",
-            f"dir {self.directory.resolve()}",
+            f"dir {_quoted(self.directory.resolve())}",
             "appendonly yes",
             "appendfsync everysec",
             'save ""',
             "daemonize no",
-            f"logfile {(self.directory / 'redis.log').resolve()}",
+            f"logfile {_quoted((self.directory / 'redis.log').resolve())}",
             "databases 16",
         ]
         if self.password:
             lines.append(f"requirepass {self.password}")
         if self.acl_file:
-            lines.append(f"aclfile {Path(self.acl_file).resolve()}")
+            lines.append(f"aclfile {_quoted(Path(self.acl_file).resolve())}")
         if self.tls:
             lines += [
                 f"tls-port {self.port}",
-                f"tls-cert-file {self.tls.cert.resolve()}",
-                f"tls-key-file {self.tls.key.resolve()}",
-                f"tls-ca-cert-file {self.tls.ca.resolve()}",
+                f"tls-cert-file {_quoted(self.tls.cert.resolve())}",
+                f"tls-key-file {_quoted(self.tls.key.resolve())}",
+                f"tls-ca-cert-file {_quoted(self.tls.ca.resolve())}",
                 "tls-auth-clients no",
             ]
         path = self.directory / "redis.conf"
@@ -211,6 +211,11 @@ class RedisServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _quoted(path: Path) -> str:
+    """A path as a config-file string: quoted, so a directory with spaces works."""
+    return '"' + str(path).replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 # --- the shared embedded server of a FEDQ_HOME directory ---

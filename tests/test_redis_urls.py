@@ -90,3 +90,12 @@ def test_no_server_is_one_line_naming_the_url_without_its_password(scheme):
         line for line in out.stderr.strip().splitlines() if line.startswith("Error: cannot reach")
     ]
     assert PASSWORD not in out.stderr and f"{scheme}://***@127.0.0.1" in out.stderr
+
+
+def test_the_embedded_server_runs_in_a_directory_with_spaces_and_quotes(tmp_path):
+    server = RedisServer(tmp_path / 'run dir "one"' / "redis").start()
+    try:
+        assert server.client().ping()
+        assert (tmp_path / 'run dir "one"' / "redis" / "redis.log").exists()
+    finally:
+        server.stop()
