@@ -312,14 +312,14 @@ class Aggregator:
         if record.applied or self.strategy.holds(h.job_id) or h.job_id in self._recent:
             self._drop_duplicate(entry_id, raw_id)
             return
-        item = Pending(entry_id, update)
-        problem = self._validate(item)
+        pending = Pending(entry_id, update)
+        problem = self._validate(pending)
         if problem:
-            self.settle(Outcome().reject(item, *problem))
+            self.settle(Outcome().reject(pending, *problem))
             return
         if self.settings.mode == "sync":
             self.tick()  # the update may belong to a round opened since the last look
-        self.settle(self.strategy.offer(item, self.version, self.weights, self._base))
+        self.settle(self.strategy.offer(pending, self.version, self.weights, self._base))
 
     def _handle_result(
         self, entry_id: str, fields: dict[bytes, bytes], known: JobRecord | None
@@ -353,7 +353,9 @@ class Aggregator:
             self._drop_duplicate(entry_id, raw_id)
             return
         try:
-            result = check_result(payload, region, job_id, int(issued.get("version")))
+            result = check_result(
+                payload, region, job_id, int(issued.get("version")), self.fed.metrics
+            )
         except (BadResult, TypeError, ValueError) as exc:
             return refuse(RejectReason.MALFORMED, f"evaluation result: {exc}")
         accepted = {"version": result["version"], "region": region, "m": encode_result(result)}
@@ -376,8 +378,8 @@ class Aggregator:
             return RejectReason.BAD_SIGNATURE, f"HMAC does not match {region!r}'s secret"
         return None
 
-    def _validate(self, item: Pending) -> tuple[RejectReason, str] | None:
-        delta = item.update.delta
+    def _validate(self, pending: Pending) -> tuple[RejectReason, str] | None:
+        delta = pending.update.delta
         if delta.keys() != self.weights.keys():
             missing = sorted(set(self.weights) - set(delta))
             extra = sorted(set(delta) - set(self.weights))
@@ -396,14 +398,14 @@ class Aggregator:
                 if self.settings.norm_action == "reject":
                     return RejectReason.NORM, f"L2 norm {norm:.4g} > bound {bound:g}"
                 delta.update(clipped)  # the update goes on at the bound's length
-                self.r.hset(self.keys.clipped, item.update_id, f"{norm:.6g}")
+                self.r.hset(self.keys.clipped, pending.update_id, f"{norm:.6g}")
         return None
 
     # --- persisting outcomes ---
 
     def settle(self, outcome: Outcome) -> None:
-        for item, reason, detail in outcome.rejected:
-            self._reject(item, reason, detail)
+        for pending, reason, detail in outcome.rejected:
+            self._reject(pending, reason, detail)
         if outcome.new_weights is not None:
             self._commit(outcome)
 
@@ -475,10 +477,10 @@ class Aggregator:
         self.counters.versions += 1
         self._remember(jobs)
 
-    def _reject(self, item: Pending, reason: RejectReason, detail: str) -> None:
-        h = item.update.header
+    def _reject(self, pending: Pending, reason: RejectReason, detail: str) -> None:
+        h = pending.update.header
         extra = {"region": h.region, "base_version": str(h.base_version), "worker": h.worker_id}
-        self._reject_raw(item.entry_id, item.update_id, reason, detail, extra)
+        self._reject_raw(pending.entry_id, pending.update_id, reason, detail, extra)
 
     def _reject_raw(
         self,

@@ -1,48 +1,35 @@
-"""Baselines from the same task code: popularity, local-only, centralized.
+"""Baselines from the same task code: local-only, centralized, and a task's own references.
 
-- popularity: items ranked by their interaction count over every region's training data;
 - local: each region trains its own model on its own data only (what a silo can do alone);
-- centralized: one model on all regions' pooled data, the upper bound a federation approaches.
-Model baselines keep the epoch with the best validation HR@10 (full ranking) and stop after
-``patience`` epochs without improvement, so local and centralized get the same model selection.
-The epoch cap differs because an epoch does: a small region's epoch is a few dozen steps, the
-pooled data's is hundreds, so local models may take up to 40 epochs and the centralized one 8
-(where it has flattened out, and which keeps it within its time goal).
+- centralized: one model on all regions' pooled data, the upper bound a federation approaches;
+- a task's references (the recommender's popularity ranking) need no training.
+Both model baselines train with the task's own ``train`` (one call per epoch over the whole
+data, the optimizer state carried), keep the epoch with the best validation headline and stop
+after the task's ``patience`` epochs without improvement, so local and centralized get the same
+model selection. The epoch caps are the task's: an epoch of a small region is far shorter than
+one of the pooled data.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from shared.task.evaluate import (
-    Metrics,
-    ModelScorer,
-    PopularityScorer,
-    evaluate_region,
-    overall,
-    popularity_counts,
-)
-from shared.task.local_data import RegionData, load_region, load_shared
-from shared.task.model import Recommender, build, load_numpy_state, state_to_numpy
-from shared.task.sequences import Examples
-from shared.task.train import StateDict, TrainConfig, Trainer
+from tasks.api import Metrics, Step, Task, TaskError, Weights
 
-MODES = ("popularity", "local", "centralized")
+MODEL_MODES = ("local", "centralized")
 Progress = Callable[[str], None]
-
-
-DEFAULT_MAX_EPOCHS = {"local": 40, "centralized": 8}
 
 
 @dataclass(frozen=True)
 class FitSettings:
-    train: TrainConfig = TrainConfig()
-    max_epochs: int | None = None  # None: the mode's default cap
-    patience: int = 2
-    init_seed: int = 0
+    settings: dict[str, Any] | None = None  # the task's settings (None: its defaults)
+    max_epochs: int | None = None  # None: the task's cap for the mode
+    seed: int = 0
+    threads: int = 1
 
 
 @dataclass(frozen=True)
@@ -65,84 +52,77 @@ class BaselineReport:
         }
 
 
+def modes(task: Task) -> tuple[str, ...]:
+    return (*MODEL_MODES, *getattr(task, "references", {}))
+
+
 def run_baseline(
+    task: Task,
     root: Path,
     mode: str,
-    settings: FitSettings = FitSettings(),
+    fit_settings: FitSettings = FitSettings(),
     regions: list[str] | None = None,
     say: Progress | None = None,
-    batches: Callable[[int, int], None] | None = None,
 ) -> BaselineReport:
-    """``batches(done, total)`` is called as each epoch's batches go by (a progress bar)."""
-    if mode not in MODES:
-        raise ValueError(f"unknown baseline mode {mode!r}; choose one of {', '.join(MODES)}")
+    if mode not in modes(task):
+        raise TaskError(f"unknown baseline {mode!r} for task {task.name!r}; "
+                        f"choose one of {', '.join(modes(task))}")  # fmt: skip
     say = say or (lambda _msg: None)
     started = time.perf_counter()
-    shared = load_shared(root)
-    names = list(regions or shared.meta.regions)
-    data = {r: load_region(root, r, shared) for r in names}
+    described = task.describe(root)
+    names = list(regions or described.regions)
+    data = {r: task.load_region(root, r) for r in names}
+    settings = task.settings(fit_settings.settings or {})
+    cap = (fit_settings.max_epochs or task.baselines.max_epochs[mode]) if mode in MODEL_MODES else 0
     epochs: dict[str, int] = {}
-    if mode == "popularity":
-        counts = popularity_counts(
-            (d.split.train_items() for d in data.values()), len(shared.catalogue)
+    if mode == "centralized":
+        weights, epochs["all"] = fit(
+            task, root, list(data.values()), settings, fit_settings, cap, say
         )
-        scorer = PopularityScorer(counts, shared.catalogue.launch_time)
-        per_region = {r: evaluate_region(scorer, d) for r, d in data.items()}
-    elif mode == "centralized":
-        settings = _capped(settings, mode)
-        model, epochs["all"] = fit(list(data.values()), settings, say=say, batches=batches)
-        per_region = {r: evaluate_region(ModelScorer(model), d) for r, d in data.items()}
-    else:
+        per_region = {r: task.evaluate(weights, d, settings, "test", fit_settings.seed)
+                      for r, d in data.items()}  # fmt: skip
+    elif mode == "local":
         per_region = {}
-        settings = _capped(settings, mode)
         for r, d in data.items():
-            model, epochs[r] = fit([d], settings, say=lambda m, r=r: say(f"[{r}] {m}"),
-                                   batches=batches)  # fmt: skip
-            per_region[r] = evaluate_region(ModelScorer(model), d)
-    return BaselineReport(
-        mode,
-        shared.meta.name,
-        overall(per_region),
-        per_region,
-        time.perf_counter() - started,
-        epochs,
-    )
+            weights, epochs[r] = fit(task, root, [d], settings, fit_settings, cap,
+                                     lambda m, r=r: say(f"[{r}] {m}"))  # fmt: skip
+            per_region[r] = task.evaluate(weights, d, settings, "test", fit_settings.seed)
+    else:
+        per_region = task.references[mode](data)
+    return BaselineReport(mode, described.name, task.metrics.combine(per_region), per_region,
+                          time.perf_counter() - started, epochs)  # fmt: skip
 
 
 def fit(
-    regions: list[RegionData],
-    settings: FitSettings,
+    task: Task,
+    root: Path,
+    regions: list[Any],
+    settings: dict[str, Any],
+    fit_settings: FitSettings,
+    max_epochs: int,
     say: Progress | None = None,
-    batches: Callable[[int, int], None] | None = None,
-) -> tuple[Recommender, int]:
-    """Train on the pooled training examples of ``regions``; keep the best validation epoch."""
-    shared = regions[0].shared
-    config = shared.model_config()
-    examples = Examples.concat([d.split.train for d in regions])
-    weights: StateDict = state_to_numpy(build(config, shared.features, settings.init_seed))
-    trainer = Trainer(config, shared.features, weights, settings.train)
-    best, best_hr, best_epoch, since = weights, -1.0, 0, 0
-    for epoch in range(1, (settings.max_epochs or DEFAULT_MAX_EPOCHS["centralized"]) + 1):
-        loss = trainer.run_epoch(examples, batches)
-        scorer = ModelScorer(trainer.model)
-        per = {
-            d.region: evaluate_region(scorer, d, which="validation", negatives=0) for d in regions
-        }
-        hr = overall(per)["hr@10"]
+) -> tuple[Weights, int]:
+    """Train on the pooled training data of ``regions``; keep the best validation epoch."""
+    root_seed = fit_settings.seed
+    pooled = regions[0] if len(regions) == 1 else task.pool(regions)
+    schema = task.metrics
+    weights = task.initial_weights(root, settings, root_seed)
+    best, best_value, best_epoch, since, state = weights, float("-inf"), 0, 0, None
+    for epoch in range(1, max_epochs + 1):
+        step = Step(seed=root_seed * 1_000_003 + epoch, whole_data=True,
+                    threads=fit_settings.threads)  # fmt: skip
+        trained = task.train(weights, pooled, settings, step, state)
+        weights, state = trained.weights, trained.state
+        per = {str(i): task.evaluate(weights, d, settings, "validation", root_seed)
+               for i, d in enumerate(regions)}  # fmt: skip
+        value = schema.combine(per)[schema.headline]
         if say:
-            say(f"epoch {epoch}: loss {loss:.4f}, validation HR@10 {hr:.4f}")
-        if hr > best_hr:
-            best, best_hr, best_epoch, since = trainer.weights(), hr, epoch, 0
+            say(f"epoch {epoch}: loss {trained.loss:.4f}, validation "
+                f"{schema.label(schema.headline)} {value:.4f}")  # fmt: skip
+        if value > best_value:
+            best, best_value, best_epoch, since = weights, value, epoch, 0
         else:
             since += 1
-            if since >= settings.patience:
+            if since >= task.baselines.patience:
                 break
-    model = build(config, shared.features)
-    load_numpy_state(model, best)
-    return model.eval(), best_epoch
-
-
-def _capped(settings: FitSettings, mode: str) -> FitSettings:
-    if settings.max_epochs is not None:
-        return settings
-    return replace(settings, max_epochs=DEFAULT_MAX_EPOCHS[mode])
+    return best, best_epoch

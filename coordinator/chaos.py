@@ -84,7 +84,7 @@ class Chaos:
 
     def by_kind(self) -> dict[str, int]:
         out: dict[str, int] = {}
-        for item in self.injected:
-            kind = item.role.split("-")[0]
+        for fault in self.injected:
+            kind = fault.role.split("-")[0]
             out[kind] = out.get(kind, 0) + 1
         return out

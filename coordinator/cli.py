@@ -12,57 +12,65 @@ import click
 
 from coordinator.settings_options import settings_options
 from shared.cli_options import data_option, open_redis, redis_options, wait_option
+from shared.errors import FedqError
+from shared.json_text import json_text
 
 
 @click.command()
 @click.option("--data", "root", type=click.Path(path_type=Path, exists=True, file_okay=False),
-              required=True, help="A fedq data directory.")  # fmt: skip
-@click.option("--mode", type=click.Choice(["popularity", "local", "centralized"]), required=True)
+              required=True, help="A data directory of the task.")  # fmt: skip
+@click.option("--task", "task_name", default="recommender", show_default=True,
+              help="Built-in task, module:attr or file.py:attr.")  # fmt: skip
+@click.option("--mode", required=True,
+              help="local, centralized, or one of the task's references (recommender: "
+                   "popularity).")  # fmt: skip
 @click.option("--json", "json_out", type=click.Path(path_type=Path), help="Write the report here.")
 @click.option("--epochs", type=int, default=None,
-              help="Most epochs per model [default: 8 centralized, 40 local; stops earlier "
-                   "when validation HR@10 stops improving].")  # fmt: skip
+              help="Most epochs per model [default: the task's per mode; stops earlier when the "
+                   "validation headline stops improving].")  # fmt: skip
+@click.option("--set", "task_set", multiple=True, metavar="KEY=VALUE",
+              help="One of the task's settings (repeatable).")  # fmt: skip
 @click.option("--threads", type=int, default=min(2, os.cpu_count() or 1), show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
-def baseline(
-    root: Path, mode: str, json_out: Path | None, epochs: int | None, threads: int, seed: int
-) -> None:
-    """Popularity, local-only or centralized baseline with per-region HR@10 / NDCG@10."""
+def baseline(root: Path, task_name: str, mode: str, json_out: Path | None, epochs: int | None,
+             task_set: tuple[str, ...], threads: int, seed: int) -> None:  # fmt: skip
+    """A local-only, centralized or reference baseline, per region and overall."""
     from coordinator.baselines import FitSettings, run_baseline
+    from coordinator.settings_options import parse_assignments
     from shared.report_table import print_metrics
-    from shared.task.train import TrainConfig
+    from tasks.api import load_task
 
-    settings = FitSettings(train=TrainConfig(threads=threads, seed=seed), max_epochs=epochs,
-                           init_seed=seed)  # fmt: skip
-    from shared.progress import bar
-
-    with bar(f"{mode} baseline: epoch batches") as update:
-        report = run_baseline(root, mode, settings, say=lambda msg: click.echo(msg, err=True),
-                              batches=update)  # fmt: skip
-    print_metrics(f"{mode} baseline on {report.data} ({report.seconds:.0f}s)", report.overall,
-                  report.regions)  # fmt: skip
+    task = load_task(task_name)
+    settings = FitSettings(settings=parse_assignments(task_set), max_epochs=epochs, seed=seed,
+                           threads=threads)  # fmt: skip
+    report = run_baseline(task, root, mode, settings, say=lambda msg: click.echo(msg, err=True))
+    print_metrics(f"{mode} baseline on {report.data} ({report.seconds:.0f}s)", task.metrics,
+                  report.overall, report.regions)  # fmt: skip
     if json_out:
         json_out.parent.mkdir(parents=True, exist_ok=True)
-        json_out.write_text(json.dumps(report.to_json(), indent=2) + "\n")
+        json_out.write_text(json_text(report.to_json(), indent=2) + "\n")
         click.echo(f"wrote {json_out}")
 
 
 @click.command()
-@data_option("Data directory (only meta.json and catalogue.csv are read).", required=True)
+@data_option("Data directory (only its public part is read).", required=True)
 @settings_options
 @redis_options
 @wait_option
 def coordinator(data_dir: Path, settings, wait: float, redis_url: str | None,
                 namespace: str) -> None:  # fmt: skip
     """Initialise the federation (if new) and dispatch round jobs until a target is reached."""
+    import time
+
     from coordinator import service
     from shared.cli_options import StopFlag
 
     connection, keys = open_redis(redis_url, namespace, wait, lambda m: click.echo(m, err=True),
                                   user=lambda users: users.coordinator)  # fmt: skip
+    started = time.time()
     fed = service.initialise(connection, keys, data_dir, settings)
-    if fed.settings != settings:
-        click.echo("joining the existing federation with its own settings", err=True)
+    if fed.created_at < started:
+        click.echo("joining the existing federation (its settings are in force)", err=True)
     reason = service.coordinate(connection, keys, fed, StopFlag(),
                                 say=lambda m: click.echo(m, err=True))  # fmt: skip
     click.echo(f"coordinator done: {reason}" if reason else "coordinator stopped")
@@ -145,17 +153,23 @@ def run_cmd(data_dir: Path | None, generate: bool, workers_per_region: int,
     from coordinator.report import compare_table, ensure_baselines
     from coordinator.run import RunOptions, run_federation
     from shared.progress import bar
+    from tasks.api import load_task
 
     if workers_per_region < 1:
         raise click.BadParameter("must be at least 1", param_hint="--workers-per-region")
-    data_dir = _data_set(data_dir, generate)
+    task = load_task(settings.task)
+    settings = dataclasses.replace(settings, task_settings=task.settings(settings.task_settings))
+    ctx = click.get_current_context()
+    suggested = {k: v for k, v in getattr(task, "run_defaults", {}).items() if _unset(ctx, k)}
+    settings = dataclasses.replace(settings, **suggested)  # the task's run length, unless set
+    data_dir = _data_set(task, data_dir, generate)
     if acl is None:
         acl = redis_url is None  # users can be set up only on a server of the run's own
-    if _unset(click.get_current_context(), "signed_updates"):
+    if _unset(ctx, "signed_updates"):
         settings = dataclasses.replace(settings, signed_updates=True)
     slow = _parse_slowdown(slowdown)
     if dp_epsilon is not None:
-        settings = _noise_for_epsilon(settings, data_dir, dp_epsilon)
+        settings = _noise_for_epsilon(settings, task, data_dir, dp_epsilon)
         click.echo(
             f"DP: clip {settings.dp_clip}, noise multiplier {settings.dp_noise:.3f} for "
             f"epsilon <= {dp_epsilon} (delta {settings.dp_delta}) per region",
@@ -183,7 +197,8 @@ def run_cmd(data_dir: Path | None, generate: bool, workers_per_region: int,
                 )
 
         report = run_federation(options, say, progress)
-    base = ensure_baselines(data_dir, report["data"], say) if baselines else {}
+    base = (ensure_baselines(task, data_dir, report["data"], settings.task_settings, say)
+            if baselines else {})  # fmt: skip
     report["baselines"] = {
         m: {"overall": b["overall"], "regions": b["regions"]} for m, b in base.items()
     }
@@ -207,7 +222,7 @@ def run_cmd(data_dir: Path | None, generate: bool, workers_per_region: int,
     click.echo(f"report: {out_dir / 'report.json'}, {out_dir / 'summary.md'} and plots")
 
 
-DEFAULT_DATA = Path("data")
+DEFAULT_DATA = Path("data")  # the recommender's; another built-in task's is data-<task>
 
 
 def _unset(ctx: click.Context, setting: str) -> bool:
@@ -225,46 +240,56 @@ def _unset(ctx: click.Context, setting: str) -> bool:
         return True  # the settings loader has reported it already
 
 
-def _data_set(named: Path | None, generate: bool) -> Path:
-    """The run's data directory. The built-in data set is generated only into the default
-    directory or with --generate: a mistyped path is an error, never a silent synthetic run."""
-    data_dir = named or DEFAULT_DATA
-    if (data_dir / "meta.json").exists():
-        return data_dir
-    if named is not None and not generate:
-        what = "does not exist" if not data_dir.exists() else "holds no data set (no meta.json)"
-        raise click.BadParameter(
-            f"{data_dir} {what}; pass --generate to generate the built-in data set there",
-            param_hint="--data",
-        )
-    if data_dir.exists() and any(data_dir.iterdir()):
-        raise click.BadParameter(
-            f"{data_dir} is not empty and holds no data set (no meta.json): not generating "
-            "into it", param_hint="--data")  # fmt: skip
-    from shared.task import generate as built_in
+def default_data(task) -> Path:
+    return DEFAULT_DATA if task.name == "recommender" else Path(f"data-{task.name}")
 
-    click.echo(f"{data_dir} has no data set: generating the built-in one (seed 0)", err=True)
-    built_in.write(built_in.generate(seed=0, scale="default"), data_dir)
+
+def _data_set(task, named: Path | None, generate: bool) -> Path:
+    """The run's data directory. A task's generated data set is made only into its default
+    directory or with --generate: a mistyped path is an error, never a silent synthetic run."""
+    from tasks.api import TaskError
+
+    data_dir = named or default_data(task)
+    try:
+        task.describe(data_dir)
+        return data_dir
+    except (TaskError, FedqError) as exc:
+        problem = str(exc)
+    except Exception as exc:  # noqa: BLE001 (a user's task may raise anything on missing data)
+        problem = f"{type(exc).__name__}: {exc}"
+    empty = not data_dir.exists() or not any(data_dir.iterdir())
+    what = "does not exist" if not data_dir.exists() else f"holds no {task.name} data set"
+    if not empty:
+        raise click.BadParameter(f"{data_dir} {what} ({problem}); not generating into a "
+                                 "directory that is not empty", param_hint="--data")  # fmt: skip
+    if not hasattr(task, "generate"):
+        raise click.BadParameter(f"{data_dir} {what}; task {task.name!r} has no generator",
+                                 param_hint="--data")  # fmt: skip
+    if named is not None and not generate:
+        raise click.BadParameter(f"{data_dir} {what}; pass --generate to generate task "
+                                 f"{task.name!r}'s data set there",
+                                 param_hint="--data")  # fmt: skip
+    click.echo(f"{data_dir} has no data set: generating task {task.name!r}'s (seed 0)", err=True)
+    task.generate(data_dir, seed=0)
     return data_dir
 
 
 DEFAULT_DP_CLIP = 5.0  # below honest updates' norms (about 6-8): every update is clipped
 
 
-def _noise_for_epsilon(settings, data_dir: Path, target: float):
+def _noise_for_epsilon(settings, task, data_dir: Path, target: float):
     """Noise multiplier for ``target`` epsilon: the region with the most data publishes the most
-    updates (dispatch is proportional to data), about target_versions x its share, plus 5%."""
+    updates (dispatch is proportional to data), about target_versions x its share, plus 5%, plus
+    the jobs it may have in flight when the target is reached (they finish and publish).
+    (``fedq run`` holds every region's data on this host.)"""
     from shared.privacy import noise_for
-    from shared.task.dataset import read_meta
 
     if not settings.target_versions:
         raise click.BadParameter("needs --target-versions", param_hint="--dp-epsilon")
-    sizes = {}
-    for region in read_meta(data_dir).regions:
-        with open(data_dir / region / "interactions.csv", "rb") as f:
-            sizes[region] = sum(1 for _ in f)
+    sizes = {region: task.data_size(task.load_region(data_dir, region))
+             for region in task.describe(data_dir).regions}  # fmt: skip
     share = max(sizes.values()) / sum(sizes.values())
-    releases = int(settings.target_versions * share * 1.05) + 1
+    releases = int(settings.target_versions * share * 1.05) + settings.inflight_per_region + 1
     clip = settings.dp_clip or DEFAULT_DP_CLIP
     noise = noise_for(target, releases, settings.dp_delta)
     return dataclasses.replace(settings, dp_clip=clip, dp_noise=noise)
@@ -279,18 +304,18 @@ def _interrupt_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, interrupt)
 
 
-def _parse_slowdown(items: tuple[str, ...]) -> dict[str, float]:
+def _parse_slowdown(pairs: tuple[str, ...]) -> dict[str, float]:
     out = {}
-    for item in items:
-        region, _, factor = item.partition("=")
+    for pair in pairs:
+        region, _, factor = pair.partition("=")
         try:
             out[region.strip()] = float(factor)
         except ValueError:
             raise click.BadParameter(
-                f"{item!r}: write REGION=FACTOR", param_hint="--slowdown"
+                f"{pair!r}: write REGION=FACTOR", param_hint="--slowdown"
             ) from None
         if out[region.strip()] < 1:
-            raise click.BadParameter(f"{item!r}: FACTOR must be >= 1", param_hint="--slowdown")
+            raise click.BadParameter(f"{pair!r}: FACTOR must be >= 1", param_hint="--slowdown")
     return out
 
 
@@ -305,8 +330,8 @@ def _parse_slowdown(items: tuple[str, ...]) -> dict[str, float]:
 @redis_options
 def report(out_dir: Path, runs: tuple[Path, ...], data_dir: Path | None, redis_url: str | None,
            namespace: str) -> None:  # fmt: skip
-    """Plots (HR@10 per region against time and version, staleness, updates per region) and a
-    Markdown summary with the final table."""
+    """Plots (the task's headline per region against time and version, staleness, updates per
+    region) and a Markdown summary with the final table."""
     from coordinator.plots import write_report
 
     if runs:
@@ -325,9 +350,9 @@ def report(out_dir: Path, runs: tuple[Path, ...], data_dir: Path | None, redis_u
         reports = [collect(connection, keys, fed)]
     baselines = next((r["baselines"] for r in reports if r.get("baselines")), {})
     if data_dir is not None:
+        task = reports[0].get("task", "recommender")
         for mode in ("local", "centralized"):
-            path = data_dir / "baselines" / f"{mode}.json"
-            if path.exists():
+            for path in sorted((data_dir / "baselines").glob(f"{task}-{mode}-*.json")):
                 baselines[mode] = json.loads(path.read_text())
     for path in write_report(out_dir, reports, baselines):
         click.echo(f"wrote {path}")

@@ -1,8 +1,9 @@
 """The learning curve: federated evaluation results per version, combined across regions.
 
 Each region scores a version on its own held-out users and publishes its metrics; a version's
-point exists once every region has reported. Overall figures weigh regions by their users
-(cold-start figures by their cold-start targets), exactly as the baselines do.
+point exists once every region has reported. Overall figures combine regions as the task's
+metric schema says (``MetricSchema.combine``: each figure weighed by its count), exactly as the
+baselines do.
 """
 
 from __future__ import annotations
@@ -11,13 +12,11 @@ import redis
 
 from shared.federation import Federation
 from shared.keys import Keys
-from shared.task.evaluate import overall
-from shared.task.metrics import weighted_mean
 from shared.views import region_results
 
 
 def learning_curve(connection: redis.Redis, keys: Keys, fed: Federation) -> list[dict]:
-    points = []
+    points, schema = [], fed.metrics
     for version, by_region in sorted(region_results(connection, keys).items()):
         if set(fed.regions) - set(by_region):
             continue
@@ -29,11 +28,11 @@ def learning_curve(connection: redis.Redis, keys: Keys, fed: Federation) -> list
             {
                 "version": version,
                 "seconds": None if seconds is None else round(seconds, 2),
-                "overall": overall(test),
+                "overall": schema.combine(test),
                 "regions": test,
-                "validation_hr@10": weighted_mean(
-                    {r: m["hr@10"] for r, m in val.items()}, {r: m["users"] for r, m in val.items()}
-                ),
+                "validation": {
+                    k: v for k, v in schema.combine(val).items() if k in schema.validation
+                },  # fmt: skip
             }
         )
     return points

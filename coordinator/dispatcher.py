@@ -99,9 +99,10 @@ class Dispatcher:
         if self.s.time_budget and self.clock() - self.fed.created_at >= self.s.time_budget:
             return f"time budget of {self.s.time_budget:.0f}s spent"
         if self.s.target_metric:
-            best = self._latest_validation_hr()
+            best = self._latest_validation()
             if best is not None and best >= self.s.target_metric:
-                return f"validation HR@10 {best:.4f} >= {self.s.target_metric}"
+                label = self.fed.metrics.label(self.fed.metrics.headline)
+                return f"validation {label} {best:.4f} >= {self.s.target_metric}"
         return None
 
     # --- async modes ---
@@ -208,13 +209,11 @@ class Dispatcher:
         n = int(self.r.incr(self.keys.dispatched))
         job_id = new_job_id(region, f"r{round_number}" if round_number is not None else f"t{n}")
         version = self.store.current_version() or 0
-        train = _train_mapping(self.fed)
-        train["lr"] = self.s.local_lr(version, self.clock() - self.fed.created_at)
         spec = JobSpec(
             kind="train",
             region=region,
             seed=self.s.seed * 1_000_003 + n,
-            train=train,
+            lr_scale=self.s.decay(version, self.clock() - self.fed.created_at),
             round=round_number,
             issued_at=self.clock(),
         )
@@ -344,14 +343,9 @@ class Dispatcher:
             return spec
         return spec.signed(self.region_keys[spec.region], job_id)
 
-    def _latest_validation_hr(self) -> float | None:
+    def _latest_validation(self) -> float | None:
+        """The task's headline on validation, regions combined, at the last complete point."""
         from coordinator.curve import learning_curve
 
         curve = learning_curve(self.r, self.keys, self.fed)
-        return curve[-1]["validation_hr@10"] if curve else None
-
-
-def _train_mapping(fed: Federation) -> dict:
-    from dataclasses import asdict
-
-    return asdict(fed.settings.train)
+        return curve[-1]["validation"][self.fed.metrics.headline] if curve else None

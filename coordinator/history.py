@@ -30,6 +30,8 @@ def collect(connection: redis.Redis, keys: Keys, fed: Federation) -> dict[str, A
     return {
         "namespace": keys.namespace,
         "mode": fed.settings.mode,
+        "task": fed.settings.task,
+        "metric_schema": fed.metrics.to_json(),
         "data": fed.data_name,
         "regions": list(fed.regions),
         "settings": json.loads(fed.settings.to_json()),
@@ -39,7 +41,7 @@ def collect(connection: redis.Redis, keys: Keys, fed: Federation) -> dict[str, A
                 "seconds": p["seconds"],
                 "metrics": p["overall"],
                 "regions": p["regions"],
-                "validation_hr@10": p["validation_hr@10"],
+                "validation": p["validation"],
             }
             for p in curve
         ],

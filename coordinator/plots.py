@@ -11,10 +11,13 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from shared.report_table import markdown_table, metric_table
+from tasks.api import MetricSchema
+
 STYLES = ("-", "--", ":", "-.")
 FILES = {
-    "hr_vs_time": "hr10_vs_time.png",
-    "hr_vs_version": "hr10_vs_version.png",
+    "headline_vs_time": "headline_vs_time.png",
+    "headline_vs_version": "headline_vs_version.png",
     "staleness": "staleness.png",
     "updates": "updates_per_region.png",
 }
@@ -37,9 +40,11 @@ def write_report(
     regions = list(dict.fromkeys(r for rep in reports for r in rep.get("regions", [])))
     colors = {r: plt.get_cmap("tab10")(i % 10) for i, r in enumerate([*regions, "overall"])}
     written = []
+    schema = MetricSchema.from_json(reports[0]["metric_schema"])
+    headline, label = schema.headline, schema.label(schema.headline)
     for key, x_field, x_label, against in (
-        ("hr_vs_time", "seconds", "seconds since the federation began", "time"),
-        ("hr_vs_version", "version", "model version", "version"),
+        ("headline_vs_time", "seconds", "seconds since the federation began", "time"),
+        ("headline_vs_version", "version", "model version", "version"),
     ):
         fig, ax = plt.subplots(figsize=(9, 5.5))
         for style, rep in zip(STYLES * 4, reports, strict=False):
@@ -47,15 +52,15 @@ def write_report(
             for region in [*regions, "overall"]:
                 xs = [p[x_field] for p in points]
                 ys = [(p["metrics"] if region == "overall" else p["regions"].get(region, {}))
-                      .get("hr@10") for p in points]  # fmt: skip
+                      .get(headline) for p in points]  # fmt: skip
                 pairs = [(x, y) for x, y in zip(xs, ys, strict=True) if y is not None]
                 if pairs:
                     ax.plot(*zip(*pairs, strict=True), style, marker="o", markersize=3,
                             color=colors[region], linewidth=2.5 if region == "overall" else 1.2,
                             label=f"{region} ({_label(rep)})")  # fmt: skip
         ax.set_xlabel(x_label)
-        ax.set_ylabel("test HR@10 (full ranking)")
-        ax.set_title(f"HR@10 per region against {against}: " + " vs ".join(map(_label, reports)))
+        ax.set_ylabel(f"test {label}")
+        ax.set_title(f"{label} per region against {against}: " + " vs ".join(map(_label, reports)))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, ncol=2 if len(reports) > 1 else 1, loc="lower right")
         written.append(_save(fig, out / FILES[key]))
@@ -123,16 +128,9 @@ def summary_markdown(reports: list[dict[str, Any]], baselines: dict[str, Any]) -
         if final is None:
             lines += ["No version has been evaluated by every region yet.", ""]
             continue
-        heads = ["region", "users", "HR@10", "NDCG@10"]
-        for mode in baselines:
-            heads += [f"{mode} HR@10", f"{mode} NDCG@10"]
-        lines += ["| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)]
-        for name, m in [*final["regions"].items(), ("overall", final["overall"])]:
-            cells = [name, f"{int(m.get('users', 0))}", f"{m['hr@10']:.4f}", f"{m['ndcg@10']:.4f}"]
-            for b in baselines.values():
-                bm = b["overall"] if name == "overall" else b["regions"].get(name)
-                cells += [f"{bm['hr@10']:.4f}", f"{bm['ndcg@10']:.4f}"] if bm else ["-", "-"]
-            lines.append("| " + " | ".join(cells) + " |")
-        lines.append("")
+        schema = MetricSchema.from_json(rep["metric_schema"])
+        heads, rows = metric_table(schema, final["overall"], final["regions"], schema.table[:2],
+                                   baselines)  # fmt: skip
+        lines += [markdown_table(heads, rows), ""]
     lines += ["## Plots", ""] + [f"![{k}]({v})" for k, v in FILES.items()] + [""]
     return "\n".join(lines)

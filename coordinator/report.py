@@ -2,26 +2,29 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Callable
 from pathlib import Path
 
 from rich.console import Console
-from rich.table import Table
 
 from coordinator.baselines import FitSettings, run_baseline
-from shared.progress import bar
-from shared.task.train import TrainConfig
+from shared.report_table import metric_table, print_table
+from tasks.api import MetricSchema, Task
 
 COMPARED = ("local", "centralized")
 
 
-def ensure_baselines(data_dir: Path, data_name: str, say: Callable[[str], None]) -> dict:
-    """Baseline reports for ``data_dir``, computed once and cached in ``data_dir/baselines``."""
+def ensure_baselines(task: Task, data_dir: Path, data_name: str, settings: dict,
+                     say: Callable[[str], None]) -> dict:  # fmt: skip
+    """Baseline reports for ``data_dir``, computed once and cached in ``data_dir/baselines``
+    (per task and settings: another model size is another baseline)."""
     out = {}
+    tag = _settings_tag(settings)
     for mode in COMPARED:
-        path = Path(data_dir) / "baselines" / f"{mode}.json"
+        path = Path(data_dir) / "baselines" / f"{task.name}-{mode}-{tag}.json"
         if path.exists():
             cached = json.loads(path.read_text())
             if cached.get("data") == data_name:
@@ -29,9 +32,9 @@ def ensure_baselines(data_dir: Path, data_name: str, say: Callable[[str], None])
                 continue
         say(f"computing the {mode} baseline once (cached in {path}) ...")
         threads = max(1, min(2, os.cpu_count() or 1))
-        with bar(f"{mode} baseline: epoch batches") as update:
-            report = run_baseline(data_dir, mode, FitSettings(train=TrainConfig(threads=threads)),
-                                  batches=update)  # fmt: skip
+        report = run_baseline(task, data_dir, mode,
+                              FitSettings(settings=settings, threads=threads),
+                              say=lambda m, mode=mode: say(f"  {mode} {m}"))  # fmt: skip
         report = report.to_json()
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(report, indent=2) + "\n")
@@ -40,20 +43,14 @@ def ensure_baselines(data_dir: Path, data_name: str, say: Callable[[str], None])
 
 
 def compare_table(report: dict, baselines: dict, console: Console | None = None) -> None:
-    table = Table(title=f"fedq {report['mode']} on {report['data']}: version {report['versions']}")
-    table.add_column("region")
-    table.add_column("users", justify="right")
-    table.add_column("fedq HR@10", justify="right")
-    table.add_column("fedq NDCG@10", justify="right")
-    for mode in baselines:
-        table.add_column(f"{mode} HR@10", justify="right")
-        table.add_column(f"{mode} NDCG@10", justify="right")
+    schema = MetricSchema.from_json(report["metric_schema"])
     final = report["final"]
-    rows = [*final["regions"].items(), ("overall", final["overall"])]
-    for name, m in rows:
-        cells = [f"{m['hr@10']:.4f}", f"{m['ndcg@10']:.4f}"]
-        for b in baselines.values():
-            bm = b["overall"] if name == "overall" else b["regions"].get(name)
-            cells += [f"{bm['hr@10']:.4f}", f"{bm['ndcg@10']:.4f}"] if bm else ["-", "-"]
-        table.add_row(name, f"{int(m['users'])}", *cells)
-    (console or Console()).print(table)
+    heads, rows = metric_table(schema, final["overall"], final["regions"], schema.table[:2],
+                               baselines, first="fedq ")  # fmt: skip
+    print_table(f"fedq {report['mode']} on {report['data']}: version {report['versions']}",
+                heads, rows, console)  # fmt: skip
+
+
+def _settings_tag(settings: dict) -> str:
+    text = json.dumps(settings, sort_keys=True).encode()
+    return hashlib.sha256(text).hexdigest()[:8]

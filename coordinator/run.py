@@ -161,9 +161,10 @@ def run_federation(
 def _run_users(directory: Path, options: RunOptions) -> tuple[Path, tuple[str, str]]:
     """The run's ACL users (passwords in ``directory``): the ACL file and the admin login."""
     from shared.acl import Users
-    from shared.task.dataset import read_meta
+    from tasks.api import load_task
 
-    init_users(directory, options.namespace, list(read_meta(options.data_dir).regions))
+    regions = load_task(options.settings.task).describe(options.data_dir).regions
+    init_users(directory, options.namespace, list(regions))
     admin = Users(options.namespace).admin
     return directory / ACL_FILE, (admin, load_password(directory, admin) or "")
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import redis
@@ -22,36 +23,48 @@ from shared.lease import Lease, LostLease
 from shared.resilience import REDIS_DOWN, Outage
 from shared.settings import FederationSettings
 from shared.store import ModelStore
+from tasks.api import load_task
 
 
 def initialise(
     connection: redis.Redis, keys: Keys, data_dir: Path, settings: FederationSettings
 ) -> Federation:
-    """Create the federation from the data's public part (meta, catalogue), unless it exists.
+    """Create the federation from the data's public part (the task's description), unless it
+    exists; the task validates its own settings first. A coordinator that finds a federation
+    joins it with the record's task and settings, whatever its own flags say.
 
-    torch is imported only when version 0 has to be built, so an aggregator or a coordinator
-    joining a running federation stays small.
+    The task builds version 0 only when it has to, so an aggregator or a coordinator joining a
+    running federation imports no model code.
     """
-    from shared.task.local_data import load_shared
-
-    shared = load_shared(data_dir)
-    wanted = Federation(
-        settings=settings,
-        regions=shared.meta.regions,
-        catalogue_digest=federation.catalogue_digest(data_dir),
-        data_name=shared.meta.name,
-        created_at=time.time(),
-    )
-    fed = federation.create(connection, keys, wanted)
-    federation.check_catalogue(fed, data_dir)
-    store = ModelStore(connection, keys, window=fed.settings.max_staleness + 1)
-    if store.current_version() is None:
-        from shared.task.model import build, state_to_numpy
-
-        config = shared.model_config(dim=fed.settings.model_dim)
-        weights = state_to_numpy(build(config, shared.features, seed=fed.settings.seed))
-        store.initialise(weights, {"mode": fed.settings.mode, "seed": fed.settings.seed})
+    fed = federation.read(connection, keys)
+    if fed is None:  # a new federation: of the settings' task
+        task = load_task(settings.task)
+        settings = replace(settings, task_settings=task.settings(settings.task_settings))
+        described = task.describe(data_dir)
+        # version 0 before the record: a role that finds the record finds a model too
+        _initial_model(connection, keys, task, data_dir, settings)
+        wanted = Federation(
+            settings=settings,
+            regions=described.regions,
+            data_digest=described.digest,
+            data_name=described.name,
+            metrics=task.metrics,
+            created_at=time.time(),
+        )
+        fed = federation.create(connection, keys, wanted)
+    # joining (or raced by another coordinator): the record's task and settings are in force
+    task = load_task(fed.settings.task)
+    federation.check_data(fed, task, data_dir)
+    _initial_model(connection, keys, task, data_dir, fed.settings)
     return fed
+
+
+def _initial_model(connection: redis.Redis, keys: Keys, task, data_dir: Path,
+                   settings: FederationSettings) -> None:  # fmt: skip
+    store = ModelStore(connection, keys, window=settings.max_staleness + 1)
+    if store.current_version() is None:
+        weights = task.initial_weights(data_dir, settings.task_settings, settings.seed)
+        store.initialise(weights, {"mode": settings.mode, "seed": settings.seed})
 
 
 def coordinate(

@@ -1,7 +1,8 @@
 """Click options for a federation's settings, shared by ``fedq coordinator`` and ``fedq run``.
 
 Each flag overrides the TOML file given with ``--config``, which overrides the defaults; the
-names match ``shared.settings.FederationSettings`` (``--lr`` is ``train.lr``).
+names match ``shared.settings.FederationSettings``. The task's own settings are set with
+``--set KEY=VALUE`` (repeatable; ``--set lr=0.001``): the task checks them.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from shared.settings import MODES, NORM_ACTIONS, FederationSettings
 
 # flag -> (settings key, click type, help)
 FLAGS: dict[str, tuple[str, Any, str]] = {
+    "--task": ("task", str, "built-in task (recommender, fraud, toy), module:attr or file.py:attr"),
     "--mode": ("mode", click.Choice(MODES), "async (FedAsync), buffered (FedBuff), sync (FedAvg)"),
     "--alpha": ("alpha", float, "FedAsync mixing weight alpha"),
     "--staleness": ("staleness", click.Choice(STALENESS_FUNCTIONS), "staleness function"),
@@ -47,18 +49,13 @@ FLAGS: dict[str, tuple[str, Any, str]] = {
     "--eval-every": ("eval_every", int, "versions between federated evaluations"),
     "--target-versions": ("target_versions", int, "stop at this many versions (0: none)"),
     "--time-budget": ("time_budget", float, "stop after this many seconds (0: none)"),
-    "--target-metric": ("target_metric", float, "stop at this validation HR@10 (0: none)"),
-    "--lr": ("train.lr", float, "local learning rate"),
+    "--target-metric": ("target_metric", float, "stop at this validation headline (0: none)"),
     "--decay-floor": (
         "decay_floor",
         float,
         "lr and alpha decay linearly to this fraction at the target",
     ),
-    "--examples-per-job": ("train.examples_per_job", int, "training examples per train job"),
-    "--batch-size": ("train.batch_size", int, "local batch size"),
-    "--local-epochs": ("train.epochs", int, "local epochs per job"),
-    "--prox-mu": ("train.prox_mu", float, "FedProx mu (0: off)"),
-    "--encoding": ("train.encoding", click.Choice(ENCODINGS), "update encoding"),
+    "--encoding": ("encoding", click.Choice(ENCODINGS), "update encoding"),
     "--seed": ("seed", int, "seed of the initial model and of the jobs"),
 }
 
@@ -71,6 +68,8 @@ def settings_options(f: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(f)
     def wrapper(*args: Any, config: Path | None, **kwargs: Any) -> Any:
         overrides = {FLAGS[flag][0]: kwargs.pop(_param(flag)) for flag in FLAGS}
+        for key, value in parse_assignments(kwargs.pop("task_set")).items():
+            overrides[f"task_settings.{key}"] = value
         settings = settings_mod.load(config, overrides)
         return f(*args, settings=settings, **kwargs)
 
@@ -82,7 +81,27 @@ def settings_options(f: Callable[..., Any]) -> Callable[..., Any]:
         else:
             wrapper = click.option(flag, type=kind, default=None, help=help_text + extra)(wrapper)
     wrapper = click.option(
+        "--set", "task_set", multiple=True, metavar="KEY=VALUE",
+        help="One of the task's own settings (repeatable), e.g. --set lr=0.001.",
+    )(wrapper)  # fmt: skip
+    wrapper = click.option(
         "--config", type=click.Path(path_type=Path, dir_okay=False), default=None,
         help="TOML file of settings (flags override it).",
     )(wrapper)  # fmt: skip
     return wrapper
+
+
+def parse_assignments(pairs: tuple[str, ...]) -> dict[str, Any]:
+    """``KEY=VALUE`` pairs; a value reads as JSON (a number, true/false) or else as text."""
+    import json
+
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, eq, value = pair.partition("=")
+        if not eq or not key.strip():
+            raise click.BadParameter(f"{pair!r}: write KEY=VALUE", param_hint="--set")
+        try:
+            out[key.strip()] = json.loads(value)
+        except ValueError:
+            out[key.strip()] = value
+    return out

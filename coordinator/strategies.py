@@ -39,8 +39,8 @@ class Outcome:
     rejected: list[tuple[Pending, RejectReason, str]] = field(default_factory=list)
     info: dict[str, Any] = field(default_factory=dict)
 
-    def reject(self, item: Pending, reason: RejectReason, detail: str) -> Outcome:
-        self.rejected.append((item, reason, detail))
+    def reject(self, pending: Pending, reason: RejectReason, detail: str) -> Outcome:
+        self.rejected.append((pending, reason, detail))
         return self
 
 
@@ -75,20 +75,20 @@ class Strategy:
     def discard(self, update_id: str) -> None:
         """Forget a held update (it was rejected while being offered)."""
 
-    def offer(self, item: Pending, version: int, weights: Weights, base: BaseLookup) -> Outcome:
+    def offer(self, pending: Pending, version: int, weights: Weights, base: BaseLookup) -> Outcome:
         raise NotImplementedError
 
     def tick(self, version: int, weights: Weights, now: float, round_: Round | None) -> Outcome:
         return Outcome()
 
-    def _staleness(self, item: Pending, version: int) -> tuple[int, Outcome | None]:
-        s = version - item.update.header.base_version
+    def _staleness(self, pending: Pending, version: int) -> tuple[int, Outcome | None]:
+        s = version - pending.update.header.base_version
         if s < 0:
-            detail = f"base version {item.update.header.base_version} > model version {version}"
-            return s, Outcome().reject(item, RejectReason.FUTURE_BASE, detail)
+            detail = f"base version {pending.update.header.base_version} > model version {version}"
+            return s, Outcome().reject(pending, RejectReason.FUTURE_BASE, detail)
         if s > self.settings.max_staleness:
             detail = f"staleness {s} > max {self.settings.max_staleness}"
-            return s, Outcome().reject(item, RejectReason.STALE, detail)
+            return s, Outcome().reject(pending, RejectReason.STALE, detail)
         return s, None
 
 
@@ -102,15 +102,15 @@ class FedAsync(Strategy):
         self.fn = settings.staleness_function()
         self.mean_samples: float | None = None
 
-    def offer(self, item: Pending, version: int, weights: Weights, base: BaseLookup) -> Outcome:
-        s, rejected = self._staleness(item, version)
+    def offer(self, pending: Pending, version: int, weights: Weights, base: BaseLookup) -> Outcome:
+        s, rejected = self._staleness(pending, version)
         if rejected:
             return rejected
-        h = item.update.header
+        h = pending.update.header
         base_weights = weights if s == 0 else base(h.base_version)
         if base_weights is None:
             detail = f"base version {h.base_version} is no longer stored"
-            return Outcome().reject(item, RejectReason.STALE, detail)
+            return Outcome().reject(pending, RejectReason.STALE, detail)
         reference = None
         if self.settings.sample_weighting:
             m = self.mean_samples
@@ -119,8 +119,8 @@ class FedAsync(Strategy):
             reference = self.mean_samples
         alpha = self.settings.alpha * self.settings.decay(version, self.elapsed())
         a = agg.mixing_weight(alpha, s, self.fn, h.weight_samples, reference)
-        new = agg.fedasync_apply(weights, base_weights, item.update.delta, a)
-        return Outcome(new, [item], info={"staleness": s, "weight": round(a, 6)})
+        new = agg.fedasync_apply(weights, base_weights, pending.update.delta, a)
+        return Outcome(new, [pending], info={"staleness": s, "weight": round(a, 6)})
 
 
 class FedBuff(Strategy):
@@ -141,11 +141,11 @@ class FedBuff(Strategy):
     def discard(self, update_id: str) -> None:
         self.buffer = [p for p in self.buffer if p.update_id != update_id]
 
-    def offer(self, item: Pending, version: int, weights: Weights, base: BaseLookup) -> Outcome:
-        _, rejected = self._staleness(item, version)
+    def offer(self, pending: Pending, version: int, weights: Weights, base: BaseLookup) -> Outcome:
+        _, rejected = self._staleness(pending, version)
         if rejected:
             return rejected
-        self.buffer.append(item)
+        self.buffer.append(pending)
         if len(self.buffer) < self.settings.buffer_size:
             return Outcome()
         return self._flush(version, weights)
@@ -155,16 +155,16 @@ class FedBuff(Strategy):
         return self._flush(version, weights) if self.buffer else Outcome()
 
     def _flush(self, version: int, weights: Weights) -> Outcome:
-        items = list(self.buffer)
-        staleness = [version - p.update.header.base_version for p in items]
-        deltas: list[agg.Weights] = [p.update.delta for p in items]
+        group = list(self.buffer)
+        staleness = [version - p.update.header.base_version for p in group]
+        deltas: list[agg.Weights] = [p.update.delta for p in group]
         if self.settings.sample_weighting:
-            n = np.array([p.update.header.weight_samples for p in items], dtype=np.float64)
+            n = np.array([p.update.header.weight_samples for p in group], dtype=np.float64)
             scale = n / n.mean()
             deltas = [{k: v * c for k, v in d.items()} for d, c in zip(deltas, scale, strict=True)]
         new = agg.fedbuff_apply(weights, deltas, staleness, self.settings.server_lr)
         self.buffer = []  # only once the math is done: an exception leaves the buffer whole
-        return Outcome(new, items, info={"staleness": max(staleness), "buffered": len(items)})
+        return Outcome(new, group, info={"staleness": max(staleness), "buffered": len(group)})
 
 
 class FedAvg(Strategy):
@@ -186,19 +186,21 @@ class FedAvg(Strategy):
     def discard(self, update_id: str) -> None:
         self.collected = {r: p for r, p in self.collected.items() if p.update_id != update_id}
 
-    def offer(self, item: Pending, version: int, weights: Weights, base: BaseLookup) -> Outcome:
-        h = item.update.header
+    def offer(self, pending: Pending, version: int, weights: Weights, base: BaseLookup) -> Outcome:
+        h = pending.update.header
         current = self.round
         if current is None or h.round != current.number or h.base_version != current.base_version:
             where = "no open round" if current is None else f"round {current.number}"
             detail = f"update for round {h.round} (base {h.base_version}); {where} is open"
-            return Outcome().reject(item, RejectReason.LATE, detail)
+            return Outcome().reject(pending, RejectReason.LATE, detail)
         if h.base_version != version:
-            return Outcome().reject(item, RejectReason.LATE, f"round base {h.base_version} is old")
+            return Outcome().reject(
+                pending, RejectReason.LATE, f"round base {h.base_version} is old"
+            )
         if h.region in self.collected:
             detail = f"region {h.region} already reported for round {current.number}"
-            return Outcome().reject(item, RejectReason.LATE, detail)
-        self.collected[h.region] = item
+            return Outcome().reject(pending, RejectReason.LATE, detail)
+        self.collected[h.region] = pending
         if set(current.regions) <= set(self.collected):
             return self._close(weights, "complete")
         return Outcome()
@@ -207,8 +209,8 @@ class FedAvg(Strategy):
         out = Outcome()
         if round_ is not None and (self.round is None or round_.number != self.round.number):
             # a new round: whatever the old one still held can no longer be applied
-            for item in self.collected.values():
-                out.reject(item, RejectReason.LATE, f"round {self.round.number} closed")
+            for pending in self.collected.values():
+                out.reject(pending, RejectReason.LATE, f"round {self.round.number} closed")
             self.round, self.collected = round_, {}
         if self.round and self.collected and now >= self.round.deadline:
             closed = self._close(weights, "deadline")
@@ -217,12 +219,12 @@ class FedAvg(Strategy):
         return out
 
     def _close(self, weights: Weights, why: str) -> Outcome:
-        items = list(self.collected.values())
+        group = list(self.collected.values())
         self.collected = {}
-        models = [agg.add(weights, p.update.delta) for p in items]
-        new = agg.fedavg(models, [p.update.header.weight_samples for p in items])
+        models = [agg.add(weights, p.update.delta) for p in group]
+        new = agg.fedavg(models, [p.update.header.weight_samples for p in group])
         number = self.round.number if self.round else -1
-        return Outcome(new, items, info={"staleness": 0, "round": number, "closed": why})
+        return Outcome(new, group, info={"staleness": 0, "round": number, "closed": why})
 
 
 def make_strategy(settings: FederationSettings, started: float | None = None) -> Strategy:

@@ -17,8 +17,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from coordinator.baselines import MODES, FitSettings, run_baseline  # noqa: E402
-from shared.task.train import TrainConfig  # noqa: E402
+from coordinator.baselines import FitSettings, modes, run_baseline  # noqa: E402
+from tasks.api import load_task  # noqa: E402
+
+TASK = load_task("recommender")
+MODES = modes(TASK)
 
 
 def main() -> None:
@@ -30,14 +33,15 @@ def main() -> None:
     ap.add_argument("--reuse", action="store_true", help="keep JSON reports already in --out")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    settings = FitSettings(train=TrainConfig(threads=args.threads), max_epochs=args.epochs)
+    settings = FitSettings(threads=args.threads, max_epochs=args.epochs)
     reports = {}
     for mode in MODES:
         path = args.out / f"{mode}.json"
         if args.reuse and path.exists():
             reports[mode] = json.loads(path.read_text())
             continue
-        report = run_baseline(args.data, mode, settings, say=lambda m: print(m, file=sys.stderr))
+        report = run_baseline(TASK, args.data, mode, settings,
+                              say=lambda m: print(m, file=sys.stderr))  # fmt: skip
         reports[mode] = report.to_json()
         (args.out / f"{mode}.json").write_text(json.dumps(reports[mode], indent=2) + "\n")
         print(f"{mode}: {report.seconds:.0f}s", file=sys.stderr)

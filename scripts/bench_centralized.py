@@ -19,8 +19,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from coordinator.baselines import FitSettings, run_baseline  # noqa: E402
-from shared.task import generate  # noqa: E402
-from shared.task.train import TrainConfig  # noqa: E402
+from tasks.api import load_task  # noqa: E402
 
 
 def main() -> None:
@@ -28,16 +27,17 @@ def main() -> None:
     ap.add_argument("--data", type=Path)
     ap.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
     args = ap.parse_args()
+    task = load_task("recommender")
     with tempfile.TemporaryDirectory() as tmp:
         root = args.data
         if root is None:
             started = time.perf_counter()
             root = Path(tmp) / "data"
-            generate.write(generate.generate(seed=0, scale="default"), root)
+            task.generate(root, seed=0)
             print(f"generate default data: {time.perf_counter() - started:.1f}s")
         started = time.perf_counter()
-        settings = FitSettings(train=TrainConfig(threads=args.threads))
-        report = run_baseline(root, "centralized", settings, say=print)
+        report = run_baseline(task, root, "centralized", FitSettings(threads=args.threads),
+                              say=print)  # fmt: skip
         total = time.perf_counter() - started
     print(f"centralized: {report.epochs['all']} best epoch, HR@10 {report.overall['hr@10']:.4f}")
     print(f"centralized training + evaluation: {total:.1f}s on {args.threads} threads "

@@ -46,10 +46,10 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=Path("runs/chaos"))
     args = ap.parse_args()
     if not (args.data / "meta.json").exists():
-        from shared.task import generate
+        from tasks.recommender.task import TASK
 
         print(f"generating the built-in data set in {args.data}", flush=True)
-        generate.write(generate.generate(seed=0, scale="default"), args.data)
+        TASK.generate(args.data, seed=0)
     settings = FederationSettings(mode=args.mode, target_versions=args.versions, seed=args.seed,
                                   eval_every=0, max_inflight=os.cpu_count() or 2)  # fmt: skip
     console = Console()

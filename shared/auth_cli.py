@@ -23,15 +23,17 @@ def keys_group() -> None:
 
 
 @keys_group.command("init")
-@data_option("Take the regions from this data set's meta.json.")
+@data_option("Take the regions from this data set (see --task).")
 @click.option("--region", "regions", multiple=True, help="A region (repeatable).")
 @key_dir_option
 @click.option("--namespace", envvar="FEDQ_NAMESPACE", default="fedq", show_default=True)
+@click.option("--task", "task_name", default="recommender", show_default=True,
+              help="The task whose --data names the regions.")  # fmt: skip
 @click.option("--force", is_flag=True, help="Replace existing secrets (workers need the new ones).")
 @click.option("--users/--no-users", default=True, show_default=True,
               help="Also a password per Redis ACL user (one per role) and users.acl.")  # fmt: skip
-def init(data_dir: Path | None, regions: tuple[str, ...], directory: Path | None, namespace: str,
-         force: bool, users: bool) -> None:  # fmt: skip
+def init(data_dir: Path | None, task_name: str, regions: tuple[str, ...], directory: Path | None,
+         namespace: str, force: bool, users: bool) -> None:  # fmt: skip
     """Create a secret per region and a Redis user per role.
 
     Copy REGION.key and users/NS-worker-REGION.password to that region's worker hosts only; give
@@ -39,9 +41,10 @@ def init(data_dir: Path | None, regions: tuple[str, ...], directory: Path | None
     it (it needs Redis >= 7: see `fedq redis --help`).
     """
     from shared.auth import init_keys, init_users, key_dir
-    from shared.task.dataset import read_meta
+    from tasks.api import load_task
 
-    names = list(regions) or (list(read_meta(data_dir).regions) if data_dir else [])
+    names = list(regions) or (list(load_task(task_name).describe(data_dir).regions)
+                              if data_dir else [])  # fmt: skip
     if not names:
         raise click.UsageError("give --data DIR or --region R (repeatable)")
     directory = directory or key_dir(namespace)

@@ -15,7 +15,7 @@ import redis
 from shared.errors import FedqError
 
 COMMANDS = {
-    "data": "shared.task.cli:data",
+    "data": "tasks.cli:data",
     "baseline": "coordinator.cli:baseline",
     "redis": "shared.redis_cli:redis_group",
     "worker": "worker.cli:worker",
@@ -23,7 +23,7 @@ COMMANDS = {
     "aggregator": "coordinator.cli:aggregator",
     "run": "coordinator.cli:run_cmd",
     "report": "coordinator.cli:report",
-    "recommend": "shared.serve_cli:recommend",
+    "recommend": "tasks.recommender.serve_cli:recommend",
     "export": "shared.serve_cli:export",
     "keys": "shared.auth_cli:keys_group",
     "status": "shared.inspect_cli:status",

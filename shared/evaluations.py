@@ -8,8 +8,9 @@ copies the accepted ones onto ``Keys.metrics``, the only stream the learning cur
 rule (``target_metric``) and the views read. A forged or broken result is rejected with its
 reason and counts for nothing.
 
-The metric names are the recommender's (``shared.task.evaluate``), kept here without importing
-the task (and torch) so the aggregator stays small.
+Which figures a result must carry, and their ranges, come from the task's metric schema in the
+federation record (``tasks.api.MetricSchema``): the aggregator checks results without importing
+the task (or torch).
 """
 
 from __future__ import annotations
@@ -18,11 +19,9 @@ import json
 import math
 from typing import Any
 
+from tasks.api import MetricSchema
+
 MAX_RESULT_BYTES = 64 * 1024
-TEST_METRICS = ("users", "hr@10", "ndcg@10", "hr@10_sampled", "ndcg@10_sampled",
-                "cold_start.hr@10", "cold_start.n", "cold_start.random_hr@10")  # fmt: skip
-VALIDATION_METRICS = ("users", "hr@10", "ndcg@10")
-MAX_COUNT = 1e9
 
 
 class BadResult(ValueError):
@@ -33,7 +32,9 @@ def encode_result(record: dict[str, Any]) -> bytes:
     return json.dumps(record, sort_keys=True, allow_nan=False).encode()
 
 
-def check_result(raw: bytes, region: str, job_id: str, version: int) -> dict[str, Any]:
+def check_result(
+    raw: bytes, region: str, job_id: str, version: int, schema: MetricSchema
+) -> dict[str, Any]:
     """The result as a record, if it is one ``region``'s worker could honestly have made for
     evaluation job ``job_id`` of ``version``; else BadResult naming the problem."""
     if not isinstance(raw, bytes) or len(raw) > MAX_RESULT_BYTES:
@@ -54,38 +55,21 @@ def check_result(raw: bytes, region: str, job_id: str, version: int) -> dict[str
     at = record.get("at")
     if not isinstance(at, int | float) or isinstance(at, bool) or not math.isfinite(at):
         raise BadResult("'at' is not a finite number")
-    test = _metrics(record.get("test"), TEST_METRICS, "test")
-    validation = _metrics(record.get("validation"), VALIDATION_METRICS, "validation")
+    try:
+        test = schema.check(record.get("test"), "test")
+        validation = schema.check(record.get("validation"), "validation")
+    except ValueError as exc:
+        raise BadResult(str(exc)) from None
     return {"version": version, "region": region, "job_id": job_id, "at": float(at),
             "test": test, "validation": validation}  # fmt: skip
 
 
-def _metrics(raw: Any, names: tuple[str, ...], part: str) -> dict[str, float]:
-    if not isinstance(raw, dict):
-        raise BadResult(f"{part!r} is not an object")
-    missing = [n for n in names if n not in raw]
-    if missing:
-        raise BadResult(f"{part!r} lacks {missing[:4]}")
-    out = {}
-    for name in names:
-        value = raw[name]
-        if not isinstance(value, int | float) or isinstance(value, bool):
-            raise BadResult(f"{part}.{name} is not a number")
-        value = float(value)
-        count = name == "users" or name.endswith(".n")
-        top = MAX_COUNT if count else 1.0
-        if not math.isfinite(value) or not 0.0 <= value <= top:
-            raise BadResult(f"{part}.{name} = {value!r} is outside [0, {top:g}]")
-        out[name] = value
-    return out
-
-
-def parse_accepted(fields: dict[bytes, bytes]) -> dict[str, Any] | None:
+def parse_accepted(fields: dict[bytes, bytes], schema: MetricSchema) -> dict[str, Any] | None:
     """A record of the metrics stream (written only by the aggregator, after ``check_result``),
     or None if it does not parse: a view never trusts a stream."""
     try:
         record = json.loads(fields[b"m"])
         version, region = record["version"], record["region"]
-        return check_result(fields[b"m"], region, record["job_id"], version)
+        return check_result(fields[b"m"], region, record["job_id"], version, schema)
     except (KeyError, ValueError, TypeError):
         return None

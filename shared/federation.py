@@ -1,13 +1,14 @@
-"""The federation record in Redis: settings, regions and the catalogue every host must share.
+"""The federation record in Redis: settings, task, regions and the data digest every host shares.
 
 Written once by the coordinator that initialises a federation (with the initial model), read by
-the aggregator and every worker. A worker whose catalogue differs (another data set, another
-version of the catalogue) refuses to start: its updates would not fit the model.
+the aggregator and every worker. A worker whose data's public part differs (another data set,
+another version of its public files: the task's digest) refuses to start: its updates would not
+fit the model. The task's metric schema travels here, so the aggregator and the views check and
+combine evaluation results without importing the task.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ import redis
 from shared.errors import FedqError
 from shared.keys import Keys
 from shared.settings import FederationSettings
+from tasks.api import MetricSchema, Task
 
 
 class FederationMismatch(FedqError):
@@ -28,16 +30,18 @@ class FederationMismatch(FedqError):
 class Federation:
     settings: FederationSettings
     regions: tuple[str, ...]
-    catalogue_digest: str
+    data_digest: str
     data_name: str
+    metrics: MetricSchema
     created_at: float = 0.0
 
     def to_redis(self) -> dict[str, str]:
         return {
             "settings": self.settings.to_json(),
             "regions": json.dumps(list(self.regions)),
-            "catalogue_digest": self.catalogue_digest,
+            "data_digest": self.data_digest,
             "data_name": self.data_name,
+            "metrics": json.dumps(self.metrics.to_json()),
             "created_at": f"{self.created_at or time.time():.3f}",
         }
 
@@ -47,14 +51,11 @@ class Federation:
         return Federation(
             settings=FederationSettings.from_json(d["settings"]),
             regions=tuple(json.loads(d["regions"])),
-            catalogue_digest=d["catalogue_digest"],
+            data_digest=d["data_digest"],
             data_name=d["data_name"],
+            metrics=MetricSchema.from_json(json.loads(d["metrics"])),
             created_at=float(d["created_at"]),
         )
-
-
-def catalogue_digest(data_dir: Path) -> str:
-    return hashlib.sha256((Path(data_dir) / "catalogue.csv").read_bytes()).hexdigest()[:16]
 
 
 def read(connection: redis.Redis, keys: Keys) -> Federation | None:
@@ -101,10 +102,12 @@ def wait_for(connection: redis.Redis, keys: Keys, timeout: float, say=None) -> F
         time.sleep(0.5)
 
 
-def check_catalogue(federation: Federation, data_dir: Path) -> None:
-    digest = catalogue_digest(data_dir)
-    if digest != federation.catalogue_digest:
+def check_data(federation: Federation, task: Task, data_dir: Path) -> None:
+    """The public part of ``data_dir`` must be the federation's (the task's digest of it)."""
+    described = task.describe(data_dir)
+    if described.digest != federation.data_digest:
         raise FederationMismatch(
-            f"{Path(data_dir) / 'catalogue.csv'} (digest {digest}) is not the federation's "
-            f"catalogue (digest {federation.catalogue_digest}, data set {federation.data_name!r})"
+            f"{data_dir}'s public data (digest {described.digest}, data set {described.name!r}) "
+            f"is not the federation's (digest {federation.data_digest}, data set "
+            f"{federation.data_name!r}, task {federation.settings.task!r})"
         )

@@ -112,8 +112,8 @@ def _status_view(s: dict[str, Any]) -> Table:
         rows.append({"region": region, **{k: d[k] for k in ("queued", "started", "failed")},
                      "live workers": d["live_workers"],
                      "last update (s ago)": d["last_update_age_s"],
-                     "eval version": ev.get("version"), "HR@10": _metric(ev.get("hr@10")),
-                     "NDCG@10": _metric(ev.get("ndcg@10"))})  # fmt: skip
+                     "eval version": ev.get("version"),
+                     **{k: _metric(v) for k, v in ev.items() if k != "version"}})  # fmt: skip
     return _table(title, rows, list(rows[0]) if rows else ["region"])
 
 
@@ -172,12 +172,11 @@ def models(r, keys, as_json: bool) -> None:
     def table(rows: list[dict[str, Any]]) -> Table:
         flat = [{"version": m["version"], "stored": m["stored"], "created_at": m["created_at"],
                  "updates": len(m["updates"]), "from": m["regions"],
-                 "evaluated by": list(m["evaluation"]),
-                 "HR@10": (m["overall"] or {}).get("hr@10"),
-                 "NDCG@10": (m["overall"] or {}).get("ndcg@10")}
+                 "evaluated by": list(m["evaluation"]), **(m["overall"] or {})}
                 for m in rows]  # fmt: skip
-        return _table("models (HR@10, NDCG@10: overall, once every region reported)", flat,
-                      list(flat[0]) if flat else ["version"])  # fmt: skip
+        heads = list(dict.fromkeys(k for row in flat for k in row))  # evaluated rows add metrics
+        return _table("models (metrics: overall, once every region reported)", flat,
+                      heads or ["version"])  # fmt: skip
 
     _emit(views.models(r, keys), as_json, table)
 

@@ -1,6 +1,8 @@
 """Round jobs: what the coordinator asks of a region, and the RQ queues that carry it.
 
-A job spec holds a kind, a region, hyper-parameters and a seed; never data. Jobs travel with
+A job spec holds a kind, a region, a seed and the learning-rate scale of this point of the run;
+never data, and never the task's settings (workers read those from the federation record, so
+a job cannot ask for a billion epochs). Jobs travel with
 RQ's JSON serializer (never pickle: with pickle, anyone who can write to Redis runs code on every
 worker), and workers run only the task functions named in ``TASKS``.
 """
@@ -9,7 +11,7 @@ from __future__ import annotations
 
 import json
 import secrets
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import redis
@@ -30,7 +32,7 @@ class JobSpec:
     kind: str  # "train" | "evaluate"
     region: str
     seed: int = 0
-    train: dict[str, Any] = field(default_factory=dict)  # TrainSettings as a mapping
+    lr_scale: float = 1.0  # train: the federation's decay of the local learning rate
     version: int | None = None  # evaluate: the version to score
     round: int | None = None  # sync mode: the round this job belongs to
     issued_at: float = 0.0
@@ -65,11 +67,13 @@ class JobSpec:
         spec = JobSpec(**raw)
         if spec.kind not in ("train", "evaluate"):
             raise ValueError(f"job spec kind {spec.kind[:20]!r}")
+        if not 0.0 < spec.lr_scale <= 1.0:  # NaN fails this too
+            raise ValueError(f"job spec lr_scale {spec.lr_scale!r} outside (0, 1]")
         return spec
 
 
 _FIELD_TYPES: dict[str, type | tuple[type, ...]] = {
-    "kind": str, "region": str, "seed": int, "train": dict, "version": (int, type(None)),
+    "kind": str, "region": str, "seed": int, "lr_scale": (int, float), "version": (int, type(None)),
     "round": (int, type(None)), "issued_at": (int, float), "sig": (str, type(None)),
 }  # fmt: skip
 

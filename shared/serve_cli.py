@@ -1,8 +1,8 @@
-"""``fedq recommend`` and ``fedq export``: the trained model put to use.
+"""``fedq export`` and the model loading every task's serving hooks share.
 
-``recommend`` reads shoppers' histories from the region's own data directory (run it where that
-data lives) and the model from Redis (``--version``, default the current one) or from a file
-written by ``export``.
+A model comes from Redis (``--version``, default the current one) or from a file written by
+``export`` (numpy ``.npz``, whatever the task, plus a JSON of its metadata: task, task settings,
+data digest). Either way it is checked against the data directory it will serve from.
 """
 
 from __future__ import annotations
@@ -13,15 +13,12 @@ from typing import Any
 
 import click
 
-from shared.cli_options import data_option, open_redis, redis_options
-from shared.json_text import json_text
-
-_data_option = data_option(
-    "Data directory (the region's own folder and the public catalogue).", required=True
-)
+from shared.cli_options import open_redis, redis_options
+from tasks.api import Weights
 
 
-def _model_from_redis(redis_url: str | None, namespace: str, version: int | None):
+def model_from_redis(redis_url: str | None, namespace: str, version: int | None
+                     ) -> tuple[Weights, dict[str, Any]]:  # fmt: skip
     """(weights, metadata) of a stored version (default: the current one)."""
     from shared import federation
     from shared.errors import FedqError
@@ -40,124 +37,39 @@ def _model_from_redis(redis_url: str | None, namespace: str, version: int | None
         )
     info = {k.decode(): v.decode() for k, v in r.hgetall(keys.model_info(model.version)).items()}
     meta = {"version": model.version, "namespace": namespace, "data": fed.data_name,
-            "catalogue_digest": fed.catalogue_digest, "regions": list(fed.regions),
-            "model_dim": fed.settings.model_dim, "mode": fed.settings.mode,
+            "task": fed.settings.task, "task_settings": fed.settings.task_settings,
+            "data_digest": fed.data_digest, "regions": list(fed.regions),
+            "mode": fed.settings.mode,
             "created_at": float(info["created_at"]) if "created_at" in info else None,
             "settings": json.loads(fed.settings.to_json())}  # fmt: skip
     return model.weights, meta
 
 
-def _load(data_dir: Path, model_file: Path | None, redis_url, namespace, version):
-    from shared import federation
+def load_model(task, data_dir: Path, model_file: Path | None, redis_url: str | None,
+               namespace: str, version: int | None) -> tuple[Weights, dict[str, Any]]:  # fmt: skip
+    """A model of ``task`` that fits ``data_dir``'s public part, from a file or Redis."""
     from shared.errors import FedqError
-    from shared.task.local_data import load_shared
-    from shared.task.model import build, load_numpy_state
 
     if model_file is not None:
-        import torch
+        import numpy as np
 
-        meta = json.loads(model_file.with_suffix(model_file.suffix + ".json").read_text())
-        weights = {k: v.numpy() for k, v in torch.load(model_file, weights_only=True).items()}
+        meta_file = model_file.with_suffix(model_file.suffix + ".json")
+        try:
+            meta = json.loads(meta_file.read_text())
+            with np.load(model_file, allow_pickle=False) as stored:
+                weights = {k: stored[k] for k in stored.files}
+        except (OSError, ValueError) as exc:
+            raise FedqError(f"{model_file}: not a model written by `fedq export` ({exc})") from None
     else:
-        weights, meta = _model_from_redis(redis_url, namespace, version)
-    digest = federation.catalogue_digest(data_dir)
-    if digest != meta["catalogue_digest"]:
-        raise FedqError(f"{data_dir}'s catalogue (digest {digest}) is not the model's "
-                        f"({meta['catalogue_digest']}, data set {meta['data']!r})")  # fmt: skip
-    shared = load_shared(data_dir)
-    model = build(shared.model_config(dim=meta["model_dim"]), shared.features)
-    load_numpy_state(model, weights)
-    model.eval()
-    return model, shared, meta
-
-
-def _parse_attrs(text: str) -> tuple[dict[str, str], float]:
-    pairs = dict(p.split("=", 1) for p in text.split(",") if "=" in p)
-    if "price" not in pairs:
-        raise click.BadParameter("give price=<amount> too", param_hint="--item-attrs")
-    try:
-        price = float(pairs.pop("price"))
-    except ValueError:
-        raise click.BadParameter("price must be a number", param_hint="--item-attrs") from None
-    return pairs, price
-
-
-MAX_K = 1000
-
-
-@click.command()
-@_data_option
-@click.option("--region", help="The shopper's region (--user).")
-@click.option("--user", "user_id", type=int, help="A shopper of --region: their top-k.")
-@click.option(
-    "--item-attrs",
-    help="A new item, e.g. 'category=ring,metal=gold_18k,gem=diamond,"
-    "colour=yellow,gender=women,price=420': which regions' shoppers it reaches.",
-)
-@click.option("-k", "k", type=click.IntRange(1, MAX_K), default=10, show_default=True,
-              help="How many items (1 to 1000).")  # fmt: skip
-@click.option("--version", type=int, default=None, help="Stored model version [default: current].")
-@click.option(
-    "--model",
-    "model_file",
-    type=click.Path(path_type=Path, exists=True, dir_okay=False),
-    default=None,
-    help="A model written by `fedq export` instead of Redis.",
-)
-@click.option("--json", "as_json", is_flag=True)
-@redis_options
-def recommend(data_dir: Path, region: str | None, user_id: int | None, item_attrs: str | None,
-              k: int, version: int | None, model_file: Path | None, as_json: bool,
-              redis_url: str | None, namespace: str) -> None:  # fmt: skip
-    """Top-k items for a shopper, or the regions whose shoppers a new item would reach."""
-    from shared.task import recommend as serve
-    from shared.task.local_data import load_region
-
-    if (user_id is None) == (item_attrs is None):
-        raise click.UsageError("give either --user (with --region) or --item-attrs")
-    if user_id is not None and not region:
-        raise click.UsageError("--user needs --region")
-    model, shared, meta = _load(data_dir, model_file, redis_url, namespace, version)
-    if user_id is not None:
-        result = serve.recommend(model, shared, load_region(data_dir, region, shared), user_id, k)
-    else:
-        attrs, price = _parse_attrs(item_attrs)
-        present = [r for r in shared.meta.regions if (data_dir / r).is_dir()]
-        regions = {r: load_region(data_dir, r, shared) for r in present}
-        result = serve.audience(model, shared, regions, attrs, price, k)
-        result["regions_without_data_here"] = sorted(set(shared.meta.regions) - set(present))
-    result["model_version"] = meta["version"]
-    if as_json:
-        click.echo(json_text(result))
-    else:
-        _print(result)
-
-
-def _print(result: dict[str, Any]) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    console = Console()
-    if "recommendations" in result:
-        table = Table(
-            title=f"top {len(result['recommendations'])} for user {result['user']} "
-            f"({result['region']}), model version {result['model_version']}"
-        )
-        rows = result["recommendations"]
-        cols = [c for c in rows[0] if c not in ("launch_time",)] if rows else []
-    else:
-        table = Table(
-            title=f"who would see {result['item']} in their top {result['k']} "
-            f"(model version {result['model_version']})"
-        )
-        rows = [{"region": r, **result["regions"][r]} for r in result["ranked"]]
-        cols = ["region", "users", "shoppers_reached", "shown_to"]
-    for c in cols:
-        table.add_column(c)
-    for row in rows:
-        table.add_row(*(f"{row[c]:.4g}" if isinstance(row[c], float) else str(row[c])
-                        for c in cols))  # fmt: skip
-    console.print(table)
+        weights, meta = model_from_redis(redis_url, namespace, version)
+    if meta.get("task") != task.name:
+        raise FedqError(f"the model is of task {meta.get('task')!r}, not {task.name!r}")
+    described = task.describe(data_dir)
+    if described.digest != meta.get("data_digest"):
+        raise FedqError(f"{data_dir}'s public data (digest {described.digest}) is not the "
+                        f"model's ({meta.get('data_digest')}, data set "
+                        f"{meta.get('data')!r})")  # fmt: skip
+    return weights, meta
 
 
 @click.command()
@@ -167,16 +79,17 @@ def _print(result: dict[str, Any]) -> None:
     "out_file",
     type=click.Path(path_type=Path, dir_okay=False),
     required=True,
-    help="torch state_dict file; its metadata goes to OUT.json.",
+    help="numpy .npz of the weights; its metadata goes to OUT.json.",
 )
 @redis_options
 def export(version: int | None, out_file: Path, redis_url: str | None, namespace: str) -> None:
-    """Write a model version as a torch state_dict plus a small JSON of its metadata."""
-    import torch
+    """Write a model version as a numpy .npz plus a small JSON of its metadata."""
+    import numpy as np
 
-    weights, meta = _model_from_redis(redis_url, namespace, version)
+    weights, meta = model_from_redis(redis_url, namespace, version)
     out_file.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({k: torch.from_numpy(v.copy()) for k, v in weights.items()}, out_file)
+    with out_file.open("wb") as f:  # a file object: numpy adds no .npz suffix of its own
+        np.savez(f, **weights)
     meta_file = out_file.with_suffix(out_file.suffix + ".json")
     meta_file.write_text(json.dumps(meta, indent=2) + "\n")
     click.echo(f"wrote {out_file} (version {meta['version']}) and {meta_file}")

@@ -28,11 +28,15 @@ from shared.keys import Keys
 RATE_WINDOW = 60.0  # seconds over which "updates per second" is measured
 
 
-def region_results(connection: redis.Redis, keys: Keys) -> dict[int, dict[str, dict]]:
-    """version -> region -> the evaluation record the aggregator accepted (one per job)."""
+def region_results(
+    connection: redis.Redis, keys: Keys, fed: federation.Federation | None = None
+) -> dict[int, dict[str, dict]]:
+    """version -> region -> the evaluation record the aggregator accepted (one per job),
+    re-checked against the federation's metric schema."""
+    schema = (fed or _federation(connection, keys)).metrics
     out: dict[int, dict[str, dict]] = {}
     for _id, fields in connection.xrange(keys.metrics):
-        record = parse_accepted(fields)
+        record = parse_accepted(fields, schema)
         if record is not None:  # a view never trusts a stream: anything else is skipped
             out.setdefault(record["version"], {})[record["region"]] = record
     return out
@@ -178,7 +182,9 @@ def models(r: redis.Redis, keys: Keys) -> list[dict[str, Any]]:
     current = int(r.get(keys.version) or 0)
     fed = _federation(r, keys)
     window = fed.settings.max_staleness + 1
-    evaluated = region_results(r, keys)
+    evaluated = region_results(r, keys, fed)
+    schema = fed.metrics
+    shown = (*schema.table[:2], schema.size)
     versions = sorted({*evaluated, *range(max(0, current - window + 1), current + 1)})
     out = []
     for v in versions:
@@ -190,9 +196,11 @@ def models(r: redis.Redis, keys: Keys) -> list[dict[str, Any]]:
             "mode": info.get("mode"),
             "updates": [u for u in info.get("updates", "").split(",") if u],
             "regions": [x for x in info.get("regions", "").split(",") if x],
-            "evaluation": {reg: {m: rec["test"].get(m) for m in ("hr@10", "ndcg@10", "users")}
+            "evaluation": {reg: {m: rec["test"].get(m) for m in shown}
                            for reg, rec in sorted(by_region.items())},
-            "overall": _users_weighted(by_region) if set(by_region) >= set(fed.regions) else None,
+            "overall": ({m: v for m, v in schema.combine({g: rec["test"] for g, rec in
+                                                         by_region.items()}).items() if m in shown}
+                        if set(by_region) >= set(fed.regions) else None),
         })  # fmt: skip
     return out
 
@@ -209,7 +217,7 @@ def status(r: redis.Redis, keys: Keys, now: float | None = None) -> dict[str, An
     last_by_region = {u["region"]: u["at"] for u in updates if u["at"]}
     q_by_region = {q["region"]: q for q in queues(r, keys)}
     live = Counter(w["region"] for w in workers(r, keys) if w["alive"])
-    latest = _latest_evaluation(r, keys)
+    latest = _latest_evaluation(r, keys, fed)
     return {
         "namespace": keys.namespace,
         "mode": fed.settings.mode,
@@ -292,21 +300,15 @@ def requeue_failed(
     return done
 
 
-def _latest_evaluation(r: redis.Redis, keys: Keys) -> dict[str, dict[str, Any]]:
+def _latest_evaluation(r: redis.Redis, keys: Keys, fed: federation.Federation
+                       ) -> dict[str, dict[str, Any]]:  # fmt: skip
+    """Each region's latest test figures: the task's first two report columns."""
     out: dict[str, dict[str, Any]] = {}
-    for version, by_region in sorted(region_results(r, keys).items()):
+    for version, by_region in sorted(region_results(r, keys, fed).items()):
         for region, rec in by_region.items():
-            out[region] = {"version": version, "hr@10": rec["test"].get("hr@10"),
-                           "ndcg@10": rec["test"].get("ndcg@10")}  # fmt: skip
+            out[region] = {"version": version,
+                           **{m: rec["test"].get(m) for m in fed.metrics.table[:2]}}  # fmt: skip
     return out
-
-
-def _users_weighted(by_region: dict[str, dict]) -> dict[str, float]:
-    """Overall test metrics of a version, regions weighted by their evaluated users."""
-    users = {reg: float(rec["test"].get("users", 0)) for reg, rec in by_region.items()}
-    total = sum(users.values()) or 1.0
-    return {m: sum(rec["test"][m] * users[reg] for reg, rec in by_region.items()) / total
-            for m in ("hr@10", "ndcg@10")}  # fmt: skip
 
 
 def _quantile(values: list[int], q: float) -> int | None:

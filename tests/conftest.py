@@ -1,4 +1,5 @@
-"""Shared fixtures: a small generated data set, made once per test session."""
+"""Shared fixtures: small generated data sets (the recommender's and the toy task's), made once
+per test session, and real servers."""
 
 from __future__ import annotations
 
@@ -6,13 +7,23 @@ from pathlib import Path
 
 import pytest
 
-from shared.task import generate
+from tasks.recommender import generate
+from tasks.toy import TASK as TOY
 
 
 @pytest.fixture(scope="session")
 def small_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The recommender's small data set."""
     out = tmp_path_factory.mktemp("data") / "small"
     generate.write(generate.generate(seed=3, scale="small"), out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def toy_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The toy task's data: what tests of the federation's machinery run on (no torch)."""
+    out = tmp_path_factory.mktemp("data") / "toy"
+    TOY.generate(out, seed=3)
     return out
 
 

@@ -9,12 +9,16 @@ from pathlib import Path
 import numpy as np
 import redis
 
-from shared.task.dataset import read_interactions, read_meta
+from tasks.recommender.dataset import read_interactions, read_meta
 
 
 def assert_no_raw_data(connection: redis.Redis, data: Path) -> None:
-    """No event timestamp and no user's item sequence of ``data`` anywhere in the database."""
+    """No raw record of ``data`` anywhere in the database: for the recommender's data no event
+    timestamp and no user's item sequence; for the toy task's no point, as text or as the
+    float32 bytes a tensor would hold."""
     blob = _dump(connection)
+    if json.loads((Path(data) / "meta.json").read_text()).get("format") == "fedq-toy/1":
+        return _assert_no_points(blob, data)
     meta = read_meta(data)
     stamps, sequences = set(), []
     for region in meta.regions:
@@ -32,6 +36,16 @@ def assert_no_raw_data(connection: redis.Redis, data: Path) -> None:
     for seq in sequences:
         for form in (",".join(map(str, seq)), json.dumps(seq), ", ".join(map(str, seq))):
             assert form.encode() not in blob, f"an interaction sequence {seq} is in Redis"
+
+
+def _assert_no_points(blob: bytes, data: Path) -> None:
+    for region in json.loads((Path(data) / "meta.json").read_text())["regions"]:
+        lines = (Path(data) / region / "points.csv").read_text().splitlines()[1:]
+        for line in lines[:300]:
+            features = line.rsplit(",", 1)[0]
+            assert features.encode() not in blob, f"a point of {region} is in Redis: {line}"
+            raw = np.array([float(v) for v in features.split(",")], dtype=np.float32).tobytes()
+            assert raw not in blob, f"a point of {region} is in Redis as float32: {line}"
 
 
 def _dump(connection: redis.Redis) -> bytes:

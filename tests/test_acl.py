@@ -76,10 +76,10 @@ def _login(server: RedisServer, keys_dir: Path, user: str) -> redis.Redis:
                                 password=load_password(keys_dir, user))  # fmt: skip
 
 
-def test_a_workers_user_cannot_write_the_model_or_another_regions_keys(acl_server, small_data):
+def test_a_workers_user_cannot_write_the_model_or_another_regions_keys(acl_server, toy_data):
     server, keys_dir = acl_server
     admin = server.client()
-    service.initialise(admin, K, small_data, FederationSettings(model_dim=8))
+    service.initialise(admin, K, toy_data, FederationSettings(task="toy"))
     admin.set(K.data_size("us"), 100)
     worker = _login(server, keys_dir, U.worker("cn"))
     # what a cn worker needs works
@@ -116,14 +116,14 @@ def test_a_workers_user_cannot_write_the_model_or_another_regions_keys(acl_serve
     admin.delete(*admin.keys(f"{NS}:*"), *admin.keys("rq:*"))
 
 
-def test_a_federation_runs_with_every_role_logged_in_as_its_own_user(acl_server, small_data):
+def test_a_federation_runs_with_every_role_logged_in_as_its_own_user(acl_server, toy_data):
     server, keys_dir = acl_server
     admin = server.client()
     admin.acl_log_reset()
-    settings = FederationSettings(model_dim=8, target_versions=10, eval_every=5,
+    settings = FederationSettings(task="toy", target_versions=10, eval_every=5,
                                   signed_updates=True)  # fmt: skip
-    service.initialise(admin, K, small_data, settings)
-    with Fleet(server.url, NS, small_data) as fleet:  # the URL carries no credentials
+    service.initialise(admin, K, toy_data, settings)
+    with Fleet(server.url, NS, toy_data) as fleet:  # the URL carries no credentials
         fleet.env["FEDQ_KEYS"] = str(keys_dir)
         fleet.aggregator()
         fleet.coordinator()
@@ -140,12 +140,13 @@ def test_a_federation_runs_with_every_role_logged_in_as_its_own_user(acl_server,
     applied = admin.scard(K.applied)
     assert applied == int(admin.get(K.version)) >= 10
     assert admin.hlen(K.rejected) == 0
-    assert_no_raw_data(admin, small_data)
+    assert_no_raw_data(admin, toy_data)
 
 
-def test_keys_init_acl_and_fedq_run_with_acl_users(redis7_binary, small_data, tmp_path):
+def test_keys_init_acl_and_fedq_run_with_acl_users(redis7_binary, toy_data, tmp_path):
     env = {**os.environ, "FEDQ_KEYS": str(tmp_path / "keys"), "FEDQ_REDIS_SERVER": redis7_binary}
-    made = subprocess.run([*FEDQ, "keys", "init", "--data", str(small_data)], env=env,
+    made = subprocess.run([*FEDQ, "keys", "init", "--task", "toy", "--data", str(toy_data)],
+                          env=env,
                           capture_output=True, text=True, timeout=60)  # fmt: skip
     assert made.returncode == 0 and "9 Redis user password(s)" in made.stdout, made.stderr
     printed = subprocess.run([*FEDQ, "redis", "acl"], env=env, capture_output=True, text=True,
@@ -156,14 +157,15 @@ def test_keys_init_acl_and_fedq_run_with_acl_users(redis7_binary, small_data, tm
     for path in (tmp_path / "keys" / "users").iterdir():
         assert path.read_text().strip() not in printed.stdout  # hashes only
     plain = subprocess.run(  # the users in FEDQ_KEYS are not the plain run's (its Redis has none)
-        [*FEDQ, "run", "--data", str(small_data), "--target-versions", "4", "--eval-every", "4",
+        [*FEDQ, "run", "--task", "toy", "--data", str(toy_data), "--target-versions", "4",
+         "--eval-every", "4",
          "--workers-per-region", "1", "--no-baselines", "--out", str(tmp_path / "plain")],
         env=env, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert plain.returncode == 0, plain.stderr[-2000:]
     run = tmp_path / "run"
     proc = subprocess.run(
-        [*FEDQ, "run", "--data", str(small_data), "--acl", "--target-versions", "8",
+        [*FEDQ, "run", "--task", "toy", "--data", str(toy_data), "--acl", "--target-versions", "8",
          "--eval-every", "8", "--workers-per-region", "1", "--no-baselines", "--out", str(run)],
         env=env, capture_output=True, text=True, timeout=600,
     )  # fmt: skip

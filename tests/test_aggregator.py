@@ -11,18 +11,18 @@ import pytest
 from coordinator import service
 from coordinator.aggregator import Aggregator
 from shared.keys import Keys
-from shared.settings import FederationSettings, TrainSettings
+from shared.settings import FederationSettings
 from shared.store import ModelStore
 from tests.updates import publish
 
 KEYS = Keys("t")
 
 
-def _fed(r, small_data, **overrides):
+def _fed(r, toy_data, **overrides):
     overrides.setdefault("target_versions", 0)  # no target: alpha does not decay
     overrides.setdefault("max_update_norm", 0.0)  # the weighting tests use large deltas
-    settings = FederationSettings(model_dim=8, train=TrainSettings(), **overrides)
-    return service.initialise(r, KEYS, small_data, settings)
+    settings = FederationSettings(task="toy", **overrides)
+    return service.initialise(r, KEYS, toy_data, settings)
 
 
 def _publish(r, region, base, delta, n=100, data_size=0, round_=None, stream=None):
@@ -50,8 +50,8 @@ def _drain(agg: Aggregator) -> None:
         pass
 
 
-def test_stale_update_gets_exactly_the_documented_weight(r, small_data):
-    fed = _fed(r, small_data, alpha=0.6, staleness="polynomial", staleness_a=0.5,
+def test_stale_update_gets_exactly_the_documented_weight(r, toy_data):
+    fed = _fed(r, toy_data, alpha=0.6, staleness="polynomial", staleness_a=0.5,
                sample_weighting=False)  # fmt: skip
     agg = Aggregator(r, KEYS, fed)
     w0 = {k: v.copy() for k, v in agg.weights.items()}
@@ -69,15 +69,15 @@ def test_stale_update_gets_exactly_the_documented_weight(r, small_data):
     for k in w0:
         np.testing.assert_allclose(agg.weights[k], (1 - a) * w1[k] + a * (w0[k] - 1.0), atol=1e-5)
     stored = ModelStore(r, KEYS).read(2)
-    np.testing.assert_array_equal(stored.weights["age_bias"], agg.weights["age_bias"])
+    np.testing.assert_array_equal(stored.weights["w"], agg.weights["w"])
     last = r.xrevrange(KEYS.applies, count=1)[0][1]
     assert int(last[b"version"]) == 2
     assert float(last[b"weight"]) == pytest.approx(a, rel=1e-5)
     assert int(last[b"staleness"]) == 1
 
 
-def test_sample_weighting_scales_by_region_data_size(r, small_data):
-    fed = _fed(r, small_data, alpha=0.5, staleness="constant", sample_weighting=True)
+def test_sample_weighting_scales_by_region_data_size(r, toy_data):
+    fed = _fed(r, toy_data, alpha=0.5, staleness="constant", sample_weighting=True)
     agg = Aggregator(r, KEYS, fed)
     _publish(r, "cn", 0, _delta(agg, 0.0), data_size=1000)  # sets the reference
     _publish(r, "me", 1, _delta(agg, 0.0), data_size=100)
@@ -87,8 +87,8 @@ def test_sample_weighting_scales_by_region_data_size(r, small_data):
     assert weights == pytest.approx([0.5, 0.5 * 100 / reference], rel=1e-5)
 
 
-def test_updates_beyond_max_staleness_are_rejected_with_a_reason(r, small_data):
-    fed = _fed(r, small_data, max_staleness=2, sample_weighting=False)
+def test_updates_beyond_max_staleness_are_rejected_with_a_reason(r, toy_data):
+    fed = _fed(r, toy_data, max_staleness=2, sample_weighting=False)
     agg = Aggregator(r, KEYS, fed)
     for i in range(3):
         _publish(r, "cn", i, _delta(agg, 0.01))
@@ -113,8 +113,8 @@ def test_updates_beyond_max_staleness_are_rejected_with_a_reason(r, small_data):
         ({"id": "g2"}, "malformed"),
     ],
 )
-def test_garbage_entries_are_rejected_not_fatal(r, small_data, fields, reason):
-    fed = _fed(r, small_data)
+def test_garbage_entries_are_rejected_not_fatal(r, toy_data, fields, reason):
+    fed = _fed(r, toy_data)
     agg = Aggregator(r, KEYS, fed)
     r.xadd(KEYS.update_stream("cn"), fields)
     _drain(agg)
@@ -123,16 +123,16 @@ def test_garbage_entries_are_rejected_not_fatal(r, small_data, fields, reason):
     assert agg.version == 0
 
 
-def test_bad_region_shape_and_nan_are_rejected(r, small_data):
-    fed = _fed(r, small_data)
+def test_bad_region_shape_and_nan_are_rejected(r, toy_data):
+    fed = _fed(r, toy_data)
     agg = Aggregator(r, KEYS, fed)
     mars = _publish(r, "mars", 0, _delta(agg, 0.0), stream="cn")
     posing = _publish(r, "us", 0, _delta(agg, 0.0), stream="cn")  # a cn worker posing as us
     bad_shape = _delta(agg, 0.0)
-    bad_shape["age_bias"] = np.zeros(3, dtype=np.float32)
+    bad_shape["w"] = np.zeros(3, dtype=np.float32)
     shape = _publish(r, "cn", 0, bad_shape)
     with_nan = _delta(agg, 0.0)
-    with_nan["age_bias"][0] = math.nan
+    with_nan["w"][0] = math.nan
     nan = _publish(r, "cn", 0, with_nan)
     _drain(agg)
     assert _reasons(r) == {mars: "unknown_region", posing: "wrong_region", shape: "shape",
@@ -144,8 +144,8 @@ def test_bad_region_shape_and_nan_are_rejected(r, small_data):
     assert agg.version == 0
 
 
-def test_an_update_above_the_norm_bound_is_rejected_or_clipped(r, small_data):
-    fed = _fed(r, small_data, max_update_norm=5.0, alpha=0.5, staleness="constant")
+def test_an_update_above_the_norm_bound_is_rejected_or_clipped(r, toy_data):
+    fed = _fed(r, toy_data, max_update_norm=5.0, alpha=0.5, staleness="constant")
     agg = Aggregator(r, KEYS, fed)
     n = sum(v.size for v in agg.weights.values())
     small = 4.0 / math.sqrt(n)  # L2 norm 4: within the bound
@@ -157,7 +157,7 @@ def test_an_update_above_the_norm_bound_is_rejected_or_clipped(r, small_data):
     assert detail.startswith("L2 norm ") and "> bound 5" in detail
     # clip: the same update goes in scaled to the bound's length
     r.flushall()
-    fed = _fed(r, small_data, max_update_norm=5.0, norm_action="clip", alpha=0.5,
+    fed = _fed(r, toy_data, max_update_norm=5.0, norm_action="clip", alpha=0.5,
                staleness="constant")  # fmt: skip
     agg = Aggregator(r, KEYS, fed)
     w0 = {k: v.copy() for k, v in agg.weights.items()}
@@ -169,10 +169,10 @@ def test_an_update_above_the_norm_bound_is_rejected_or_clipped(r, small_data):
     assert moved == pytest.approx(0.5 * 5.0, rel=1e-4)  # alpha x the clipped delta
 
 
-def test_an_oversized_update_is_rejected_before_decoding(r, small_data):
+def test_an_oversized_update_is_rejected_before_decoding(r, toy_data):
     from coordinator import aggregator as aggregator_module
 
-    fed = _fed(r, small_data)
+    fed = _fed(r, toy_data)
     agg = Aggregator(r, KEYS, fed)
     r.xadd(KEYS.update_stream("cn"), {"u": b"x" * (aggregator_module.MAX_UPDATE_BYTES + 1),
                                        "id": "big"})  # fmt: skip
@@ -180,8 +180,8 @@ def test_an_oversized_update_is_rejected_before_decoding(r, small_data):
     assert _reasons(r) == {"big": "too_large"} and agg.version == 0
 
 
-def test_an_update_published_twice_is_applied_once(r, small_data):
-    fed = _fed(r, small_data)
+def test_an_update_published_twice_is_applied_once(r, toy_data):
+    fed = _fed(r, toy_data)
     agg = Aggregator(r, KEYS, fed)
     same = _publish(r, "cn", 0, _delta(agg, 0.1))
     r.xadd(KEYS.update_stream("cn"), r.xrange(KEYS.update_stream("cn"))[0][1])  # a second copy
@@ -191,8 +191,8 @@ def test_an_update_published_twice_is_applied_once(r, small_data):
     assert r.xlen(KEYS.update_stream("cn")) == 0
 
 
-def test_buffered_mode_flushes_every_k_and_scales_by_staleness(r, small_data):
-    fed = _fed(r, small_data, mode="buffered", buffer_size=2, server_lr=1.0,
+def test_buffered_mode_flushes_every_k_and_scales_by_staleness(r, toy_data):
+    fed = _fed(r, toy_data, mode="buffered", buffer_size=2, server_lr=1.0,
                sample_weighting=False)  # fmt: skip
     agg = Aggregator(r, KEYS, fed)
     w0 = {k: v.copy() for k, v in agg.weights.items()}
@@ -208,8 +208,8 @@ def test_buffered_mode_flushes_every_k_and_scales_by_staleness(r, small_data):
     assert sorted(u["id"] for u in info) == sorted([a, b])
 
 
-def test_alpha_decays_towards_the_target(r, small_data):
-    fed = _fed(r, small_data, alpha=0.6, staleness="constant", sample_weighting=False,
+def test_alpha_decays_towards_the_target(r, toy_data):
+    fed = _fed(r, toy_data, alpha=0.6, staleness="constant", sample_weighting=False,
                target_versions=10, decay_floor=0.1)  # fmt: skip
     agg = Aggregator(r, KEYS, fed)
     for i in range(6):
@@ -219,10 +219,10 @@ def test_alpha_decays_towards_the_target(r, small_data):
     assert weights == pytest.approx([0.6 * (1 - 0.9 * v / 10) for v in range(6)], rel=1e-5)
 
 
-def test_sync_round_closes_when_every_region_reported(r, small_data):
+def test_sync_round_closes_when_every_region_reported(r, toy_data):
     import time as clock
 
-    fed = _fed(r, small_data, mode="sync", round_deadline=60.0)
+    fed = _fed(r, toy_data, mode="sync", round_deadline=60.0)
     agg = Aggregator(r, KEYS, fed)
     w0 = {k: v.copy() for k, v in agg.weights.items()}
     regions = list(fed.regions)

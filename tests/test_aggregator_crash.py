@@ -27,10 +27,10 @@ N_UPDATES = 12
 REGIONS = ("cn", "us", "eu", "jp")
 
 
-def _federation(r, keys: Keys, small_data, mode: str):
-    settings = FederationSettings(mode=mode, model_dim=8, buffer_size=3, target_versions=0,
+def _federation(r, keys: Keys, toy_data, mode: str):
+    settings = FederationSettings(task="toy", mode=mode, buffer_size=3, target_versions=0,
                                   eval_every=0)  # fmt: skip
-    fed = service.initialise(r, keys, small_data, settings)
+    fed = service.initialise(r, keys, toy_data, settings)
     shapes = {k: v.shape for k, v in ModelStore(r, keys).read_current().weights.items()}
     rng = np.random.default_rng(7)
     for i in range(N_UPDATES):
@@ -62,19 +62,19 @@ def _settled(r, keys: Keys, expected_versions: int) -> bool:
      ("buffered", "aggregator.after_commit:2"), ("buffered", "aggregator.before_commit:2")],
 )  # fmt: skip
 def test_kill_9_around_the_commit_neither_loses_nor_repeats_an_update(
-    small_data, redis_server, r, mode, point
+    toy_data, redis_server, r, mode, point
 ):
     versions = N_UPDATES if mode == "async" else N_UPDATES // 3  # buffered: K=3
     ref_keys = Keys("reference")
-    fed = _federation(r, ref_keys, small_data, mode)
+    fed = _federation(r, ref_keys, toy_data, mode)
     reference = Aggregator(r, ref_keys, fed)
     while reference.step(block_ms=50):
         pass
     assert reference.version == versions
 
     keys = Keys("crashed")
-    _federation(r, keys, small_data, mode)
-    with Fleet(redis_server.url, "crashed", small_data) as fleet:
+    _federation(r, keys, toy_data, mode)
+    with Fleet(redis_server.url, "crashed", toy_data) as fleet:
         doomed = fleet.aggregator(crash_at=point)
         assert doomed.wait(timeout=60) == -signal.SIGKILL
         crashed_at = int(r.get(keys.version))

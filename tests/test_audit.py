@@ -9,12 +9,14 @@ from shared.federation import Federation, create
 from shared.jobs import JobSpec, record_issued
 from shared.keys import Keys
 from shared.settings import FederationSettings
+from tasks.toy import TASK as TOY
 
 K = Keys("audit")
 
 
 def _federation(r) -> None:
-    create(r, K, Federation(FederationSettings(), ("cn", "us"), "d", "test"))
+    create(r, K, Federation(FederationSettings(task="toy"), ("cn", "us"), "d", "test",
+                            TOY.metrics))  # fmt: skip
 
 
 def _job(r, name: str, region: str = "cn") -> str:

@@ -55,16 +55,16 @@ def test_errors_are_one_line_without_traceback(tmp_path, args, needle):
     assert len(proc.stderr.strip().splitlines()) == 1
 
 
-def test_a_local_baseline_reports_every_batch_and_prints_no_bar_to_a_pipe(small_data, tmp_path):
+def test_a_local_baseline_reports_every_epoch_and_prints_no_bar_to_a_pipe(small_data, tmp_path):
     from coordinator.baselines import FitSettings, run_baseline
-    from shared.task.train import TrainConfig
+    from tasks.api import load_task
 
-    seen: list[tuple[int, int]] = []
-    settings = FitSettings(train=TrainConfig(batch_size=256), max_epochs=1)
-    run_baseline(small_data, "local", settings, regions=["me"],
-                 batches=lambda done, total: seen.append((done, total)))  # fmt: skip
-    assert seen and seen[-1][0] == seen[-1][1]
-    assert [d for d, _ in seen] == list(range(1, len(seen) + 1))
+    seen: list[str] = []
+    settings = FitSettings(settings={"baseline_batch_size": 256}, max_epochs=2)
+    report = run_baseline(load_task("recommender"), small_data, "local", settings,
+                          regions=["me"], say=seen.append)  # fmt: skip
+    assert [m.split(":")[0] for m in seen] == ["[me] epoch 1", "[me] epoch 2"]
+    assert report.epochs["me"] in (1, 2) and set(report.regions) == {"me"}
     proc = fedq("baseline", "--data", str(small_data), "--mode", "local", "--epochs", "1")
     assert "━" not in proc.stderr and "epoch 1" in proc.stderr
 
@@ -77,7 +77,7 @@ def test_a_mistyped_data_path_is_an_error_never_a_synthetic_run(tmp_path):
     assert not missing.exists()  # nothing created, nothing generated
     (tmp_path / "empty").mkdir()
     proc = fedq("run", "--data", str(tmp_path / "empty"), check=False)
-    assert proc.returncode == 2 and "holds no data set (no meta.json)" in proc.stderr
+    assert proc.returncode == 2 and "holds no recommender data set; pass --generate" in proc.stderr
     assert list((tmp_path / "empty").iterdir()) == []
 
 

@@ -60,11 +60,14 @@ def test_the_settings_file_documents_every_setting_at_its_default():
     import tomllib
 
     loaded = settings.load(ROOT / "fedq.toml")
-    assert loaded == settings.FederationSettings()
+    assert dataclasses.replace(loaded, task_settings={}) == settings.FederationSettings()
     raw = tomllib.loads((ROOT / "fedq.toml").read_text())
     fields = {f.name for f in dataclasses.fields(settings.FederationSettings)}
     assert fields - set(raw) == set()
-    assert {f.name for f in dataclasses.fields(settings.TrainSettings)} - set(raw["train"]) == set()
+    from tasks.recommender.task import DEFAULTS
+
+    assert set(DEFAULTS) - set(raw["task_settings"]) == set()
+    assert raw["task_settings"] == DEFAULTS
 
 
 # --- compose.secure.yaml: ACL users and signed updates, each service given only its own keys ---

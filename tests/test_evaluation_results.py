@@ -5,7 +5,7 @@ the first valid result of an evaluation job the coordinator issued to that regio
 version, and copies it onto the metrics stream, which the learning curve, the stopping rule
 (``target_metric``) and ``fedq status``/``fedq models`` read. Malformed results (a bogus
 ``test``, a missing field, NaN, a rate above 1, the wrong version), results for jobs nobody
-issued (a forged HR@10 of 1.0 to stop the federation early) and results on another region's
+issued (a forged headline of 1.0 to stop the federation early) and results on another region's
 stream are rejected with their reason, and nothing crashes.
 """
 
@@ -21,11 +21,11 @@ from coordinator import service
 from coordinator.aggregator import Aggregator
 from coordinator.dispatcher import Dispatcher
 from shared.auth import init_keys, load_keys, sign
-from shared.evaluations import TEST_METRICS, VALIDATION_METRICS
 from shared.jobs import JobSpec, new_job_id, new_update_id, record_issued
 from shared.keys import Keys
 from shared.settings import FederationSettings
 from shared.views import region_results
+from tasks.toy import TASK as TOY
 from tests.fleet import FEDQ
 
 K = Keys("results")
@@ -39,8 +39,8 @@ def _issue_eval(r, region: str, version: int) -> str:
 
 def _record(job_id: str, region: str, version: int, hr: float = 0.3, **changes) -> dict:
     record = {"version": version, "region": region, "job_id": job_id, "at": 1.0,
-              "test": dict.fromkeys(TEST_METRICS, hr) | {"users": 100.0, "cold_start.n": 5.0},
-              "validation": dict.fromkeys(VALIDATION_METRICS, hr) | {"users": 100.0}}  # fmt: skip
+              "test": dict.fromkeys(TOY.metrics.names("test"), hr) | {"n": 100.0},
+              "validation": dict.fromkeys(TOY.metrics.validation, hr) | {"n": 100.0}}  # fmt: skip
     record.update(changes)
     return record
 
@@ -61,12 +61,12 @@ def _drain(agg: Aggregator) -> None:
 
 @pytest.mark.parametrize("signed", [False, True])
 def test_only_the_first_valid_result_of_an_issued_job_counts(
-    r, small_data, redis_server, tmp_path, signed, monkeypatch
+    r, toy_data, redis_server, tmp_path, signed, monkeypatch
 ):
     monkeypatch.setenv("FEDQ_KEYS", str(tmp_path))  # where the dispatcher finds the secrets
-    settings = FederationSettings(model_dim=8, eval_every=0, target_versions=0,
+    settings = FederationSettings(task="toy", eval_every=0, target_versions=0,
                                   target_metric=0.99, signed_updates=signed)  # fmt: skip
-    fed = service.initialise(r, K, small_data, settings)
+    fed = service.initialise(r, K, toy_data, settings)
     init_keys(tmp_path, fed.regions)
     secrets = load_keys(tmp_path, fed.regions)
     agg = Aggregator(r, K, fed, region_keys=secrets)
@@ -87,7 +87,7 @@ def test_only_the_first_valid_result_of_an_issued_job_counts(
     for name, make in bad.items():
         job = _issue_eval(r, "cn", 0)
         sent[name] = _send(r, "cn", job, make(job), key=key)
-    forged = new_job_id("cn", "e0")  # never issued: an HR@10 of 1.0 to stop the federation
+    forged = new_job_id("cn", "e0")  # never issued: a headline of 1.0 to stop the federation
     sent["forged"] = _send(r, "cn", forged, _record(forged, "cn", 0, hr=1.0), key=key)
     us_job = _issue_eval(r, "us", 0)  # a cn worker reporting for us, on its own stream
     sent["posing"] = _send(r, "us", us_job, _record(us_job, "us", 0, hr=1.0), "cn", key=key)
@@ -105,7 +105,7 @@ def test_only_the_first_valid_result_of_an_issued_job_counts(
         assert by_name["unsigned"] == "unsigned"
     results = region_results(r, K)
     assert list(results) == [0] and list(results[0]) == ["cn"]
-    assert results[0]["cn"]["test"]["hr@10"] == pytest.approx(0.3)
+    assert results[0]["cn"]["test"]["accuracy"] == pytest.approx(0.3)
     assert int(r.hget(K.duplicates, sent["again"])) == 1
     assert Dispatcher(r, K, fed).target_reached(0) is None  # the forged 1.0 stopped nothing
     # whatever lands on the accepted stream by mistake is skipped by every reader, no crash

@@ -16,7 +16,7 @@ import redis
 
 from shared.processes import stop_processes
 from shared.settings import FederationSettings
-from shared.task.dataset import read_meta
+from tasks.recommender.dataset import read_meta
 from tests.privacy_scan import assert_no_raw_data
 
 FEDQ = [sys.executable, "-m", "shared"]
@@ -213,12 +213,12 @@ def _png_size(path: Path) -> tuple[int, int]:
 
 def test_the_run_writes_its_plots_and_summary(federated_run):
     report, _proc, _connection, out = federated_run
-    for name in ("hr10_vs_time.png", "hr10_vs_version.png", "staleness.png",
+    for name in ("headline_vs_time.png", "headline_vs_version.png", "staleness.png",
                  "updates_per_region.png"):  # fmt: skip
         width, height = _png_size(out / name)
         assert width > 300 and height > 200
     summary = (out / "summary.md").read_text()
     assert f"{report['final']['overall']['hr@10']:.4f}" in summary
-    assert "![hr_vs_time](hr10_vs_time.png)" in summary
+    assert "![headline_vs_time](headline_vs_time.png)" in summary
     assert len(report["updates_log"]) == report["updates"]["applied"]
     assert set(report["curve"][-1]["regions"]) == set(report["regions"])

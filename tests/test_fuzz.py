@@ -49,13 +49,13 @@ def test_mutated_valid_updates_decode_or_raise_decode_error(flips, cut):
 
 
 @pytest.fixture(scope="module")
-def aggregator(redis_server, small_data):
+def aggregator(redis_server, toy_data):
     import redis
 
     r = redis.Redis.from_url(redis_server.url)
     for key in r.scan_iter(f"{K.namespace}:*"):
         r.delete(key)
-    fed = service.initialise(r, K, small_data, FederationSettings(model_dim=8, eval_every=0))
+    fed = service.initialise(r, K, toy_data, FederationSettings(task="toy", eval_every=0))
     return r, Aggregator(r, K, fed)
 
 

@@ -6,9 +6,9 @@ import filecmp
 
 import numpy as np
 
-from shared.task import generate
-from shared.task.dataset import read_catalogue, read_interactions, read_meta
-from shared.task.sequences import build_sequences
+from tasks.recommender import generate
+from tasks.recommender.dataset import read_catalogue, read_interactions, read_meta
+from tasks.recommender.sequences import build_sequences
 
 
 def test_same_seed_same_files_other_seed_other_files(tmp_path):

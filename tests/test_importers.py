@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from shared.task.dataset import read_catalogue, read_interactions, read_meta
-from shared.task.importers import ImportFailed, import_generic, import_rees46, parse_shares
-from shared.task.local_data import load_region
+from tasks.recommender.dataset import read_catalogue, read_interactions, read_meta
+from tasks.recommender.importers import ImportFailed, import_generic, import_rees46, parse_shares
+from tasks.recommender.local_data import load_region
 
 REES46 = """\
 2018-12-01 11:40:29 UTC,1924719191579951782,1842195256808833386,1,1806829201890738522,jewelry.earring,0,561.51,1515915625207851155,,red,gold,diamond

@@ -165,7 +165,7 @@ def test_report_plots_a_live_federation_and_two_runs_side_by_side(ran, tmp_path)
     url, *_ = ran
     out = fedq(url, "report", "--out", str(tmp_path / "live"))
     assert out.returncode == 0, out.stderr
-    for png in ("hr10_vs_time", "hr10_vs_version", "staleness", "updates_per_region"):
+    for png in ("headline_vs_time", "headline_vs_version", "staleness", "updates_per_region"):
         assert min(_png_size(tmp_path / "live" / f"{png}.png")) > 100
     live = (tmp_path / "live" / "summary.md").read_text()
     assert "No version has been evaluated by every region yet." in live  # only cn, us work
@@ -195,13 +195,12 @@ def _first_user(data: Path, region: str) -> int:
         return int(next(f).split(",")[0])
 
 
-def test_export_writes_a_state_dict_the_model_loads(ran, small_data, tmp_path):
+def test_export_writes_weights_the_model_loads(ran, small_data, tmp_path):
     import numpy as np
-    import torch
 
     from shared.store import ModelStore
-    from shared.task.local_data import load_shared
-    from shared.task.model import build
+    from tasks.recommender.local_data import load_shared
+    from tasks.recommender.task import TASK
 
     url, r, _, _ = ran
     out = fedq(url, "export", "--out", str(tmp_path / "m.pt"))
@@ -210,12 +209,13 @@ def test_export_writes_a_state_dict_the_model_loads(ran, small_data, tmp_path):
     stored = ModelStore(r, KEYS).read_current()
     assert meta["version"] == stored.version and meta["regions"] == ["cn", "us", "eu", "in",
                                                                       "jp", "me"]  # fmt: skip
-    state = torch.load(tmp_path / "m.pt", weights_only=True)
-    shared = load_shared(small_data)
-    model = build(shared.model_config(dim=meta["model_dim"]), shared.features)
-    model.load_state_dict(state, strict=True)
+    assert meta["task"] == "recommender" and meta["data_digest"] == TASK.describe(small_data).digest
+    with np.load(tmp_path / "m.pt", allow_pickle=False) as saved:
+        state = {k: saved[k] for k in saved.files}
+    TASK.model(state, load_shared(small_data), meta["task_settings"])  # loads strictly
+    assert set(state) == set(stored.weights)
     for name, value in stored.weights.items():
-        np.testing.assert_array_equal(state[name].numpy(), value)
+        np.testing.assert_array_equal(state[name], value)
     gone = fedq(url, "export", "--version", "0", "--out", str(tmp_path / "old.pt"))
     assert gone.returncode == 0  # version 0 is still in the window of this short run
     missing = fedq(url, "export", "--version", "999", "--out", str(tmp_path / "no.pt"))

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from shared.task import metrics
+from tasks.recommender import metrics
 
 
 def test_ranks_count_higher_and_tied_candidates_only():

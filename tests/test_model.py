@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from shared.task.evaluate import ModelScorer
-from shared.task.local_data import load_region, load_shared
-from shared.task.model import build, load_numpy_state, state_to_numpy
-from shared.task.sequences import Examples
-from shared.task.train import TrainConfig, train_local
+from tasks.recommender.evaluate import ModelScorer
+from tasks.recommender.local_data import load_region, load_shared
+from tasks.recommender.model import build, load_numpy_state, state_to_numpy
+from tasks.recommender.sequences import Examples
+from tasks.recommender.train import TrainConfig, train_local
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +93,7 @@ def test_wrong_shapes_are_a_clear_error(trained):
 
 
 def test_bucket_bias_gradient_matches_finite_differences():
-    from shared.task.model import _BucketBias
+    from tasks.recommender.model import _BucketBias
 
     table = torch.randn(6, dtype=torch.float64, requires_grad=True)
     bucket = torch.randint(0, 6, (7, 9), generator=torch.Generator().manual_seed(0))
@@ -101,7 +101,7 @@ def test_bucket_bias_gradient_matches_finite_differences():
 
 
 def test_moment_warm_up_moves_no_weight_and_shrinks_the_first_step(trained):
-    from shared.task.train import Trainer
+    from tasks.recommender.train import Trainer
 
     shared, data, config, start, _ = trained
     settings = TrainConfig(batch_size=128, seed=2)

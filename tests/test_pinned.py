@@ -23,10 +23,10 @@ K = Keys("pinned")
 
 
 def test_an_evaluation_scheduled_for_a_version_that_left_the_window_still_runs(
-    small_data, redis_server, r
+    toy_data, redis_server, r
 ):
-    settings = FederationSettings(model_dim=8, eval_every=0, target_versions=0, max_staleness=1)
-    fed = service.initialise(r, K, small_data, settings)
+    settings = FederationSettings(task="toy", eval_every=0, target_versions=0, max_staleness=1)
+    fed = service.initialise(r, K, toy_data, settings)
     agg = Aggregator(r, K, fed)
     dispatcher = Dispatcher(r, K, fed)
 
@@ -41,7 +41,7 @@ def test_an_evaluation_scheduled_for_a_version_that_left_the_window_still_runs(
     dispatcher.schedule_evaluation(1)  # no worker runs it yet
     advance(4)  # the window is 2 versions: version 1 left it three commits ago
     assert r.exists(K.model(1)) and not r.exists(K.model(2))  # kept for its evaluation only
-    with Fleet(redis_server.url, K.namespace, small_data) as fleet:
+    with Fleet(redis_server.url, K.namespace, toy_data) as fleet:
         for region in fed.regions:
             worker = fleet.worker(region, "--burst")
             assert worker.wait(timeout=120) == 0, fleet.log(worker)

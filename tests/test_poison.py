@@ -32,15 +32,15 @@ def _rejection(r, update_id: str) -> dict[bytes, bytes] | None:
                 None)  # fmt: skip
 
 
-def _federation(r, small_data):
-    settings = FederationSettings(model_dim=8, eval_every=0, target_versions=0)
-    return service.initialise(r, K, small_data, settings)
+def _federation(r, toy_data):
+    settings = FederationSettings(task="toy", eval_every=0, target_versions=0)
+    return service.initialise(r, K, toy_data, settings)
 
 
-def test_an_exception_while_handling_an_entry_is_a_rejection(small_data, redis_server, r):
-    _federation(r, small_data)
+def test_an_exception_while_handling_an_entry_is_a_rejection(toy_data, redis_server, r):
+    _federation(r, toy_data)
     boom = _entry(r)
-    with Fleet(redis_server.url, K.namespace, small_data) as fleet:
+    with Fleet(redis_server.url, K.namespace, toy_data) as fleet:
         agg = fleet.aggregator(crash_at="aggregator.handle:1:raise")
         assert wait_until(lambda: _rejection(r, boom), 60), fleet.log(agg)
         fine = _entry(r)  # the same process goes on: the next entry is applied
@@ -52,12 +52,12 @@ def test_an_exception_while_handling_an_entry_is_a_rejection(small_data, redis_s
 
 
 def test_an_entry_that_kills_the_aggregator_is_rejected_after_a_few_deaths(
-    small_data, redis_server, r
+    toy_data, redis_server, r
 ):
-    _federation(r, small_data)
+    _federation(r, toy_data)
     killer = _entry(r)
     deaths = 0
-    with Fleet(redis_server.url, K.namespace, small_data) as fleet:
+    with Fleet(redis_server.url, K.namespace, toy_data) as fleet:
         for _ in range(MAX_HANDLINGS + 3):
             agg = fleet.aggregator(crash_at="aggregator.handle:1")
             wait_until(lambda a=agg: a.poll() is not None or _rejection(r, killer), 60)

@@ -22,8 +22,8 @@ from tests.fleet import FEDQ, Fleet, wait_until
 from tests.updates import publish
 
 
-def _apply_some(r: redis.Redis, keys: Keys, small_data, n: int) -> dict[str, np.ndarray]:
-    fed = service.initialise(r, keys, small_data, FederationSettings(model_dim=8, eval_every=0))
+def _apply_some(r: redis.Redis, keys: Keys, toy_data, n: int) -> dict[str, np.ndarray]:
+    fed = service.initialise(r, keys, toy_data, FederationSettings(task="toy", eval_every=0))
     agg = Aggregator(r, keys, fed)
     for i in range(n):
         delta = {k: np.full(v.shape, 0.01 * (i + 1), np.float32) for k, v in agg.weights.items()}
@@ -33,11 +33,11 @@ def _apply_some(r: redis.Redis, keys: Keys, small_data, n: int) -> dict[str, np.
     return agg.weights
 
 
-def test_model_and_version_survive_a_restart_and_a_kill_9_of_redis(small_data, tmp_path):
+def test_model_and_version_survive_a_restart_and_a_kill_9_of_redis(toy_data, tmp_path):
     keys = Keys("aof")
     server = RedisServer(tmp_path / "redis").start()
     try:
-        weights = _apply_some(redis.Redis.from_url(server.url), keys, small_data, 3)
+        weights = _apply_some(redis.Redis.from_url(server.url), keys, toy_data, 3)
         port = server.port
         server.stop()  # a clean shutdown
         server = RedisServer(tmp_path / "redis", port=port).start()
@@ -59,15 +59,15 @@ def test_model_and_version_survive_a_restart_and_a_kill_9_of_redis(small_data, t
         server.stop()
 
 
-def test_every_process_rides_out_a_redis_outage_and_the_federation_goes_on(small_data, tmp_path):
+def test_every_process_rides_out_a_redis_outage_and_the_federation_goes_on(toy_data, tmp_path):
     keys = Keys("outage")
     server = RedisServer(tmp_path / "redis").start()
     r = redis.Redis.from_url(server.url)
-    settings = FederationSettings(eval_every=0, target_versions=0, time_budget=600,
+    settings = FederationSettings(task="toy", eval_every=0, target_versions=0, time_budget=600,
                                   inflight_per_region=1)  # fmt: skip
-    service.initialise(r, keys, small_data, settings)
+    service.initialise(r, keys, toy_data, settings)
     try:
-        with Fleet(server.url, "outage", small_data) as fleet:
+        with Fleet(server.url, "outage", toy_data) as fleet:
             roles = [fleet.aggregator(), fleet.coordinator(), fleet.worker("cn"),
                      fleet.worker("us")]  # fmt: skip
             assert wait_until(lambda: int(r.get(keys.version) or 0) >= 3, 120)
@@ -99,18 +99,19 @@ def test_every_process_rides_out_a_redis_outage_and_the_federation_goes_on(small
 
 
 def test_a_worker_holds_its_finished_update_through_an_outage_and_publishes_it_after(
-    small_data, tmp_path
+    toy_data, tmp_path
 ):
     keys = Keys("held")
     server = RedisServer(tmp_path / "redis").start()
     r = redis.Redis.from_url(server.url)
-    settings = FederationSettings(eval_every=0, target_versions=0, time_budget=600,
-                                  inflight_per_region=1, worker_ttl=60)  # fmt: skip
-    service.initialise(r, keys, small_data, settings)
+    settings = FederationSettings(task="toy", eval_every=0, target_versions=0, time_budget=600,
+                                  inflight_per_region=1, worker_ttl=60,
+                                  task_settings={"job_seconds": 8.0})  # fmt: skip
+    service.initialise(r, keys, toy_data, settings)
     try:
-        with Fleet(server.url, "held", small_data) as fleet:
+        with Fleet(server.url, "held", toy_data) as fleet:
             fleet.coordinator()
-            worker = fleet.worker("cn", "--slowdown", "8")
+            worker = fleet.worker("cn")
             assert wait_until(lambda: _started(r, keys), 90)
             job_id = _started(r, keys)
             port = server.port
@@ -137,7 +138,7 @@ def _started(r: redis.Redis, keys: Keys) -> str | None:
 
 
 def test_a_role_started_before_its_redis_waits_for_it_or_says_in_one_line_why_not(
-    small_data, tmp_path
+    toy_data, tmp_path
 ):
     port = free_port()
     url = f"redis://127.0.0.1:{port}/0"
@@ -147,13 +148,15 @@ def test_a_role_started_before_its_redis_waits_for_it_or_says_in_one_line_why_no
     assert gone.returncode != 0
     lines = gone.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"Error: cannot reach Redis at {url}: "), lines
-    with Fleet(url, "early", small_data) as fleet:
+    with Fleet(url, "early", toy_data) as fleet:
         early = fleet.aggregator()
         time.sleep(2)
         server = RedisServer(tmp_path / "redis", port=port).start()
         try:
             r = redis.Redis.from_url(server.url)
-            service.initialise(r, Keys("early"), small_data, FederationSettings(eval_every=0))
+            service.initialise(
+                r, Keys("early"), toy_data, FederationSettings(task="toy", eval_every=0)
+            )
             made = Keys("early").update_stream("cn")
             assert wait_until(lambda: r.exists(made), 60)  # its group is made
             assert early.poll() is None

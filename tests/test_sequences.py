@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from shared.task.dataset import Interactions
-from shared.task.sequences import split
+from tasks.recommender.dataset import Interactions
+from tasks.recommender.sequences import split
 
 
 def _data(rows):

@@ -27,10 +27,14 @@ def _payload(agg: Aggregator, update_id: str, region: str) -> bytes:
 
 
 def test_unsigned_tampered_foreign_and_replayed_updates_are_rejected_with_reasons(
-    r, small_data, tmp_path
+    r, toy_data, tmp_path
 ):
-    fed = service.initialise(r, K, small_data, FederationSettings(
-        model_dim=8, signed_updates=True, target_versions=0, eval_every=0))  # fmt: skip
+    fed = service.initialise(
+        r,
+        K,
+        toy_data,
+        FederationSettings(task="toy", signed_updates=True, target_versions=0, eval_every=0),
+    )
     init_keys(tmp_path, fed.regions)
     secrets = load_keys(tmp_path, fed.regions)
     agg = Aggregator(r, K, fed, region_keys=secrets)
@@ -70,10 +74,11 @@ def test_unsigned_tampered_foreign_and_replayed_updates_are_rejected_with_reason
 
 
 def test_keys_init_writes_private_secrets_and_a_signed_run_applies_every_update(
-    small_data, redis_server, tmp_path
+    toy_data, redis_server, tmp_path
 ):
     env = {**os.environ, "FEDQ_KEYS": str(tmp_path / "keys")}
-    out = subprocess.run([*FEDQ, "keys", "init", "--data", str(small_data)], env=env,
+    out = subprocess.run([*FEDQ, "keys", "init", "--task", "toy", "--data", str(toy_data)],
+                          env=env,
                          capture_output=True, text=True, timeout=60)  # fmt: skip
     assert out.returncode == 0 and "6 secret(s) written" in out.stdout, out.stderr
     for path in (tmp_path / "keys").glob("*.key"):
@@ -84,12 +89,14 @@ def test_keys_init_writes_private_secrets_and_a_signed_run_applies_every_update(
         assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
     assert stat.S_IMODE((tmp_path / "keys" / "users.acl").stat().st_mode) == 0o644  # hashes
     assert stat.S_IMODE((tmp_path / "keys" / "users").stat().st_mode) == 0o700
-    again = subprocess.run([*FEDQ, "keys", "init", "--data", str(small_data)], env=env,
+    again = subprocess.run([*FEDQ, "keys", "init", "--task", "toy", "--data", str(toy_data)],
+                          env=env,
                            capture_output=True, text=True, timeout=60)  # fmt: skip
     assert "0 secret(s) written" in again.stdout and "6 kept" in again.stdout
     run = tmp_path / "run"
     proc = subprocess.run(
-        [*FEDQ, "run", "--data", str(small_data), "--redis-url", redis_server.url, "--namespace",
+        [*FEDQ, "run", "--task", "toy", "--data", str(toy_data), "--redis-url", redis_server.url,
+         "--namespace",
          "signedrun", "--signed-updates", "--target-versions", "12", "--eval-every", "12",
          "--workers-per-region", "1", "--no-baselines", "--out", str(run)],
         capture_output=True, text=True, timeout=600,
@@ -105,37 +112,41 @@ def test_keys_init_writes_private_secrets_and_a_signed_run_applies_every_update(
 
     from tests.privacy_scan import assert_no_raw_data
 
-    assert_no_raw_data(redis.Redis.from_url(redis_server.url), small_data)
+    assert_no_raw_data(redis.Redis.from_url(redis_server.url), toy_data)
 
 
 def test_a_signed_federations_worker_runs_only_jobs_signed_for_their_id(
-    r, small_data, redis_server, tmp_path
+    r, toy_data, redis_server, tmp_path
 ):
     import time
-    from dataclasses import asdict
 
     from rq import Queue
 
     from shared.jobs import SERIALIZER, TRAIN_TASK, JobSpec, record_issued
-    from shared.settings import TrainSettings
     from tests.fleet import Fleet
 
     keys = Keys("signedjobs")
-    fed = service.initialise(r, keys, small_data, FederationSettings(
-        signed_updates=True, target_versions=0, eval_every=0, max_retries=0))  # fmt: skip
+    fed = service.initialise(
+        r,
+        keys,
+        toy_data,
+        FederationSettings(
+            task="toy", signed_updates=True, target_versions=0, eval_every=0, max_retries=0
+        ),
+    )
     init_keys(tmp_path / "keys", fed.regions)
     cn = load_keys(tmp_path / "keys", ("cn",))["cn"]
     queue = Queue(keys.queue("cn"), connection=r, serializer=SERIALIZER)
-    spec = JobSpec(kind="train", region="cn", seed=1, train=asdict(TrainSettings()),
+    spec = JobSpec(kind="train", region="cn", seed=1,
                    issued_at=time.time())  # fmt: skip
-    old = JobSpec(kind="train", region="cn", seed=2, train=asdict(TrainSettings()),
+    old = JobSpec(kind="train", region="cn", seed=2,
                   issued_at=time.time() - 86_400)  # fmt: skip
     record_issued(r, keys, "cn-ok", spec)
     queue.enqueue(TRAIN_TASK, spec.signed(cn, "cn-ok").to_json(), job_id="cn-ok")
     queue.enqueue(TRAIN_TASK, spec.to_json(), job_id="cn-unsigned")
     queue.enqueue(TRAIN_TASK, spec.signed(cn, "cn-ok").to_json(), job_id="cn-moved")
     queue.enqueue(TRAIN_TASK, old.signed(cn, "cn-old").to_json(), job_id="cn-old")
-    with Fleet(redis_server.url, keys.namespace, small_data) as fleet:
+    with Fleet(redis_server.url, keys.namespace, toy_data) as fleet:
         fleet.env["FEDQ_KEYS"] = str(tmp_path / "keys")
         worker = fleet.worker("cn", "--burst")
         assert worker.wait(timeout=120) == 0, fleet.log(worker)

@@ -34,10 +34,14 @@ def _delta(agg: Aggregator, value: float = 1e-4) -> dict[str, np.ndarray]:
     return {k: np.full(v.shape, value, np.float32) for k, v in agg.weights.items()}
 
 
-def test_a_paused_ex_active_writes_nothing_once_its_lease_is_taken(r, small_data):
+def test_a_paused_ex_active_writes_nothing_once_its_lease_is_taken(r, toy_data):
     keys = Keys("fence")
-    fed = service.initialise(r, keys, small_data, FederationSettings(
-        model_dim=8, eval_every=0, target_versions=0, max_staleness=0))  # fmt: skip
+    fed = service.initialise(
+        r,
+        keys,
+        toy_data,
+        FederationSettings(task="toy", eval_every=0, target_versions=0, max_staleness=0),
+    )
     first = Lease(r, keys, "aggregator", ttl=30)
     assert first.acquire()
     old = Aggregator(r, keys, fed, "old", lease=first)
@@ -83,12 +87,13 @@ def _takeover(r, keys, role: str, victim, fleet) -> float:
 
 
 def test_kill_9_of_the_active_roles_under_load_hands_over_to_the_standbys(
-    small_data, redis_server, r
+    toy_data, redis_server, r
 ):
     keys = Keys("standby")
-    settings = FederationSettings(eval_every=0, target_versions=150, inflight_per_region=2,
-                                  max_inflight=3)  # fmt: skip
-    fed = service.initialise(r, keys, small_data, settings)
+    settings = FederationSettings(task="toy", eval_every=0, target_versions=150,
+                                  inflight_per_region=2, max_inflight=3,
+                                  task_settings={"job_seconds": 0.15})  # fmt: skip
+    fed = service.initialise(r, keys, toy_data, settings)
     queues = {region: region_queue(r, keys, region) for region in fed.regions}
     peak = dict.fromkeys(fed.regions, 0)
 
@@ -99,7 +104,7 @@ def test_kill_9_of_the_active_roles_under_load_hands_over_to_the_standbys(
                 peak[region] = max(peak[region], n)
             time.sleep(0.01)
 
-    with Fleet(redis_server.url, keys.namespace, small_data) as fleet:
+    with Fleet(redis_server.url, keys.namespace, toy_data) as fleet:
         aggregators = [fleet.aggregator()]
         assert wait_until(lambda: _holder_pid(r, keys, "aggregator"), 30)
         aggregators.append(fleet.aggregator())

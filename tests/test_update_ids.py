@@ -23,10 +23,10 @@ from tests.updates import issue_train, publish, update_payload
 K = Keys("ids")
 
 
-def _setup(r, small_data, tmp_path, signed: bool, **overrides):
-    settings = FederationSettings(model_dim=8, eval_every=0, target_versions=0,
+def _setup(r, toy_data, tmp_path, signed: bool, **overrides):
+    settings = FederationSettings(task="toy", eval_every=0, target_versions=0,
                                   signed_updates=signed, **overrides)  # fmt: skip
-    fed = service.initialise(r, K, small_data, settings)
+    fed = service.initialise(r, K, toy_data, settings)
     init_keys(tmp_path, fed.regions)
     secrets = load_keys(tmp_path, fed.regions)
     return fed, secrets, Aggregator(r, K, fed, region_keys=secrets)
@@ -42,8 +42,8 @@ def _drain(agg: Aggregator) -> None:
 
 
 @pytest.mark.parametrize("signed", [False, True])
-def test_squatted_ids_never_drop_an_honest_update(r, small_data, tmp_path, signed):
-    fed, secrets, agg = _setup(r, small_data, tmp_path, signed)
+def test_squatted_ids_never_drop_an_honest_update(r, toy_data, tmp_path, signed):
+    fed, secrets, agg = _setup(r, toy_data, tmp_path, signed)
     victims = {region: [issue_train(r, K, region, f"t{i}") for i in range(3)]
                for region in ("us", "eu")}  # fmt: skip
     own_fake = [f"cn-t{i}-0000000000000000" for i in range(3)]  # cn ids nobody issued
@@ -76,8 +76,8 @@ def test_squatted_ids_never_drop_an_honest_update(r, small_data, tmp_path, signe
     assert not any(r.hexists(K.rejected, u) for u in honest)
 
 
-def test_a_stale_attempt_never_blocks_the_valid_re_run(r, small_data, tmp_path):
-    fed, _, agg = _setup(r, small_data, tmp_path, signed=False, max_staleness=1)
+def test_a_stale_attempt_never_blocks_the_valid_re_run(r, toy_data, tmp_path):
+    fed, _, agg = _setup(r, toy_data, tmp_path, signed=False, max_staleness=1)
     for _ in range(3):  # the model moves on while the first attempt is paused
         publish(r, K, "us", agg.version, _delta(agg))
         _drain(agg)
@@ -94,8 +94,8 @@ def test_a_stale_attempt_never_blocks_the_valid_re_run(r, small_data, tmp_path):
     assert agg.version == 4
 
 
-def test_buffered_mode_applies_one_attempt_of_a_job(r, small_data, tmp_path):
-    fed, _, agg = _setup(r, small_data, tmp_path, signed=False, mode="buffered", buffer_size=2)
+def test_buffered_mode_applies_one_attempt_of_a_job(r, toy_data, tmp_path):
+    fed, _, agg = _setup(r, toy_data, tmp_path, signed=False, mode="buffered", buffer_size=2)
     job = issue_train(r, K, "cn", "t1")
     first = publish(r, K, "cn", 0, _delta(agg), job_id=job)
     second = publish(r, K, "cn", 0, _delta(agg), job_id=job)  # held first: a duplicate

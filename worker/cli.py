@@ -11,7 +11,7 @@ from shared.cli_options import data_option, open_redis, redis_options, wait_opti
 
 @click.command()
 @click.option("--region", required=True, help="The region this worker serves (its queue).")
-@data_option("Data directory with catalogue.csv and this region's folder.", required=True)
+@data_option("Data directory with the task's public files and this region's folder.", required=True)
 @click.option("--burst", is_flag=True, help="Exit when the queue is empty.")
 @click.option(
     "--slowdown",

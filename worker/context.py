@@ -1,4 +1,5 @@
-"""What a worker process holds between jobs: its region's data, the model cache, its identity.
+"""What a worker process holds between jobs: its task and region's data, the model cache, its
+identity.
 
 RQ calls task functions by name with only the job's arguments; the tasks find everything else
 here. One context per process (fedq's workers run jobs in-process, see ``process.py``).
@@ -8,14 +9,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import redis
 
 from shared.federation import Federation
 from shared.keys import Keys
 from shared.store import ModelCache, ModelStore
-from shared.task.local_data import RegionData
-from shared.task.model import ModelConfig
+from tasks.api import Task
 
 
 @dataclass
@@ -24,13 +25,13 @@ class WorkerContext:
     keys: Keys
     region: str
     worker_id: str
-    data: RegionData
+    task: Task
+    data: Any  # the task's view of this region's data (never leaves the process)
     federation: Federation
-    model_config: ModelConfig
     store: ModelStore
     cache: ModelCache
     slowdown: float = 1.0
-    optimizer_state: dict | None = None  # the worker's Adam moments, carried from job to job
+    task_state: Any = None  # what the task carries from job to job (e.g. Adam's moments)
     say: Callable[[str], None] = field(default=lambda _m: None)
     signing_key: bytes | None = None  # the region's secret, when the federation signs updates
 

@@ -1,7 +1,7 @@
 """The fedq worker: an RQ worker bound to one region's queue, with its data loaded once.
 
 Jobs run in the worker process itself (RQ's ``SimpleWorker``), not in a forked work horse: the
-region's data, the item features and the model cache stay loaded between jobs, and torch never
+region's data (as the task loaded it) and the model cache stay loaded between jobs, and torch never
 runs across a fork (a child of a process that already ran a multi-threaded torch op can hang on
 its first parallel op). torch is held to one thread, since a host runs several workers.
 
@@ -37,7 +37,7 @@ from shared.jobs import SERIALIZER, TASKS, JobSpec, region_queue
 from shared.keys import Keys
 from shared.resilience import REDIS_DOWN, Outage, retry_redis
 from shared.store import ModelCache, ModelStore
-from shared.task.local_data import load_region, load_shared
+from tasks.api import load_task
 from worker.context import WorkerContext, install
 
 REFUSED_TTL = 86_400  # seconds a refused job stays in the failed registry, for operators
@@ -223,22 +223,23 @@ def prepare(
     wait: float = 60.0,
     say=None,
 ) -> WorkerContext:
-    """Check the region and catalogue against the federation, load the data, set the context."""
+    """Check the region and the data's public part against the federation, load the region's
+    data through the federation's task, set the context."""
     fed = federation.wait_for(connection, keys, wait, say)
     if region not in fed.regions:
         raise FedqError(f"unknown region {region!r}; the federation has: {', '.join(fed.regions)}")
-    federation.check_catalogue(fed, data_dir)
-    shared = load_shared(data_dir)
-    data = load_region(data_dir, region, shared)
+    task = load_task(fed.settings.task)
+    federation.check_data(fed, task, data_dir)
+    data = task.load_region(data_dir, region)
     store = ModelStore(connection, keys, window=fed.settings.max_staleness + 1)
     context = WorkerContext(
         connection=connection,
         keys=keys,
         region=region,
         worker_id=worker_name(region),
+        task=task,
         data=data,
         federation=fed,
-        model_config=shared.model_config(dim=fed.settings.model_dim),
         store=store,
         cache=ModelCache(store),
         slowdown=slowdown,
@@ -249,7 +250,7 @@ def prepare(
         context.signing_key = load_key(key_dir(keys.namespace), region)
     install(context)
     # a count, not data: lets the dispatcher give each region its share of the work
-    connection.set(keys.data_size(region), len(data.split.train))
+    connection.set(keys.data_size(region), task.data_size(data))
     return context
 
 

@@ -1,8 +1,9 @@
 """The RQ entry points a fedq worker runs: train and evaluate. Nothing else is allowed.
 
-Both take a job spec (JSON: hyper-parameters, a seed, a version; never data) and read the
-region's data from the worker's own data directory. ``train`` publishes an update (the delta
-from its base version, msgpack) on its region's update stream; ``evaluate`` publishes metrics.
+Both take a job spec (JSON: a seed, a learning-rate scale, a version; never data) and run the
+federation's task on the region's data, read from the worker's own data directory. ``train``
+publishes an update (the delta from its base version, msgpack) on its region's update stream;
+``evaluate`` publishes metrics.
 """
 
 from __future__ import annotations
@@ -17,17 +18,12 @@ from rq import get_current_job
 from shared.aggregation import subtract
 from shared.auth import sign
 from shared.codec import Update, UpdateHeader, encode_update
-from shared.evaluations import VALIDATION_METRICS, encode_result
+from shared.evaluations import encode_result
 from shared.jobs import JobSpec, new_update_id
 from shared.privacy import privatize
 from shared.resilience import Outage, retry_redis
-from shared.settings import TrainSettings
-from shared.task.evaluate import ModelScorer, evaluate_region
-from shared.task.model import build, load_numpy_state
-from shared.task.train import TrainConfig, train_local
+from tasks.api import Step
 from worker.context import WorkerContext, current
-
-WARMUP_JOBS = 8  # see shared.task.train.Trainer.warm_up
 
 
 def train(spec: dict[str, Any]) -> dict[str, Any]:
@@ -36,26 +32,11 @@ def train(spec: dict[str, Any]) -> dict[str, Any]:
     job_id = _job_id()
     started = time.perf_counter()
     model = ctx.cache.current()
-    ts = TrainSettings(**job.train)
-    result = train_local(
-        ctx.model_config,
-        ctx.data.shared.features,
-        model.weights,
-        ctx.data.split.train,
-        TrainConfig(
-            epochs=ts.epochs,
-            batch_size=ts.batch_size,
-            lr=ts.lr,
-            prox_mu=ts.prox_mu,
-            max_examples=ts.examples_per_job,
-            seed=job.seed,
-            threads=1,
-            # a worker's first job: gather Adam's moments over eight jobs' worth of batches
-            moment_warmup=WARMUP_JOBS * -(-ts.examples_per_job // ts.batch_size),
-        ),
-        optimizer_state=ctx.optimizer_state,
-    )
-    ctx.optimizer_state = result.optimizer_state
+    fed = ctx.federation.settings
+    step = Step(seed=job.seed, lr_scale=job.lr_scale)
+    result = ctx.task.train(model.weights, ctx.data, fed.task_settings, step, ctx.task_state)
+    _check_trained(result.weights, model.weights)
+    ctx.task_state = result.state
     if ctx.slowdown > 1:  # stands for a slow or distant silo
         time.sleep((ctx.slowdown - 1) * (time.perf_counter() - started))
     update_id = new_update_id(job_id)  # this attempt's: a re-run of the job gets another
@@ -69,15 +50,14 @@ def train(spec: dict[str, Any]) -> dict[str, Any]:
         train_loss=result.loss,
         train_seconds=result.seconds,
         total_seconds=time.perf_counter() - started,
-        encoding=ts.encoding,
+        encoding=fed.encoding,
         created_at=time.time(),
         round=job.round,
-        data_size=len(ctx.data.split.train),
+        data_size=ctx.task.data_size(ctx.data),
     )
     delta = subtract(result.weights, model.weights)
-    dp = ctx.federation.settings
-    if dp.dp_clip:  # fresh OS entropy: nobody can regenerate the noise from a seed
-        delta = privatize(delta, dp.dp_clip, dp.dp_noise, np.random.default_rng())
+    if fed.dp_clip:  # fresh OS entropy: nobody can regenerate the noise from a seed
+        delta = privatize(delta, fed.dp_clip, fed.dp_noise, np.random.default_rng())
     payload = encode_update(Update(header, delta))
     # the update is held until Redis takes it (a copy sent twice is dropped as a duplicate);
     # the audit count goes in the same MULTI, so it counts exactly the copies published
@@ -99,18 +79,16 @@ def evaluate(spec: dict[str, Any]) -> dict[str, Any]:
     stored = ctx.store.read(job.version)
     if stored is None:
         raise LookupError(f"model version {job.version} is no longer in Redis (outside the window)")
-    model = build(ctx.model_config, ctx.data.shared.features)
-    load_numpy_state(model, stored.weights)
-    scorer = ModelScorer(model)
-    test = evaluate_region(scorer, ctx.data, "test", seed=job.seed)
-    validation = evaluate_region(scorer, ctx.data, "validation", negatives=0, seed=job.seed)
+    schema, settings = ctx.federation.metrics, ctx.federation.settings.task_settings
+    test = ctx.task.evaluate(stored.weights, ctx.data, settings, "test", job.seed)
+    validation = ctx.task.evaluate(stored.weights, ctx.data, settings, "validation", job.seed)
     job_id = _job_id()
     record = {
         "version": job.version,
         "region": ctx.region,
         "job_id": job_id,
-        "test": test,
-        "validation": {k: validation[k] for k in VALIDATION_METRICS},
+        "test": {k: test[k] for k in schema.names("test")},
+        "validation": {k: validation[k] for k in schema.names("validation")},
         "at": time.time(),
     }
     payload = encode_result(record)
@@ -119,7 +97,22 @@ def evaluate(spec: dict[str, Any]) -> dict[str, Any]:
         fields["sig"] = sign(ctx.signing_key, payload)
     _publish(ctx, lambda: ctx.connection.xadd(ctx.keys.evaluation_stream(ctx.region), fields,
                                               maxlen=100_000, approximate=True))  # fmt: skip
-    return {"version": job.version, "region": ctx.region, "hr@10": test["hr@10"]}
+    return {"version": job.version, "region": ctx.region,
+            schema.headline: test[schema.headline]}  # fmt: skip
+
+
+def _check_trained(new: dict[str, np.ndarray], base: dict[str, np.ndarray]) -> None:
+    """A task's weights must have the global model's names, shapes and finite values: anything
+    else would only be rejected by the aggregator, after travelling."""
+    if set(new) != set(base):
+        raise ValueError(f"the task returned tensors {sorted(set(new) ^ set(base))[:4]} "
+                         "that differ from the global model's")  # fmt: skip
+    for name, t in new.items():
+        if np.shape(t) != np.shape(base[name]):
+            raise ValueError(f"the task returned {name} of shape {np.shape(t)}, "
+                             f"the model's is {np.shape(base[name])}")  # fmt: skip
+        if not np.all(np.isfinite(t)):
+            raise FloatingPointError(f"the task returned non-finite values in {name}")
 
 
 def _publish_update(ctx: WorkerContext, update_id: str, payload: bytes) -> None:

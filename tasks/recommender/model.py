@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from shared.task.features import ItemFeatures
+from tasks.recommender.features import ItemFeatures
 
 DAY = 86_400
 AGE_EDGES_DAYS = (7.0, 30.0, 90.0, 180.0)

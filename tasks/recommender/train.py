@@ -15,9 +15,9 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from shared.task.features import ItemFeatures
-from shared.task.model import ModelConfig, Recommender, load_numpy_state, state_to_numpy
-from shared.task.sequences import Examples
+from tasks.recommender.features import ItemFeatures
+from tasks.recommender.model import ModelConfig, Recommender, load_numpy_state, state_to_numpy
+from tasks.recommender.sequences import Examples
 
 StateDict = dict[str, np.ndarray]
 

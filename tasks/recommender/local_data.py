@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from shared.task.dataset import (
+from tasks.recommender.dataset import (
     Catalogue,
     DataError,
     Meta,
@@ -19,9 +19,9 @@ from shared.task.dataset import (
     read_interactions,
     read_meta,
 )
-from shared.task.features import ItemFeatures, item_features
-from shared.task.model import ModelConfig, model_config
-from shared.task.sequences import HISTORY, Split, split
+from tasks.recommender.features import ItemFeatures, item_features
+from tasks.recommender.model import ModelConfig, model_config
+from tasks.recommender.sequences import HISTORY, Split, split
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from shared.task.dataset import ATTRIBUTES, Catalogue
+from tasks.recommender.dataset import ATTRIBUTES, Catalogue
 
 PRICE_BANDS = 8
 FEATURES = (*ATTRIBUTES, "price_band")

@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from shared.errors import FedqError
-from shared.task.dataset import (
+from tasks.recommender.dataset import (
     ATTRIBUTES,
     UNKNOWN,
     Catalogue,

@@ -17,10 +17,10 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from shared.task import metrics
-from shared.task.local_data import RegionData
-from shared.task.model import NOT_ON_SALE, Recommender
-from shared.task.sequences import Examples
+from tasks.recommender import metrics
+from tasks.recommender.local_data import RegionData
+from tasks.recommender.model import NOT_ON_SALE, Recommender
+from tasks.recommender.sequences import Examples
 
 NEGATIVES = 99
 METRIC_KEYS = ("hr@10", "ndcg@10", "hr@10_sampled", "ndcg@10_sampled", "cold_start.hr@10")

@@ -11,10 +11,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from shared.task.dataset import DataError
-from shared.task.local_data import RegionData, Shared
-from shared.task.model import Recommender
-from shared.task.sequences import HISTORY
+from tasks.recommender.dataset import DataError
+from tasks.recommender.local_data import RegionData, Shared
+from tasks.recommender.model import Recommender
+from tasks.recommender.sequences import HISTORY
 
 CHUNK = 2048
 

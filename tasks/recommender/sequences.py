@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from shared.task.dataset import Interactions
+from tasks.recommender.dataset import Interactions
 
 HISTORY = 20  # most recent items the user side sees
 MIN_EVENTS_FOR_EVAL = 3

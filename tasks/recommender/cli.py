@@ -1,45 +1,16 @@
-"""``fedq data``: generate the built-in data set or import real data into the same format."""
+"""``fedq data import``: real interactions into the recommender's data format (the recommender's
+own subcommand of ``fedq data``, see ``tasks/cli.py``)."""
 
 from __future__ import annotations
 
 import json
-import time
 from datetime import UTC, datetime
 from pathlib import Path
 
 import click
 
-from shared.progress import bar
 
-
-@click.group()
-def data() -> None:
-    """Create data sets in the fedq format (one folder per region plus the shared catalogue)."""
-
-
-@data.command()
-@click.option("--out", type=click.Path(path_type=Path), required=True, help="Directory to write.")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--scale", type=click.Choice(["small", "default", "large"]), default="default",
-              show_default=True)  # fmt: skip
-def generate(out: Path, seed: int, scale: str) -> None:
-    """Generate the built-in cross-border jewelry data set (deterministic for a seed)."""
-    from shared.task import generate as gen
-
-    started = time.perf_counter()
-    with bar("generating events") as update:
-        generated = gen.generate(seed=seed, scale=scale, progress=update)
-    gen.write(generated, out)
-    events = sum(len(d) for d in generated.regions.values())
-    click.echo(
-        f"wrote {out}: {len(generated.catalogue)} items, {events} events, "
-        f"{len(generated.regions)} regions in {time.perf_counter() - started:.1f}s"
-    )
-    for code, d in generated.regions.items():
-        click.echo(f"  {code}: {len(set(d.user_id.tolist()))} users, {len(d)} events")
-
-
-@data.command("import")
+@click.command("import")
 @click.option("--format", "fmt", type=click.Choice(["rees46", "generic"]), required=True)
 @click.argument("src", type=click.Path(path_type=Path, exists=True, dir_okay=False))
 @click.option("--out", type=click.Path(path_type=Path), required=True)
@@ -58,7 +29,7 @@ def import_(
     fmt: str, src: Path, out: Path, items: Path | None, shares: str | None, cutoff: str | None
 ) -> None:
     """Import real interactions (REES46 jewelry CSV or a generic CSV); bad rows are reported."""
-    from shared.task import importers
+    from tasks.recommender import importers
 
     cut = _parse_cutoff(cutoff)
     if fmt == "rees46":

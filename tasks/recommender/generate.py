@@ -35,8 +35,14 @@ from pathlib import Path
 
 import numpy as np
 
-from shared.task.dataset import Catalogue, Interactions, Meta, write_catalogue, write_interactions
-from shared.task.dataset import write_meta as _write_meta
+from tasks.recommender.dataset import (
+    Catalogue,
+    Interactions,
+    Meta,
+    write_catalogue,
+    write_interactions,
+)
+from tasks.recommender.dataset import write_meta as _write_meta
 
 DAY = 86_400
 START = 1_704_067_200  # 2024-01-01T00:00:00Z

@@ -1,0 +1,102 @@
+"""The task plug-in boundary: loading tasks, their schemas, and nothing outside a task's own
+package knowing the recommender's concepts."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tasks.api import BUILT_IN, Metric, MetricSchema, Step, Task, TaskError, load_task
+from tests.fleet import FEDQ
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLE = ROOT / "docs" / "examples" / "propensity.py"
+# the jewelry recommender's concepts; "items" only as a word of its own, not dict.items()
+RECOMMENDER_WORDS = re.compile(r"catalogue|interactions\.csv|hr@10|(?<![.\w])items?\b", re.I)
+
+
+def test_no_module_outside_a_task_names_the_recommenders_concepts():
+    offenders = []
+    for room in ("shared", "coordinator", "worker"):
+        for path in sorted((ROOT / room).rglob("*.py")):
+            for number, line in enumerate(path.read_text().splitlines(), start=1):
+                if RECOMMENDER_WORDS.search(line):
+                    offenders.append(f"{path.relative_to(ROOT)}:{number}: {line.strip()}")
+    assert offenders == []
+
+
+@pytest.mark.parametrize("name", [*BUILT_IN, str(EXAMPLE)])
+def test_every_task_loads_and_its_schema_survives_the_record(name):
+    task = load_task(name)
+    assert isinstance(task, Task)
+    again = MetricSchema.from_json(task.metrics.to_json())
+    assert again == task.metrics
+    assert task.metrics.headline in task.metrics.validation
+
+
+@pytest.mark.parametrize(
+    ("name", "needle"),
+    [
+        ("nosuchtask", "no module 'nosuchtask'"),
+        ("tasks.toy:NOPE", "has no attribute 'NOPE'"),
+        ("tasks.api:BUILT_IN", "not a fedq Task"),
+        ("/nowhere/task.py", "does not exist"),
+    ],
+)
+def test_a_task_that_cannot_load_is_a_one_line_error(name, needle):
+    with pytest.raises(TaskError, match=needle):
+        load_task(name)
+
+
+def test_a_schema_combines_regions_by_each_figures_own_count():
+    figures = (Metric("n", "n"), Metric("k", "k"), Metric("rate", "rate", "n"),
+               Metric("share", "share", "k"))  # fmt: skip
+    schema = MetricSchema("rate", figures, ("n", "rate"), "n", ("rate",))
+    out = schema.combine({"a": {"n": 30, "k": 1, "rate": 0.5, "share": 0.0},
+                          "b": {"n": 10, "k": 3, "rate": 0.1, "share": 1.0},
+                          "c": {"n": 0, "k": 0, "rate": float("nan"), "share": 0.2}})  # fmt: skip
+    assert out["n"] == 40 and out["k"] == 4
+    assert out["rate"] == pytest.approx((30 * 0.5 + 10 * 0.1) / 40)
+    assert out["share"] == pytest.approx(0.75)
+    with pytest.raises(ValueError, match="outside"):
+        schema.check({"n": 1.0, "rate": 1.5}, "validation")
+    with pytest.raises(ValueError, match="lacks"):
+        schema.check({"n": 1.0}, "validation")
+    with pytest.raises(TaskError, match="unknown metrics"):
+        MetricSchema("x", (Metric("n", "n"),), ("n",), "n", ("n",))
+
+
+def test_the_toy_task_learns(toy_data):
+    task = load_task("toy")
+    settings = task.settings({})
+    data = task.load_region(toy_data, "cn")
+    weights = task.initial_weights(toy_data, settings, 0)
+    before = task.evaluate(weights, data, settings, "test", 0)["accuracy"]
+    state = None
+    for epoch in range(5):
+        trained = task.train(weights, data, settings, Step(seed=epoch, whole_data=True), state)
+        weights, state = trained.weights, trained.state
+    after = task.evaluate(weights, data, settings, "test", 0)["accuracy"]
+    assert after > before + 0.1 and after > 0.7
+
+
+def test_a_users_task_file_runs_a_whole_federation(tmp_path):
+    """README's example: fedq run --task docs/examples/propensity.py, end to end."""
+    data = tmp_path / "data-propensity"
+    out = subprocess.run([*FEDQ, "run", "--task", str(EXAMPLE), "--data", str(data), "--generate",
+                          "--target-versions", "40", "--eval-every", "20", "--workers-per-region",
+                          "1", "--out", str(tmp_path / "run"), "--json", str(tmp_path / "r.json")],
+                         capture_output=True, text=True, timeout=600, cwd=tmp_path)  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    import json
+
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["task"] == str(EXAMPLE) and report["versions"] >= 40
+    final = report["final"]["overall"]
+    local = report["baselines"]["local"]["overall"]
+    assert 0.5 < final["accuracy"] <= 1 and np.isfinite(local["accuracy"])
+    assert "accuracy" in out.stdout  # the comparison table names the task's own headline
