@@ -88,9 +88,10 @@ class FraudTask:
     metrics = METRICS
     baselines = Baselines(max_epochs={"local": 30, "centralized": 12}, patience=3)
     scales = tuple(fraud_data.SCALES)
-    # a federation of this task reaches its plateau long before the recommender's 3600
-    # versions (see README): what `fedq run --task fraud` uses unless told otherwise
-    run_defaults = {"target_versions": 900, "eval_every": 300}
+    # what `fedq run --task fraud` uses unless told otherwise: measured on the default data
+    # (README), PR-AUC federated / centralized was 0.80 at 900 versions, 0.94 at 3000, 0.96 at
+    # 6000 (175 s on 2 cores)
+    run_defaults = {"target_versions": 6000, "eval_every": 2000}
 
     def settings(self, raw: Mapping[str, Any]) -> dict[str, Any]:
         s = check_settings(raw, DEFAULTS, self.name)
