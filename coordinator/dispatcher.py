@@ -22,6 +22,7 @@ from rq.job import Job
 
 from shared import auth
 from shared.abandoned import settle_abandoned, sweep_dead_workers
+from shared.evaluations import latest_validation
 from shared.federation import Federation
 from shared.jobs import (
     EVALUATE_TASK,
@@ -34,7 +35,7 @@ from shared.jobs import (
 from shared.keys import Keys
 from shared.lease import FencedBatch, Lease, LostLease
 from shared.store import ModelStore
-from shared.views import waiting_updates
+from shared.streams import waiting_updates
 
 FINAL_STATES = {b"finished", b"failed", b"stopped", b"canceled"}
 ROUND_GRACE = 2.0  # seconds after a round's deadline the aggregator gets to close it
@@ -345,7 +346,4 @@ class Dispatcher:
 
     def _latest_validation(self) -> float | None:
         """The task's headline on validation, regions combined, at the last complete point."""
-        from coordinator.curve import learning_curve
-
-        curve = learning_curve(self.r, self.keys, self.fed)
-        return curve[-1]["validation"][self.fed.metrics.headline] if curve else None
+        return latest_validation(self.r, self.keys, self.fed)

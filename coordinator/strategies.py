@@ -15,10 +15,9 @@ from typing import Any
 import numpy as np
 
 from shared import aggregation as agg
-from shared.codec import RejectReason, Update
+from shared.codec import RejectReason, Update, Weights
 from shared.settings import FederationSettings
 
-Weights = dict[str, np.ndarray]
 BaseLookup = Callable[[int], Weights | None]
 
 
@@ -55,7 +54,10 @@ class Round:
 
 
 class Strategy:
+    """A mode's policy: the aggregator's loop asks it, never which mode it is."""
+
     name = "base"
+    uses_rounds = False  # the loop reads the coordinator's open round for it (FedAvg)
 
     def __init__(self, settings: FederationSettings, started: float | None = None) -> None:
         self.settings = settings
@@ -79,6 +81,10 @@ class Strategy:
         raise NotImplementedError
 
     def tick(self, version: int, weights: Weights, now: float, round_: Round | None) -> Outcome:
+        return Outcome()
+
+    def finish(self, version: int, weights: Weights) -> Outcome:
+        """The federation ended: what to do with updates still held (default: nothing)."""
         return Outcome()
 
     def _staleness(self, pending: Pending, version: int) -> tuple[int, Outcome | None]:
@@ -150,7 +156,7 @@ class FedBuff(Strategy):
             return Outcome()
         return self._flush(version, weights)
 
-    def flush(self, version: int, weights: Weights) -> Outcome:
+    def finish(self, version: int, weights: Weights) -> Outcome:
         """Apply a partial buffer (when the federation ends, so nothing is left unapplied)."""
         return self._flush(version, weights) if self.buffer else Outcome()
 
@@ -171,6 +177,7 @@ class FedAvg(Strategy):
     """Synchronous rounds: one update per region, averaged by samples when all are in."""
 
     name = "sync"
+    uses_rounds = True
 
     def __init__(self, settings: FederationSettings, started: float | None = None) -> None:
         super().__init__(settings, started)

@@ -58,8 +58,8 @@ from rq.job import Job  # noqa: E402
 from rq.serializers import DefaultSerializer  # noqa: E402
 from rq.webhook import Webhook  # noqa: E402
 
-from coordinator.audit import audit  # noqa: E402
-from coordinator.run import Role, RunOptions, run_federation  # noqa: E402
+from harness.audit import audit  # noqa: E402
+from harness.run import Role, RunOptions, run_federation  # noqa: E402
 from shared.acl import Users  # noqa: E402
 from shared.auth import load_key, load_password, sign  # noqa: E402
 from shared.codec import Update, UpdateHeader, encode_update  # noqa: E402
@@ -73,7 +73,7 @@ TAKEOVER_LIMIT = 10.0
 PAUSE_SECONDS = 40.0
 CLASSES = ("poison", "jobs", "squat", "metrics", "pause", "kill", "operator")
 HOSTILE = "cn"
-FEDQ = [sys.executable, "-m", "shared"]
+FEDQ = [sys.executable, "-m", "cli"]
 
 
 class _Hooks(http.server.BaseHTTPRequestHandler):

@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from coordinator.baselines import FitSettings, modes, run_baseline  # noqa: E402
+from harness.baselines import FitSettings, modes, run_baseline  # noqa: E402
 from tasks.api import load_task  # noqa: E402
 
 TASK = load_task("recommender")

@@ -22,7 +22,7 @@ from pathlib import Path
 
 
 def run(data: Path, out: Path, mode: str, slow: str, extra: list[str]) -> dict:
-    cmd = [sys.executable, "-m", "shared", "run", "--data", str(data), "--mode", mode,
+    cmd = [sys.executable, "-m", "cli", "run", "--data", str(data), "--mode", mode,
            "--slowdown", slow, "--no-baselines", "--out", str(out), *extra]  # fmt: skip
     print("$ fedq " + " ".join(cmd[3:]), flush=True)
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from coordinator.baselines import FitSettings, run_baseline  # noqa: E402
+from harness.baselines import FitSettings, run_baseline  # noqa: E402
 from tasks.api import load_task  # noqa: E402
 
 

@@ -20,7 +20,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-FEDQ = [sys.executable, "-m", "shared"]
+FEDQ = [sys.executable, "-m", "cli"]
 
 
 def _run(name: str, data: Path, versions: int, extra: list[str], env: dict) -> dict:

@@ -4,8 +4,8 @@
 
 Runs the same federation twice on one redis-server of its own, in two namespaces: undisturbed,
 then with ``--faults`` SIGKILLs of workers, the aggregator and the coordinator at seeded moments
-(``coordinator.chaos``), each restarted 0-3 s later. Then it checks the invariants on the
-disturbed run (``coordinator.audit``): every published update applied once or rejected with a
+(``harness.chaos``), each restarted 0-3 s later. Then it checks the invariants on the
+disturbed run (``harness.audit``): every published update applied once or rejected with a
 reason, every copy accounted for, the version counter equal to the number of applies; and final
 overall HR@10 within 5% of the undisturbed run's. Prints a table; exits 1 if a check fails.
 """
@@ -23,9 +23,9 @@ import redis  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from coordinator.audit import audit  # noqa: E402
-from coordinator.chaos import Chaos  # noqa: E402
-from coordinator.run import RunOptions, run_federation  # noqa: E402
+from harness.audit import audit  # noqa: E402
+from harness.chaos import Chaos  # noqa: E402
+from harness.run import RunOptions, run_federation  # noqa: E402
 from shared.keys import Keys  # noqa: E402
 from shared.redis_server import RedisServer  # noqa: E402
 from shared.settings import FederationSettings  # noqa: E402

@@ -28,7 +28,7 @@ def main() -> int:
     for eps in [None, *(float(e) for e in args.epsilons.split(","))]:
         name = "no-dp" if eps is None else f"eps-{eps:g}"
         out = args.out / name
-        cmd = [sys.executable, "-m", "shared", "run", "--data", str(args.data), "--no-baselines",
+        cmd = [sys.executable, "-m", "cli", "run", "--data", str(args.data), "--no-baselines",
                "--target-versions", str(args.versions), "--out", str(out)]  # fmt: skip
         if eps is not None:
             cmd += ["--dp-epsilon", str(eps)]

@@ -13,12 +13,13 @@ Optional sample-count weighting in the async modes multiplies a client's mixing 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-Weights = Mapping[str, np.ndarray]
+from shared.codec import Weights
+
 STALENESS_FUNCTIONS = ("constant", "polynomial", "hinge")
 
 

@@ -21,6 +21,10 @@ from typing import Any
 import msgpack
 import numpy as np
 
+from shared.errors import FedqError
+
+Weights = dict[str, np.ndarray]  # a model, an update's delta: named tensors (the one alias)
+
 SCHEMA = 1
 ENCODINGS = ("fp32", "fp16", "int8")
 _WIRE_DTYPE = {"fp32": "<f4", "fp16": "<f2", "int8": "i1"}
@@ -50,7 +54,7 @@ class RejectReason(StrEnum):
     REPLAYED = "replayed"  # a signed copy of an update already settled (never applied twice)
 
 
-class DecodeError(Exception):
+class DecodeError(FedqError):
     def __init__(self, reason: RejectReason, detail: str) -> None:
         super().__init__(f"{reason.value}: {detail}")
         self.reason = reason

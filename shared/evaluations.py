@@ -17,14 +17,22 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import redis
+
+from shared.errors import FedqError
+from shared.keys import Keys
+from shared.streams import RESULT
 from tasks.api import MetricSchema
+
+if TYPE_CHECKING:
+    from shared.federation import Federation
 
 MAX_RESULT_BYTES = 64 * 1024
 
 
-class BadResult(ValueError):
+class BadResult(FedqError, ValueError):
     """An evaluation result that cannot count; the message says why."""
 
 
@@ -68,8 +76,35 @@ def parse_accepted(fields: dict[bytes, bytes], schema: MetricSchema) -> dict[str
     """A record of the metrics stream (written only by the aggregator, after ``check_result``),
     or None if it does not parse: a view never trusts a stream."""
     try:
-        record = json.loads(fields[b"m"])
+        payload = fields[RESULT.encode()]
+        record = json.loads(payload)
         version, region = record["version"], record["region"]
-        return check_result(fields[b"m"], region, record["job_id"], version, schema)
+        return check_result(payload, region, record["job_id"], version, schema)
     except (KeyError, ValueError, TypeError):
         return None
+
+
+def accepted_results(
+    connection: redis.Redis, keys: Keys, fed: Federation
+) -> dict[int, dict[str, dict]]:
+    """version -> region -> the evaluation record the aggregator accepted (one per job),
+    re-checked against the federation's metric schema: a reader never trusts a stream."""
+    out: dict[int, dict[str, dict]] = {}
+    for _id, fields in connection.xrange(keys.metrics):
+        record = parse_accepted(fields, fed.metrics)
+        if record is not None:  # anything else is skipped
+            out.setdefault(record["version"], {})[record["region"]] = record
+    return out
+
+
+def latest_validation(connection: redis.Redis, keys: Keys, fed: Federation) -> float | None:
+    """The task's headline on validation, regions combined, at the newest version every region
+    has reported (the stopping rule's ``target_metric``)."""
+    complete = [by for _, by in sorted(accepted_results(connection, keys, fed).items())
+                if set(by) >= set(fed.regions)]  # fmt: skip
+    if not complete:
+        return None
+    last = complete[-1]
+    return fed.metrics.combine({r: last[r]["validation"] for r in fed.regions})[
+        fed.metrics.headline
+    ]

@@ -19,6 +19,7 @@ import time
 
 import redis
 
+from shared.errors import FedqError
 from shared.keys import Keys
 
 DEFAULT_TTL = 5.0  # seconds; a standby takes over within this plus one poll
@@ -60,7 +61,7 @@ return 1
 """
 
 
-class LostLease(RuntimeError):
+class LostLease(FedqError):
     """This process's lease has another holder now: it must stop writing and stand by."""
 
 

@@ -18,8 +18,8 @@ import math
 import numpy as np
 
 from shared.aggregation import clip_to_norm
+from shared.codec import Weights
 
-Weights = dict[str, np.ndarray]
 ALPHAS = tuple([1 + x / 10 for x in range(1, 100)] + list(range(11, 64)) + [128, 256, 512])
 
 

@@ -22,11 +22,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-import numpy as np
-
+from shared.codec import Weights
 from shared.errors import FedqError
 
-Weights = dict[str, np.ndarray]
 Metrics = dict[str, float]
 Say = Callable[[str], None]
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from shared.processes import stop_processes
 
-FEDQ = [sys.executable, "-m", "shared"]
+FEDQ = [sys.executable, "-m", "cli"]
 
 
 def wait_until(predicate: Callable[[], object], timeout: float, poll: float = 0.2) -> bool:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from coordinator.audit import audit
+from harness.audit import audit
 from shared.federation import Federation, create
 from shared.jobs import JobSpec, record_issued
 from shared.keys import Keys

@@ -6,8 +6,8 @@ import subprocess
 import sys
 import time
 
-from coordinator.chaos import Chaos
-from coordinator.run import Role
+from harness.chaos import Chaos
+from harness.run import Role
 
 SLEEPER = [sys.executable, "-c", "import time; time.sleep(60)"]
 

@@ -56,7 +56,7 @@ def test_errors_are_one_line_without_traceback(tmp_path, args, needle):
 
 
 def test_a_local_baseline_reports_every_epoch_and_prints_no_bar_to_a_pipe(small_data, tmp_path):
-    from coordinator.baselines import FitSettings, run_baseline
+    from harness.baselines import FitSettings, run_baseline
     from tasks.api import load_task
 
     seen: list[str] = []

@@ -35,7 +35,7 @@ def test_redis_keeps_data_and_reports_health():
 def test_every_command_is_a_fedq_command_that_runs(name):
     command = SERVICES[name]["command"]
     assert command[0] == "fedq"
-    proc = subprocess.run([sys.executable, "-m", "shared", command[1], "--help"],
+    proc = subprocess.run([sys.executable, "-m", "cli", command[1], "--help"],
                           capture_output=True, text=True, timeout=120)  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     # every option the service passes is one the command knows
@@ -115,7 +115,7 @@ def test_secure_override_runs_a_federation_with_only_the_mounted_files(
     from tests.fleet import wait_until
 
     host = tmp_path / "host"
-    made = subprocess.run([sys.executable, "-m", "shared", "keys", "init", "--data",
+    made = subprocess.run([sys.executable, "-m", "cli", "keys", "init", "--data",
                            str(small_data), "--dir", str(host / "keys")],
                           capture_output=True, text=True, timeout=60)  # fmt: skip
     assert made.returncode == 0, made.stderr
@@ -147,7 +147,7 @@ def test_secure_override_runs_a_federation_with_only_the_mounted_files(
                    "FEDQ_NAMESPACE": "fedq"}  # fmt: skip
             procs.append(
                 subprocess.Popen(
-                    [sys.executable, "-m", "shared", *args],
+                    [sys.executable, "-m", "cli", *args],
                     env=env,
                     stdout=subprocess.DEVNULL,
                     stderr=subprocess.DEVNULL,

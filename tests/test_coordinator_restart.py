@@ -7,7 +7,7 @@ import signal
 import time
 
 from coordinator import service
-from coordinator.audit import audit
+from harness.audit import audit
 from shared.jobs import region_queue
 from shared.keys import Keys
 from shared.settings import FederationSettings

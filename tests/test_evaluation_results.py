@@ -21,10 +21,10 @@ from coordinator import service
 from coordinator.aggregator import Aggregator
 from coordinator.dispatcher import Dispatcher
 from shared.auth import init_keys, load_keys, sign
+from shared.evaluations import accepted_results
 from shared.jobs import JobSpec, new_job_id, new_update_id, record_issued
 from shared.keys import Keys
 from shared.settings import FederationSettings
-from shared.views import region_results
 from tasks.toy import TASK as TOY
 from tests.fleet import FEDQ
 
@@ -103,7 +103,7 @@ def test_only_the_first_valid_result_of_an_issued_job_counts(
     assert by_name["posing"] == "wrong_region"
     if signed:
         assert by_name["unsigned"] == "unsigned"
-    results = region_results(r, K)
+    results = accepted_results(r, K, fed)
     assert list(results) == [0] and list(results[0]) == ["cn"]
     assert results[0]["cn"]["test"]["accuracy"] == pytest.approx(0.3)
     assert int(r.hget(K.duplicates, sent["again"])) == 1
@@ -111,7 +111,7 @@ def test_only_the_first_valid_result_of_an_issued_job_counts(
     # whatever lands on the accepted stream by mistake is skipped by every reader, no crash
     r.xadd(K.metrics, {"version": "0", "region": "us", "m": b'{"test": "bogus"}'})
     r.xadd(K.metrics, {"x": "y"})
-    assert list(region_results(r, K)[0]) == ["cn"]
+    assert list(accepted_results(r, K, fed)[0]) == ["cn"]
     env = {"FEDQ_REDIS_URL": redis_server.url, "FEDQ_NAMESPACE": K.namespace}
     for command in (["status", "--json"], ["models", "--json"], ["rejections", "--json"]):
         out = subprocess.run([*FEDQ, *command], capture_output=True, text=True, timeout=60,

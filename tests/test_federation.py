@@ -19,7 +19,7 @@ from shared.settings import FederationSettings
 from tasks.recommender.dataset import read_meta
 from tests.privacy_scan import assert_no_raw_data
 
-FEDQ = [sys.executable, "-m", "shared"]
+FEDQ = [sys.executable, "-m", "cli"]
 
 
 def _run(
@@ -107,7 +107,7 @@ def test_no_raw_interaction_data_in_redis_after_a_run(federated_run, small_data)
 
 
 def _fedq_processes(namespace: str) -> list[int]:
-    """PIDs of live `python -m shared ...` processes started for ``namespace`` (by their env)."""
+    """PIDs of live `python -m cli ...` processes started for ``namespace`` (by their env)."""
     found = []
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
@@ -117,7 +117,7 @@ def _fedq_processes(namespace: str) -> list[int]:
             environ = (proc / "environ").read_bytes().split(b"\0")
         except OSError:
             continue
-        if b"shared" in cmdline and f"FEDQ_NAMESPACE={namespace}".encode() in environ:
+        if b"cli" in cmdline and f"FEDQ_NAMESPACE={namespace}".encode() in environ:
             found.append(int(proc.name))
     return found
 

@@ -14,7 +14,7 @@ import redis
 from rq import Queue
 
 from coordinator import service
-from shared import views
+from shared import streams
 from shared.jobs import SERIALIZER
 from shared.keys import Keys
 from shared.redis_server import free_port
@@ -53,7 +53,7 @@ def ran(small_data, redis_server):
         bad = Queue(KEYS.queue("cn"), connection=r, serializer=SERIALIZER).enqueue(
             "os.getcwd", job_id="not-a-fedq-task"
         )
-        settled = lambda: views.waiting_updates(r, KEYS, ("cn", "us")) == 0  # noqa: E731
+        settled = lambda: streams.waiting_updates(r, KEYS, ("cn", "us")) == 0  # noqa: E731
         assert wait_until(lambda: r.get(KEYS.done) and settled() and r.xlen(KEYS.rejections),
                           180)  # fmt: skip
         assert wait_until(lambda: fedq_json(redis_server.url, "models")[4]["evaluation"].keys()
@@ -170,7 +170,7 @@ def test_report_plots_a_live_federation_and_two_runs_side_by_side(ran, tmp_path)
     live = (tmp_path / "live" / "summary.md").read_text()
     assert "No version has been evaluated by every region yet." in live  # only cn, us work
     # two runs' reports (an async and a sync one, as fedq run writes them) share the plots
-    from coordinator.history import collect
+    from reporting.history import collect
     from shared import federation
 
     r = redis.Redis.from_url(url)

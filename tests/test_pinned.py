@@ -13,9 +13,9 @@ import numpy as np
 from coordinator import service
 from coordinator.aggregator import Aggregator
 from coordinator.dispatcher import Dispatcher
+from shared.evaluations import accepted_results
 from shared.keys import Keys
 from shared.settings import FederationSettings
-from shared.views import region_results
 from tests.fleet import Fleet
 from tests.updates import publish
 
@@ -47,7 +47,7 @@ def test_an_evaluation_scheduled_for_a_version_that_left_the_window_still_runs(
             assert worker.wait(timeout=120) == 0, fleet.log(worker)
     while agg.step(block_ms=50):
         pass
-    assert set(region_results(r, K)[1]) == set(fed.regions)  # every region scored version 1
+    assert set(accepted_results(r, K, fed)[1]) == set(fed.regions)  # every region scored version 1
     dispatcher._release_pins()
     assert r.hlen(K.pinned) == 0 and not r.exists(K.model(1))
     assert r.exists(K.model(agg.version)) and r.exists(K.model(agg.version - 1))

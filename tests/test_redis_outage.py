@@ -13,7 +13,7 @@ import redis
 
 from coordinator import service
 from coordinator.aggregator import Aggregator
-from coordinator.audit import audit
+from harness.audit import audit
 from shared.keys import Keys
 from shared.redis_server import RedisServer, free_port
 from shared.settings import FederationSettings

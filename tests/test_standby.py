@@ -16,9 +16,10 @@ import numpy as np
 import pytest
 
 from coordinator import service
-from coordinator.aggregator import Aggregator, StaleWriter
-from coordinator.audit import audit
+from coordinator.aggregator import Aggregator
+from coordinator.commit import StaleWriter
 from coordinator.dispatcher import Dispatcher
+from harness.audit import audit
 from shared.jobs import region_queue
 from shared.keys import Keys
 from shared.lease import Lease, LostLease

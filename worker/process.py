@@ -30,7 +30,7 @@ from rq.results import Result
 from rq.utils import now
 from rq.worker import SimpleWorker
 
-from shared import federation
+from shared import federation, streams
 from shared.abandoned import forget_worker, settle_abandoned
 from shared.errors import FedqError
 from shared.jobs import SERIALIZER, TASKS, JobSpec, region_queue
@@ -201,13 +201,9 @@ class FedqWorker(SimpleWorker):
         if self.fedq_keys is None:
             return
         region = self.fedq_context.region if self.fedq_context else ""
-        self.connection.xadd(
-            self.fedq_keys.rejections,
-            {"id": job.id[:200], "reason": "job_refused", "detail": detail, "worker": self.name,
-             "region": region, "at": f"{time.time():.3f}"},
-            maxlen=100_000,
-            approximate=True,
-        )  # fmt: skip
+        fields = streams.rejection_entry(job.id, "job_refused", detail, worker=self.name,
+                                         region=region)  # fmt: skip
+        streams.add_rejection(self.connection, self.fedq_keys, fields)
 
 
 def worker_name(region: str) -> str:

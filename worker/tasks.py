@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 from rq import get_current_job
 
+from shared import streams
 from shared.aggregation import subtract
 from shared.auth import sign
 from shared.codec import Update, UpdateHeader, encode_update
@@ -92,11 +93,9 @@ def evaluate(spec: dict[str, Any]) -> dict[str, Any]:
         "at": time.time(),
     }
     payload = encode_result(record)
-    fields = {"m": payload, "id": new_update_id(job_id), "region": ctx.region}
-    if ctx.signing_key is not None:
-        fields["sig"] = sign(ctx.signing_key, payload)
-    _publish(ctx, lambda: ctx.connection.xadd(ctx.keys.evaluation_stream(ctx.region), fields,
-                                              maxlen=100_000, approximate=True))  # fmt: skip
+    fields = streams.result_entry(payload, new_update_id(job_id), ctx.region, _sig(ctx, payload))
+    stream, cap = ctx.keys.evaluation_stream(ctx.region), streams.RESULTS_MAXLEN
+    _publish(ctx, lambda: ctx.connection.xadd(stream, fields, maxlen=cap, approximate=True))
     return {"version": job.version, "region": ctx.region,
             schema.headline: test[schema.headline]}  # fmt: skip
 
@@ -116,13 +115,15 @@ def _check_trained(new: dict[str, np.ndarray], base: dict[str, np.ndarray]) -> N
 
 
 def _publish_update(ctx: WorkerContext, update_id: str, payload: bytes) -> None:
-    fields = {"u": payload, "id": update_id, "region": ctx.region}
-    if ctx.signing_key is not None:
-        fields["sig"] = sign(ctx.signing_key, payload)
+    fields = streams.update_entry(payload, update_id, ctx.region, _sig(ctx, payload))
     with ctx.connection.pipeline(transaction=True) as pipe:
         pipe.xadd(ctx.keys.update_stream(ctx.region), fields)
         pipe.hincrby(ctx.keys.published(ctx.region), update_id, 1)
         pipe.execute()
+
+
+def _sig(ctx: WorkerContext, payload: bytes) -> str | None:
+    return None if ctx.signing_key is None else sign(ctx.signing_key, payload)
 
 
 def _publish(ctx: WorkerContext, send: Callable[[], object]) -> None:

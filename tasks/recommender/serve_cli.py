@@ -11,9 +11,9 @@ from typing import Any
 
 import click
 
-from shared.cli_options import data_option, redis_options
+from cli.export import load_model
+from cli.options import data_option, redis_options
 from shared.json_text import json_text
-from shared.serve_cli import load_model
 
 _data_option = data_option(
     "Data directory (the region's own folder and the public catalogue).", required=True

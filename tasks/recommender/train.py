@@ -15,11 +15,10 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from shared.codec import Weights
 from tasks.recommender.features import ItemFeatures
 from tasks.recommender.model import ModelConfig, Recommender, load_numpy_state, state_to_numpy
 from tasks.recommender.sequences import Examples
-
-StateDict = dict[str, np.ndarray]
 
 
 @dataclass(frozen=True)
@@ -53,7 +52,7 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class TrainResult:
-    weights: StateDict
+    weights: Weights
     n_samples: int
     loss: float
     seconds: float
@@ -67,7 +66,7 @@ class Trainer:
         self,
         config: ModelConfig,
         features: ItemFeatures,
-        weights: StateDict,
+        weights: Weights,
         settings: TrainConfig,
         optimizer_state: dict | None = None,
     ) -> None:
@@ -147,14 +146,14 @@ class Trainer:
             raise FloatingPointError(f"training diverged (mean loss {mean}); lower the lr")
         return mean
 
-    def weights(self) -> StateDict:
+    def weights(self) -> Weights:
         return state_to_numpy(self.model)
 
 
 def train_local(
     config: ModelConfig,
     features: ItemFeatures,
-    weights: StateDict,
+    weights: Weights,
     examples: Examples,
     settings: TrainConfig,
     progress: Callable[[int, int], None] | None = None,

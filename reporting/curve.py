@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import redis
 
+from shared.evaluations import accepted_results
 from shared.federation import Federation
 from shared.keys import Keys
-from shared.views import region_results
 
 
 def learning_curve(connection: redis.Redis, keys: Keys, fed: Federation) -> list[dict]:
     points, schema = [], fed.metrics
-    for version, by_region in sorted(region_results(connection, keys).items()):
+    for version, by_region in sorted(accepted_results(connection, keys, fed).items()):
         if set(fed.regions) - set(by_region):
             continue
         test = {r: by_region[r]["test"] for r in fed.regions}

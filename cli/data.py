@@ -3,29 +3,18 @@ generator; a task may add subcommands of its own (the recommender's ``import``).
 
 from __future__ import annotations
 
-import importlib
 import time
 from pathlib import Path
 
 import click
 
-from shared.progress import bar
+from cli.main import LazyGroup
+from cli.progress import bar
 
 SUBCOMMANDS = {"import": "tasks.recommender.cli:import_"}  # a task's own ``fedq data`` commands
 
 
-class _DataGroup(click.Group):
-    def list_commands(self, ctx: click.Context) -> list[str]:
-        return sorted({*SUBCOMMANDS, *super().list_commands(ctx)})
-
-    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
-        if name in SUBCOMMANDS:
-            module, _, attr = SUBCOMMANDS[name].partition(":")
-            return getattr(importlib.import_module(module), attr)
-        return super().get_command(ctx, name)
-
-
-@click.group(cls=_DataGroup)
+@click.group(cls=LazyGroup, lazy=SUBCOMMANDS)
 def data() -> None:
     """Create data sets in a task's format (one folder per region plus the public files)."""
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import click
 
-from coordinator.settings_options import settings_options
-from shared.cli_options import data_option, open_redis, redis_options, wait_option
+from cli.options import data_option, open_redis, redis_options, wait_option
+from cli.settings_options import settings_options
 from shared.errors import FedqError
 from shared.json_text import json_text
 
@@ -35,9 +35,9 @@ from shared.json_text import json_text
 def baseline(root: Path, task_name: str, mode: str, json_out: Path | None, epochs: int | None,
              task_set: tuple[str, ...], threads: int, seed: int) -> None:  # fmt: skip
     """A local-only, centralized or reference baseline, per region and overall."""
-    from coordinator.baselines import FitSettings, run_baseline
-    from coordinator.settings_options import parse_assignments
-    from shared.report_table import print_metrics
+    from cli.settings_options import parse_assignments
+    from harness.baselines import FitSettings, run_baseline
+    from reporting.tables import print_metrics
     from tasks.api import load_task
 
     task = load_task(task_name)
@@ -62,8 +62,8 @@ def coordinator(data_dir: Path, settings, wait: float, redis_url: str | None,
     """Initialise the federation (if new) and dispatch round jobs until a target is reached."""
     import time
 
+    from cli.options import StopFlag
     from coordinator import service
-    from shared.cli_options import StopFlag
 
     connection, keys = open_redis(redis_url, namespace, wait, lambda m: click.echo(m, err=True),
                                   user=lambda users: users.coordinator)  # fmt: skip
@@ -83,9 +83,9 @@ def coordinator(data_dir: Path, settings, wait: float, redis_url: str | None,
 @redis_options
 def aggregator(consumer: str | None, wait: float, redis_url: str | None, namespace: str) -> None:
     """Consume updates and apply them to the global model (the model's only writer)."""
+    from cli.options import StopFlag
     from coordinator import service
     from shared import federation
-    from shared.cli_options import StopFlag
 
     connection, keys = open_redis(redis_url, namespace, wait, lambda m: click.echo(m, err=True),
                                   user=lambda users: users.aggregator)  # fmt: skip
@@ -150,9 +150,9 @@ def run_cmd(data_dir: Path | None, generate: bool, workers_per_region: int,
     (--no-acl, --no-signed-updates to turn either off)."""
     import time
 
-    from coordinator.report import compare_table, ensure_baselines
-    from coordinator.run import RunOptions, run_federation
-    from shared.progress import bar
+    from cli.progress import bar
+    from harness.run import RunOptions, run_federation
+    from reporting.report import compare_table, ensure_baselines
     from tasks.api import load_task
 
     if workers_per_region < 1:
@@ -205,7 +205,7 @@ def run_cmd(data_dir: Path | None, generate: bool, workers_per_region: int,
     compare_table(report, base)
     text = json.dumps(report, indent=2) + "\n"
     (out_dir / "report.json").write_text(text)
-    from coordinator.plots import write_report
+    from reporting.plots import write_report
 
     write_report(out_dir, [report], base)
     if json_out:
@@ -332,7 +332,7 @@ def report(out_dir: Path, runs: tuple[Path, ...], data_dir: Path | None, redis_u
            namespace: str) -> None:  # fmt: skip
     """Plots (the task's headline per region against time and version, staleness, updates per
     region) and a Markdown summary with the final table."""
-    from coordinator.plots import write_report
+    from reporting.plots import write_report
 
     if runs:
         reports = [json.loads(p.read_text()) for p in runs]
@@ -340,7 +340,7 @@ def report(out_dir: Path, runs: tuple[Path, ...], data_dir: Path | None, redis_u
         for rep, path in zip(reports, runs, strict=True):
             rep["label"] = rep["mode"] if modes.count(rep["mode"]) == 1 else path.parent.name
     else:
-        from coordinator.history import collect
+        from reporting.history import collect
         from shared import federation
 
         connection, keys = open_redis(redis_url, namespace, start_embedded=False)
@@ -366,7 +366,7 @@ def audit_cmd(as_json: bool, redis_url: str | None, namespace: str) -> None:
     accounted for, every applied update from a job the coordinator issued. Exit 1 on a problem.
 
     Meant for a drained federation; while one runs, updates in flight show as queued."""
-    from coordinator.audit import audit
+    from harness.audit import audit
     from shared import federation
     from shared.json_text import json_text
 

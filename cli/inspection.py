@@ -1,6 +1,6 @@
 """The operator's commands: status, queues, workers, jobs, updates, rejections, models, requeue.
 
-Each is a thin layer over ``shared.views``: ``--json`` prints the view as it is (the shapes
+Each is a thin layer over ``cli.views``: ``--json`` prints the view as it is (the shapes
 are documented in docs/CLI.md), otherwise a table. They never start a Redis: without
 ``--redis-url`` / ``FEDQ_REDIS_URL`` they look at the embedded server if it runs, and say in one
 line (exit 1) when there is nothing to reach.
@@ -19,8 +19,9 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from shared import views
-from shared.cli_options import open_redis, redis_options
+from cli import views
+from cli.options import open_redis, redis_options
+from shared import streams
 from shared.json_text import json_text
 
 # a pipe or a file gets the full width, not rich's default of 80 columns
@@ -151,7 +152,7 @@ def updates(r, keys, as_json: bool, tail: int) -> None:
     """Applied updates, newest last: header fields only (never weights)."""
     cols = ["id", "region", "base_version", "version", "staleness", "n_samples", "loss", "weight",
             "at"]  # fmt: skip
-    _emit(views.applied_updates(r, keys, tail), as_json,
+    _emit(streams.applied_updates(r, keys, tail), as_json,
           lambda rows: _table("applied updates", rows, cols))  # fmt: skip
 
 

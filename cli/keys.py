@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from shared.cli_options import data_option
+from cli.options import data_option
 
 key_dir_option = click.option(
     "--dir",

@@ -22,14 +22,14 @@ from pathlib import Path
 import redis
 
 from coordinator import service
-from coordinator.history import collect
+from reporting.history import collect
 from shared.auth import ACL_FILE, KEYS_ENV, init_keys, init_users, load_password
 from shared.errors import FedqError
+from shared.evaluations import accepted_results
 from shared.keys import Keys
 from shared.processes import stop_processes
 from shared.redis_server import RedisServer, redact
 from shared.settings import FederationSettings
-from shared.views import region_results
 
 Say = Callable[[str], None]
 STOP_GRACE = 30.0
@@ -172,7 +172,7 @@ def _run_users(directory: Path, options: RunOptions) -> tuple[Path, tuple[str, s
 def _spawn(name: str, kind: str, args: list[str], env: dict, out: Path) -> Role:
     log = open(out / "logs" / f"{name}.log", "ab")  # noqa: SIM115 (the child owns it)
     process = subprocess.Popen(
-        [sys.executable, "-m", "shared", *args], env=env, stdout=log, stderr=subprocess.STDOUT
+        [sys.executable, "-m", "cli", *args], env=env, stdout=log, stderr=subprocess.STDOUT
     )
     log.close()
     return Role(name, kind, args, process)
@@ -225,7 +225,7 @@ def _watch(
             final_version = int(connection.get(keys.version) or 0)
             final_deadline = now + options.final_timeout
         if final_version is not None:
-            reported = region_results(connection, keys).get(final_version, {})
+            reported = accepted_results(connection, keys, fed).get(final_version, {})
             if set(fed.regions) <= set(reported):
                 return final_version
             if final_deadline is not None and now > final_deadline:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from shared.cli_options import data_option, open_redis, redis_options, wait_option
+from cli.options import data_option, open_redis, redis_options, wait_option
 
 
 @click.command()

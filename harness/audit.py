@@ -28,7 +28,7 @@ import redis
 from shared import federation
 from shared.jobs import job_of, job_region, parse_issued
 from shared.keys import Keys
-from shared.views import published_copies
+from shared.streams import published_copies
 
 NOT_A_COPY = {"replayed", "job_refused"}  # rejections-stream entries that settle no copy
 

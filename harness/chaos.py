@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from coordinator.run import Role
+from harness.run import Role
 
 KINDS = {"worker": 0.6, "aggregator": 0.2, "coordinator": 0.2}
 MAX_RESTART_DELAY = 3.0

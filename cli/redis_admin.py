@@ -6,8 +6,8 @@ from pathlib import Path
 
 import click
 
+from cli.keys import key_dir_option
 from shared import redis_server
-from shared.auth_cli import key_dir_option
 
 
 @click.group("redis")
@@ -31,7 +31,7 @@ namespace_option = click.option(
 @namespace_option
 def start(namespace: str) -> None:
     """Start the embedded server unless it runs; print its URL."""
-    from shared.cli_options import embedded_acl
+    from cli.options import embedded_acl
 
     click.echo(redis_server.ensure_embedded(acl=embedded_acl(namespace)))
 
@@ -57,7 +57,7 @@ def status() -> None:
 @namespace_option
 def url(namespace: str) -> None:
     """Print the embedded server's URL, starting it if needed (for `rq info --url ...`)."""
-    from shared.cli_options import embedded_acl
+    from cli.options import embedded_acl
 
     click.echo(redis_server.ensure_embedded(acl=embedded_acl(namespace)))
 

@@ -13,11 +13,11 @@ from typing import Any
 
 import redis
 
-from coordinator.curve import learning_curve
+from reporting.curve import learning_curve
 from shared.federation import Federation
 from shared.keys import Keys
 from shared.privacy import epsilon
-from shared.views import applied_updates, published_copies, update_counts
+from shared.streams import applied_updates, published_copies, update_counts
 
 
 def collect(connection: redis.Redis, keys: Keys, fed: Federation) -> dict[str, Any]:
@@ -45,7 +45,7 @@ def collect(connection: redis.Redis, keys: Keys, fed: Federation) -> dict[str, A
             }
             for p in curve
         ],
-        "updates": update_counts(connection, keys),
+        "updates": update_counts(connection, keys, fed.regions),
         "privacy": privacy_spent(connection, keys, fed),
         "updates_log": log,  # [seconds since creation, version, region, staleness]
     }

@@ -10,8 +10,8 @@ from pathlib import Path
 
 from rich.console import Console
 
-from coordinator.baselines import FitSettings, run_baseline
-from shared.report_table import metric_table, print_table
+from harness.baselines import FitSettings, run_baseline
+from reporting.tables import metric_table, print_table
 from tasks.api import MetricSchema, Task
 
 COMPARED = ("local", "centralized")

@@ -15,38 +15,48 @@ import redis
 from shared.errors import FedqError
 
 COMMANDS = {
-    "data": "tasks.cli:data",
-    "baseline": "coordinator.cli:baseline",
-    "redis": "shared.redis_cli:redis_group",
-    "worker": "worker.cli:worker",
-    "coordinator": "coordinator.cli:coordinator",
-    "aggregator": "coordinator.cli:aggregator",
-    "run": "coordinator.cli:run_cmd",
-    "report": "coordinator.cli:report",
+    "data": "cli.data:data",
+    "baseline": "cli.federation:baseline",
+    "redis": "cli.redis_admin:redis_group",
+    "worker": "cli.worker:worker",
+    "coordinator": "cli.federation:coordinator",
+    "aggregator": "cli.federation:aggregator",
+    "run": "cli.federation:run_cmd",
+    "report": "cli.federation:report",
     "recommend": "tasks.recommender.serve_cli:recommend",
-    "export": "shared.serve_cli:export",
-    "keys": "shared.auth_cli:keys_group",
-    "status": "shared.inspect_cli:status",
-    "queues": "shared.inspect_cli:queues",
-    "workers": "shared.inspect_cli:workers",
-    "jobs": "shared.inspect_cli:jobs",
-    "updates": "shared.inspect_cli:updates",
-    "rejections": "shared.inspect_cli:rejections",
-    "models": "shared.inspect_cli:models",
-    "requeue": "shared.inspect_cli:requeue",
-    "audit": "coordinator.cli:audit_cmd",
+    "export": "cli.export:export",
+    "keys": "cli.keys:keys_group",
+    "status": "cli.inspection:status",
+    "queues": "cli.inspection:queues",
+    "workers": "cli.inspection:workers",
+    "jobs": "cli.inspection:jobs",
+    "updates": "cli.inspection:updates",
+    "rejections": "cli.inspection:rejections",
+    "models": "cli.inspection:models",
+    "requeue": "cli.inspection:requeue",
+    "audit": "cli.federation:audit_cmd",
 }
 
 
 class LazyGroup(click.Group):
+    """A group whose commands (``lazy``: name -> "module:attr") are imported when used."""
+
+    def __init__(self, *args, lazy: dict[str, str] | None = None, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.lazy = lazy or {}
+
     def list_commands(self, ctx: click.Context) -> list[str]:
-        return sorted({*COMMANDS, *super().list_commands(ctx)})
+        return sorted({*self.lazy, *super().list_commands(ctx)})
 
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
-        if name in COMMANDS:
-            module, _, attr = COMMANDS[name].partition(":")
+        if name in self.lazy:
+            module, _, attr = self.lazy[name].partition(":")
             return getattr(importlib.import_module(module), attr)
         return super().get_command(ctx, name)
+
+
+class RootGroup(LazyGroup):
+    """The ``fedq`` command: library errors print as one line, never a traceback."""
 
     def invoke(self, ctx: click.Context):
         try:
@@ -59,7 +69,7 @@ class LazyGroup(click.Group):
             raise click.ClickException(f"{type(exc).__name__}: {exc}") from None
 
 
-@click.group(cls=LazyGroup)
+@click.group(cls=RootGroup, lazy=COMMANDS)
 @click.version_option(package_name="fedq")
 def cli() -> None:
     """fedq: asynchronous federated learning over Redis queues."""

@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from shared.cli_options import open_redis, redis_options
+from cli.options import open_redis, redis_options
 from tasks.api import Weights
 
 

@@ -1,6 +1,6 @@
 """``fedq report``: PNG plots and a Markdown summary of one or more runs' reports.
 
-Input: report dicts (``coordinator.history.collect``, plus ``fedq run``'s figures). Several
+Input: report dicts (``reporting.history.collect``, plus ``fedq run``'s figures). Several
 reports of the same data (async and sync, say) share each plot, one line style per run.
 matplotlib runs on its Agg backend: no display needed.
 """
@@ -11,7 +11,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from shared.report_table import markdown_table, metric_table
+from reporting.tables import markdown_table, metric_table
 from tasks.api import MetricSchema
 
 STYLES = ("-", "--", ":", "-.")

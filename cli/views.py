@@ -8,7 +8,6 @@ its header fields only.
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections import Counter
@@ -21,25 +20,12 @@ from rq.worker import Worker
 
 from shared import federation
 from shared.errors import FedqError
-from shared.evaluations import parse_accepted
+from shared.evaluations import accepted_results
 from shared.jobs import SERIALIZER, TRAIN_TASK, region_queue
 from shared.keys import Keys
+from shared.streams import applied_updates, update_counts, waiting_updates
 
 RATE_WINDOW = 60.0  # seconds over which "updates per second" is measured
-
-
-def region_results(
-    connection: redis.Redis, keys: Keys, fed: federation.Federation | None = None
-) -> dict[int, dict[str, dict]]:
-    """version -> region -> the evaluation record the aggregator accepted (one per job),
-    re-checked against the federation's metric schema."""
-    schema = (fed or _federation(connection, keys)).metrics
-    out: dict[int, dict[str, dict]] = {}
-    for _id, fields in connection.xrange(keys.metrics):
-        record = parse_accepted(fields, schema)
-        if record is not None:  # a view never trusts a stream: anything else is skipped
-            out.setdefault(record["version"], {})[record["region"]] = record
-    return out
 
 
 def _federation(r: redis.Redis, keys: Keys) -> federation.Federation:
@@ -47,14 +33,6 @@ def _federation(r: redis.Redis, keys: Keys) -> federation.Federation:
     if fed is None:
         raise FedqError(f"no federation under namespace {keys.namespace!r} in this Redis")
     return fed
-
-
-def waiting_updates(r: redis.Redis, keys: Keys, regions: list[str] | tuple[str, ...]) -> int:
-    """Updates published and not yet settled, over every region's stream."""
-    with r.pipeline(transaction=False) as pipe:
-        for stream in keys.update_streams(regions):
-            pipe.xlen(stream)
-        return sum(pipe.execute())
 
 
 def _regions(r: redis.Redis, keys: Keys, region: str | None) -> tuple[str, ...]:
@@ -68,26 +46,6 @@ def _regions(r: redis.Redis, keys: Keys, region: str | None) -> tuple[str, ...]:
 
 def _text(value: bytes | None) -> str | None:
     return None if value is None else value.decode(errors="replace")
-
-
-def applied_updates(r: redis.Redis, keys: Keys, tail: int | None = None) -> list[dict[str, Any]]:
-    """Applied updates, oldest first: header fields, the version they made, their staleness."""
-    entries = r.xrevrange(keys.applies, count=tail) if tail else r.xrange(keys.applies)
-    if tail:
-        entries = list(reversed(entries))
-    out = []
-    for _id, f in entries:
-        version = int(f[b"version"])
-        for u in json.loads(f[b"updates"]):
-            base = u.get("base")
-            out.append({
-                "id": u["id"], "region": u.get("region"), "base_version": base,
-                "version": version, "at": float(f[b"at"]) if b"at" in f else None,
-                "staleness": None if base is None else version - 1 - int(base),
-                "n_samples": u.get("n"), "loss": u.get("loss"),
-                "weight": float(f[b"weight"]) if b"weight" in f else None,
-            })  # fmt: skip
-    return out[-tail:] if tail else out
 
 
 def queues(r: redis.Redis, keys: Keys) -> list[dict[str, Any]]:
@@ -182,7 +140,7 @@ def models(r: redis.Redis, keys: Keys) -> list[dict[str, Any]]:
     current = int(r.get(keys.version) or 0)
     fed = _federation(r, keys)
     window = fed.settings.max_staleness + 1
-    evaluated = region_results(r, keys, fed)
+    evaluated = accepted_results(r, keys, fed)
     schema = fed.metrics
     shown = (*schema.table[:2], schema.size)
     versions = sorted({*evaluated, *range(max(0, current - window + 1), current + 1)})
@@ -210,7 +168,7 @@ def status(r: redis.Redis, keys: Keys, now: float | None = None) -> dict[str, An
     fed = _federation(r, keys)
     version = int(r.get(keys.version) or 0)
     created = r.hget(keys.model_info(version), "created_at")
-    counts = update_counts(r, keys)
+    counts = update_counts(r, keys, fed.regions)
     updates = applied_updates(r, keys)
     recent = [u for u in updates if u["at"] and now - u["at"] <= RATE_WINDOW]
     staleness = sorted(u["staleness"] for u in updates if u["staleness"] is not None)
@@ -254,33 +212,6 @@ def status(r: redis.Redis, keys: Keys, now: float | None = None) -> dict[str, An
     }
 
 
-def published_copies(
-    r: redis.Redis, keys: Keys, regions: list[str] | tuple[str, ...]
-) -> dict[str, dict[str, int]]:
-    """region -> update id -> copies its workers published (each region counts its own)."""
-    with r.pipeline(transaction=False) as pipe:
-        for region in regions:
-            pipe.hgetall(keys.published(region))
-        rows = pipe.execute()
-    return {region: {k.decode(errors="replace"): int(v) for k, v in row.items()}
-            for region, row in zip(regions, rows, strict=True)}  # fmt: skip
-
-
-def update_counts(r: redis.Redis, keys: Keys) -> dict[str, Any]:
-    """Totals of what happened to updates and train jobs (``fedq run``'s report has these)."""
-    reasons = Counter(v.decode() for v in r.hvals(keys.rejected))
-    published = published_copies(r, keys, _federation(r, keys).regions)
-    return {
-        "applied": r.scard(keys.applied),
-        "rejected": sum(reasons.values()),
-        "rejected_by_reason": dict(reasons),
-        "duplicates": sum(int(v) for v in r.hvals(keys.duplicates)),
-        "published": sum(sum(by_id.values()) for by_id in published.values()),
-        "jobs_retried": int(r.get(keys.retried) or 0),
-        "jobs_abandoned": int(r.get(keys.abandoned) or 0),
-    }
-
-
 def requeue_failed(
     r: redis.Redis, keys: Keys, region: str | None = None, job_ids: tuple[str, ...] = ()
 ) -> list[str]:
@@ -304,7 +235,7 @@ def _latest_evaluation(r: redis.Redis, keys: Keys, fed: federation.Federation
                        ) -> dict[str, dict[str, Any]]:  # fmt: skip
     """Each region's latest test figures: the task's first two report columns."""
     out: dict[str, dict[str, Any]] = {}
-    for version, by_region in sorted(region_results(r, keys, fed).items()):
+    for version, by_region in sorted(accepted_results(r, keys, fed).items()):
         for region, rec in by_region.items():
             out[region] = {"version": version,
                            **{m: rec["test"].get(m) for m in fed.metrics.table[:2]}}  # fmt: skip

@@ -1,0 +1,5 @@
+"""``python -m cli ...`` is the ``fedq`` command (what ``fedq run`` spawns)."""
+
+from cli.main import main
+
+main()

@@ -1,0 +1,72 @@
+"""What an update must be before a strategy sees it, and what signs it: pure checks.
+
+The aggregator calls these on every decoded update (``delta_problem``) and, in a signed
+federation, on every entry before a byte of it is decoded (``signature_problem``); each returns
+the rejection reason and a detail, or None.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from shared import auth, streams
+from shared.aggregation import clip_to_norm
+from shared.codec import RejectReason, Weights
+
+MAX_UPDATE_BYTES = 64 * 1024 * 1024
+
+
+def delta_problem(
+    delta: Weights, weights: Weights, bound: float, norm_action: str
+) -> tuple[tuple[RejectReason, str] | None, float | None]:
+    """(problem, clipped norm): the delta must have the model's tensors and shapes, finite
+    values, and an L2 norm within ``bound`` (0: none); with ``norm_action`` "clip" a longer
+    delta is scaled down to the bound in place, and its old norm returned."""
+    if delta.keys() != weights.keys():
+        missing = sorted(set(weights) - set(delta))
+        extra = sorted(set(delta) - set(weights))
+        return (RejectReason.SHAPE, f"tensors missing {missing[:3]}, unexpected {extra[:3]}"), None
+    for name, t in delta.items():
+        if t.shape != weights[name].shape:
+            return (RejectReason.SHAPE, f"{name}: {t.shape}, expected {weights[name].shape}"), None
+        # one pass without a temporary: a NaN or inf makes the sum non-finite (a finite sum
+        # that overflowed is re-checked element by element before rejecting)
+        if not np.isfinite(np.sum(t, dtype=np.float64)) and not np.isfinite(t).all():
+            return (RejectReason.NON_FINITE, f"{name} has NaN or infinite values"), None
+    if bound:
+        clipped, norm = clip_to_norm(delta, bound)
+        if clipped is not delta:
+            if norm_action == "reject":
+                return (RejectReason.NORM, f"L2 norm {norm:.4g} > bound {bound:g}"), None
+            delta.update(clipped)  # the update goes on at the bound's length
+            return None, norm
+    return None, None
+
+
+def signature_problem(
+    fields: dict[bytes, bytes], payload: bytes, region: str, region_keys: dict[str, bytes]
+) -> tuple[RejectReason, str] | None:
+    """The stream's region names the secret: only that region's workers hold it."""
+    signature = streams.entry_text(fields, streams.SIG)
+    if not signature:
+        return RejectReason.UNSIGNED, f"the federation signs updates; no {streams.SIG!r} field"
+    key = region_keys.get(region)
+    if key is None:
+        return RejectReason.UNKNOWN_REGION, f"no secret for region {region!r}"
+    if not auth.verify(key, payload, signature):
+        return RejectReason.BAD_SIGNATURE, f"HMAC does not match {region!r}'s secret"
+    return None
+
+
+def norm_bound(s, n_params: int) -> float:
+    """The L2 bound updates are held to. With DP noise on, an honest update is its clipped delta
+    plus Gaussian noise of norm about sd * sqrt(n_params); the bound makes room for that (and
+    four standard deviations more) instead of rejecting every noisy update."""
+    if not s.max_update_norm:
+        return 0.0
+    if not s.dp_noise:
+        return s.max_update_norm
+    sd = s.dp_noise * s.dp_clip
+    return max(s.max_update_norm, s.dp_clip + sd * (math.sqrt(n_params) + 4))
