@@ -20,10 +20,13 @@ from cli.options import data_option, open_redis, redis_options, wait_option
     show_default=True,
     help="Make each train job this many times slower (a slow or distant silo).",
 )
+@click.option("--task", "task_name", default=None,
+              help="The federation's task, if it is not built in (module:attr or file.py): a "
+                   "worker runs no other task than a built-in one or this.")  # fmt: skip
 @wait_option
 @redis_options
-def worker(region: str, data_dir: Path, burst: bool, slowdown: float, wait: float,
-           redis_url: str | None, namespace: str) -> None:  # fmt: skip
+def worker(region: str, data_dir: Path, burst: bool, slowdown: float, task_name: str | None,
+           wait: float, redis_url: str | None, namespace: str) -> None:  # fmt: skip
     """Run an RQ worker on REGION's queue, training on the region's own data."""
     from worker import process
 
@@ -31,4 +34,4 @@ def worker(region: str, data_dir: Path, burst: bool, slowdown: float, wait: floa
                                    user=lambda users: users.worker(region),
                                    socket_timeout=process.RQ_SOCKET_TIMEOUT)  # fmt: skip
     process.run(connection, keys, region, data_dir, burst=burst, slowdown=slowdown, wait=wait,
-                say=lambda m: click.echo(m, err=True))  # fmt: skip
+                say=lambda m: click.echo(m, err=True), task=task_name)  # fmt: skip

@@ -124,7 +124,7 @@ def run_federation(
             slow = options.slowdown.get(region, 1.0)
             for k in range(options.workers_per_region):
                 args = ["worker", "--region", region, "--data", str(options.data_dir),
-                        "--slowdown", str(slow)]  # fmt: skip
+                        "--slowdown", str(slow), "--task", fed.settings.task]  # fmt: skip
                 roles.append(_spawn(f"worker-{region}-{k}", "worker", args, env, out))
         coordinate = ["coordinator", "--data", str(options.data_dir)]
         roles.append(_spawn("coordinator", "coordinator", coordinate, env, out))

@@ -100,3 +100,25 @@ def test_a_users_task_file_runs_a_whole_federation(tmp_path):
     local = report["baselines"]["local"]["overall"]
     assert 0.5 < final["accuracy"] <= 1 and np.isfinite(local["accuracy"])
     assert "accuracy" in out.stdout  # the comparison table names the task's own headline
+
+
+def test_a_worker_imports_no_task_but_a_built_in_one_or_the_one_it_was_given(
+    r, redis_server, tmp_path
+):
+    """Whoever writes the federation record names the task; a worker still imports only a
+    built-in task or the one on its own command line."""
+    from coordinator import service
+    from shared.keys import Keys
+    from shared.settings import FederationSettings
+    from tests.fleet import Fleet
+
+    load_task(str(EXAMPLE)).generate(tmp_path / "data", seed=1)
+    keys = Keys("usertask")
+    service.initialise(r, keys, tmp_path / "data", FederationSettings(task=str(EXAMPLE)))
+    with Fleet(redis_server.url, keys.namespace, tmp_path / "data") as fleet:
+        refused = fleet.worker("cn", "--burst")
+        assert refused.wait(timeout=120) == 1
+        assert "is not built in: start the worker with --task" in fleet.log(refused)
+        assert "Traceback" not in fleet.log(refused)
+        given = fleet.worker("cn", "--burst", "--task", str(EXAMPLE))
+        assert given.wait(timeout=120) == 0, fleet.log(given)

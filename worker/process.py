@@ -37,7 +37,7 @@ from shared.jobs import SERIALIZER, TASKS, JobSpec, region_queue
 from shared.keys import Keys
 from shared.resilience import REDIS_DOWN, Outage, retry_redis
 from shared.store import ModelCache, ModelStore
-from tasks.api import load_task
+from tasks.api import BUILT_IN, load_task
 from worker.context import WorkerContext, install
 
 REFUSED_TTL = 86_400  # seconds a refused job stays in the failed registry, for operators
@@ -218,10 +218,18 @@ def prepare(
     slowdown: float = 1.0,
     wait: float = 60.0,
     say=None,
+    task: str | None = None,
 ) -> WorkerContext:
     """Check the region and the data's public part against the federation, load the region's
-    data through the federation's task, set the context."""
+    data through the federation's task, set the context.
+
+    The record names the task, but a worker imports only a built-in task or the one its own
+    operator named (``task``): whoever could write the record could otherwise make every
+    worker import any module installed on its host."""
     fed = federation.wait_for(connection, keys, wait, say)
+    if fed.settings.task not in BUILT_IN and fed.settings.task != task:
+        raise FedqError(f"the federation's task {fed.settings.task[:200]!r} is not built in: "
+                        "start the worker with --task naming it to run it")  # fmt: skip
     if region not in fed.regions:
         raise FedqError(f"unknown region {region!r}; the federation has: {', '.join(fed.regions)}")
     task = load_task(fed.settings.task)
@@ -279,6 +287,7 @@ def run(
     data_dir: Path,
     burst: bool = False,
     slowdown: float = 1.0,
+    task: str | None = None,
     wait: float = 60.0,
     say=None,
 ) -> bool:
@@ -292,7 +301,7 @@ def run(
     import torch
 
     torch.set_num_threads(1)
-    context = prepare(connection, keys, region, data_dir, slowdown, wait, say)
+    context = prepare(connection, keys, region, data_dir, slowdown, wait, say, task)
     if say is not None:
         context.say = say
     queue = region_queue(connection, keys, region)
