@@ -122,3 +122,60 @@ def test_a_worker_imports_no_task_but_a_built_in_one_or_the_one_it_was_given(
         assert "Traceback" not in fleet.log(refused)
         given = fleet.worker("cn", "--burst", "--task", str(EXAMPLE))
         assert given.wait(timeout=120) == 0, fleet.log(given)
+
+
+BROKEN_TASK = """
+import numpy as np
+from tasks.api import Trained
+from tasks.toy import ToyTask
+
+
+class Broken(ToyTask):
+    name = "broken"
+
+    def train(self, weights, data, settings, step, state=None):
+        t = super().train(weights, data, settings, step, state)
+        return Trained({k: np.full_like(v, np.nan) for k, v in t.weights.items()}, t.n_samples,
+                       t.loss, t.seconds)
+
+
+TASK = Broken()
+"""
+
+
+def test_a_task_that_returns_non_finite_weights_publishes_nothing(r, redis_server, toy_data,
+                                                                  tmp_path):  # fmt: skip
+    from coordinator import service
+    from coordinator.dispatcher import Dispatcher
+    from shared.jobs import region_queue
+    from shared.keys import Keys
+    from shared.settings import FederationSettings
+    from tests.fleet import Fleet
+
+    path = tmp_path / "broken.py"
+    path.write_text(BROKEN_TASK)
+    keys = Keys("broken")
+    settings = FederationSettings(task=str(path), max_retries=0, target_versions=0, eval_every=0)
+    fed = service.initialise(r, keys, toy_data, settings)
+    job_id = Dispatcher(r, keys, fed)._enqueue_train("cn", None)
+    with Fleet(redis_server.url, keys.namespace, toy_data) as fleet:
+        worker = fleet.worker("cn", "--burst", "--task", str(path))
+        assert worker.wait(timeout=120) == 0, fleet.log(worker)
+    assert r.xlen(keys.update_stream("cn")) == 0 and r.hlen(keys.published("cn")) == 0
+    failed = region_queue(r, keys, "cn").failed_job_registry
+    assert failed.get_job_ids() == [job_id]
+    from rq.job import Job
+
+    from shared.jobs import SERIALIZER
+
+    result = Job.fetch(job_id, connection=r, serializer=SERIALIZER).latest_result()
+    assert "non-finite values" in result.exc_string
+
+
+@pytest.mark.parametrize("scale", [float("nan"), 0.0, -1.0, 1.5, 1e9, True, "1"])
+def test_a_job_spec_with_a_learning_rate_scale_outside_0_1_is_refused(scale):
+    from shared.jobs import JobSpec
+
+    with pytest.raises(ValueError, match="lr_scale"):
+        JobSpec.from_json({"kind": "train", "region": "cn", "lr_scale": scale})
+    assert JobSpec.from_json({"kind": "train", "region": "cn", "lr_scale": 0.5}).lr_scale == 0.5
