@@ -22,13 +22,20 @@ def _started(r, keys: Keys, region: str) -> str | None:
 
 
 def test_kill_9_of_a_worker_mid_job_requeues_its_job_and_a_returning_worker_redoes_it(
-    small_data, redis_server, r
+    toy_data, redis_server, r
 ):
     keys = Keys("abandon")
-    settings = FederationSettings(eval_every=0, target_versions=3, inflight_per_region=1,
-                                  worker_ttl=3, max_retries=2)  # fmt: skip
-    service.initialise(r, keys, small_data, settings)
-    with Fleet(redis_server.url, "abandon", small_data) as fleet:
+    settings = FederationSettings(
+        task="toy",
+        task_settings={"job_seconds": 0.3},
+        eval_every=0,
+        target_versions=3,
+        inflight_per_region=1,
+        worker_ttl=3,
+        max_retries=2,
+    )
+    service.initialise(r, keys, toy_data, settings)
+    with Fleet(redis_server.url, "abandon", toy_data) as fleet:
         fleet.aggregator()
         fleet.coordinator()
         # a very slow cn worker: its first job is still running when it is killed
@@ -56,12 +63,19 @@ def test_kill_9_of_a_worker_mid_job_requeues_its_job_and_a_returning_worker_redo
         assert not any(k.startswith(victim.encode()) for k in r.hkeys(keys.rejected))
 
 
-def test_a_job_abandoned_more_often_than_max_retries_ends_failed(small_data, redis_server, r):
+def test_a_job_abandoned_more_often_than_max_retries_ends_failed(toy_data, redis_server, r):
     keys = Keys("giveup")
-    settings = FederationSettings(eval_every=0, target_versions=50, inflight_per_region=1,
-                                  worker_ttl=2, max_retries=0)  # fmt: skip
-    service.initialise(r, keys, small_data, settings)
-    with Fleet(redis_server.url, "giveup", small_data) as fleet:
+    settings = FederationSettings(
+        task="toy",
+        task_settings={"job_seconds": 0.3},
+        eval_every=0,
+        target_versions=50,
+        inflight_per_region=1,
+        worker_ttl=2,
+        max_retries=0,
+    )
+    service.initialise(r, keys, toy_data, settings)
+    with Fleet(redis_server.url, "giveup", toy_data) as fleet:
         fleet.coordinator()
         slow = fleet.worker("cn", "--slowdown", "200")
         assert wait_until(lambda: _started(r, keys, "cn"), 90), "the slow worker never started"

@@ -26,15 +26,21 @@ def _in_flight(r, queues) -> dict[str, int]:
     return {region: counts[2 * i] + counts[2 * i + 1] for i, region in enumerate(queues)}
 
 
-def test_a_restarted_coordinator_never_dispatches_beyond_the_bound(small_data, redis_server, r):
+def test_a_restarted_coordinator_never_dispatches_beyond_the_bound(toy_data, redis_server, r):
     keys = Keys("restart")
-    settings = FederationSettings(eval_every=0, target_versions=0, time_budget=900,
-                                  inflight_per_region=BOUND)  # fmt: skip
-    fed = service.initialise(r, keys, small_data, settings)
+    settings = FederationSettings(
+        task="toy",
+        task_settings={"job_seconds": 0.3},
+        eval_every=0,
+        target_versions=0,
+        time_budget=900,
+        inflight_per_region=BOUND,
+    )
+    fed = service.initialise(r, keys, toy_data, settings)
     queues = {region: region_queue(r, keys, region) for region in fed.regions}
     rng = random.Random(11)
     peak = dict.fromkeys(fed.regions, 0)
-    with Fleet(redis_server.url, "restart", small_data) as fleet:
+    with Fleet(redis_server.url, "restart", toy_data) as fleet:
         fleet.aggregator()
         for region in ("cn", "cn", "us"):
             fleet.worker(region, "--slowdown", "3")

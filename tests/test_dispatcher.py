@@ -14,11 +14,9 @@ def _queued(r, fed) -> int:
     return sum(r.hlen(K.inflight(region)) for region in fed.regions)
 
 
-def test_a_backlog_of_unsettled_updates_holds_new_jobs_until_the_aggregator_catches_up(
-    r, small_data
-):
-    settings = FederationSettings(max_staleness=8, inflight_per_region=1, eval_every=0)
-    fed = service.initialise(r, K, small_data, settings)
+def test_a_backlog_of_unsettled_updates_holds_new_jobs_until_the_aggregator_catches_up(r, toy_data):
+    settings = FederationSettings(task="toy", max_staleness=8, inflight_per_region=1, eval_every=0)
+    fed = service.initialise(r, K, toy_data, settings)
     for i in range(4):  # half of max_staleness waits in the stream
         r.xadd(K.update_stream(fed.regions[i % 2]), {"u": b"x", "id": f"u{i}"})
     dispatcher = Dispatcher(r, K, fed)
@@ -29,9 +27,9 @@ def test_a_backlog_of_unsettled_updates_holds_new_jobs_until_the_aggregator_catc
     assert _queued(r, fed) == len(fed.regions)
 
 
-def test_a_job_put_back_on_its_queue_waits_from_then_not_from_its_first_dispatch(r, small_data):
-    settings = FederationSettings(inflight_per_region=1, eval_every=0, stall_after=10)
-    fed = service.initialise(r, K, small_data, settings)
+def test_a_job_put_back_on_its_queue_waits_from_then_not_from_its_first_dispatch(r, toy_data):
+    settings = FederationSettings(task="toy", inflight_per_region=1, eval_every=0, stall_after=10)
+    fed = service.initialise(r, K, toy_data, settings)
     now = [1000.0]
     dispatcher = Dispatcher(r, K, fed, clock=lambda: now[0])
     dispatcher.tick()

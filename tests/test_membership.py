@@ -20,14 +20,21 @@ def _jp_updates(r, keys: Keys) -> int:
 
 
 def test_a_region_without_workers_expires_its_jobs_and_resumes_when_one_joins(
-    small_data, redis_server, r
+    toy_data, redis_server, r
 ):
     keys = Keys("members")
-    settings = FederationSettings(eval_every=0, target_versions=0, time_budget=900,
-                                  inflight_per_region=2, queue_ttl=3)  # fmt: skip
-    service.initialise(r, keys, small_data, settings)
+    settings = FederationSettings(
+        task="toy",
+        task_settings={"job_seconds": 0.3},
+        eval_every=0,
+        target_versions=0,
+        time_budget=900,
+        inflight_per_region=2,
+        queue_ttl=3,
+    )
+    service.initialise(r, keys, toy_data, settings)
     jp = region_queue(r, keys, "jp")
-    with Fleet(redis_server.url, "members", small_data) as fleet:
+    with Fleet(redis_server.url, "members", toy_data) as fleet:
         fleet.aggregator()
         fleet.coordinator()
         fleet.worker("cn")
@@ -64,13 +71,20 @@ def test_a_region_without_workers_expires_its_jobs_and_resumes_when_one_joins(
         assert cn.count <= settings.inflight_per_region
 
 
-def test_an_idle_worker_waits_for_jobs_without_socket_timeouts(small_data, redis_server, r):
+def test_an_idle_worker_waits_for_jobs_without_socket_timeouts(toy_data, redis_server, r):
     """redis-py 8 gives connections a 5 s socket timeout; RQ blocks up to 405 s on its queue and
     raises the timeout only for connections made after it starts, so a connection made before
     (the worker's first commands) used to time out in an idle wait and log RQ's error."""
     keys = Keys("idle")
-    service.initialise(r, keys, small_data, FederationSettings(eval_every=0, target_versions=0))
-    with Fleet(redis_server.url, "idle", small_data) as fleet:
+    service.initialise(
+        r,
+        keys,
+        toy_data,
+        FederationSettings(
+            task="toy", task_settings={"job_seconds": 0.3}, eval_every=0, target_versions=0
+        ),
+    )
+    with Fleet(redis_server.url, "idle", toy_data) as fleet:
         worker = fleet.worker("me")  # no coordinator: no job will come
         assert wait_until(lambda: Worker.all(queue=region_queue(r, keys, "me"),
                                              serializer=SERIALIZER), 60)  # fmt: skip

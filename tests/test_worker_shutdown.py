@@ -13,10 +13,16 @@ from shared.settings import FederationSettings
 from tests.fleet import Fleet, wait_until
 
 
-def _start(r, keys: Keys, small_data, fleet: Fleet, slowdown: str):
-    settings = FederationSettings(eval_every=0, target_versions=100, inflight_per_region=1,
-                                  max_retries=1)  # fmt: skip
-    service.initialise(r, keys, small_data, settings)
+def _start(r, keys: Keys, toy_data, fleet: Fleet, slowdown: str):
+    settings = FederationSettings(
+        task="toy",
+        task_settings={"job_seconds": 0.3},
+        eval_every=0,
+        target_versions=100,
+        inflight_per_region=1,
+        max_retries=1,
+    )
+    service.initialise(r, keys, toy_data, settings)
     fleet.coordinator()
     worker = fleet.worker("cn", "--slowdown", slowdown)
 
@@ -35,10 +41,10 @@ def _published(r, keys: Keys, job_id: str) -> int:
     return sum(1 for _, f in r.xrange(stream) if f[b"id"].decode().startswith(job_id + "."))
 
 
-def test_first_sigterm_finishes_the_current_job_then_exits(small_data, redis_server, r):
+def test_first_sigterm_finishes_the_current_job_then_exits(toy_data, redis_server, r):
     keys = Keys("warm")
-    with Fleet(redis_server.url, "warm", small_data) as fleet:
-        worker, job_id = _start(r, keys, small_data, fleet, slowdown="15")
+    with Fleet(redis_server.url, "warm", toy_data) as fleet:
+        worker, job_id = _start(r, keys, toy_data, fleet, slowdown="15")
         worker.send_signal(signal.SIGTERM)
         assert worker.wait(timeout=120) == 0
         assert r.hget(Job.key_for(job_id), "status") == b"finished"
@@ -46,12 +52,10 @@ def test_first_sigterm_finishes_the_current_job_then_exits(small_data, redis_ser
         assert int(r.get(keys.retried) or 0) == 0
 
 
-def test_second_sigterm_stops_at_once_and_the_job_goes_back_on_its_queue(
-    small_data, redis_server, r
-):
+def test_second_sigterm_stops_at_once_and_the_job_goes_back_on_its_queue(toy_data, redis_server, r):
     keys = Keys("cold")
-    with Fleet(redis_server.url, "cold", small_data) as fleet:
-        worker, job_id = _start(r, keys, small_data, fleet, slowdown="400")
+    with Fleet(redis_server.url, "cold", toy_data) as fleet:
+        worker, job_id = _start(r, keys, toy_data, fleet, slowdown="400")
         worker.send_signal(signal.SIGTERM)
         time.sleep(1.5)  # RQ ignores a second signal within a second (duplicate delivery)
         sent = time.monotonic()
