@@ -1,6 +1,6 @@
 """A SASRec-class reference on the built-in data, split and scored exactly as fedq scores.
 
-    python scripts/bench_sasrec.py [--data data] [--epochs 10] [--threads 2]
+    python scripts/bench_sasrec.py [--data data] [--epochs 30] [--lr 0.003] [--threads 2]
 
 A self-attention sequential recommender in the shape of SASRec (Kang & McAuley 2018: item and
 position embeddings, 2 causal self-attention blocks of hidden size 64, the output scored against
@@ -78,11 +78,11 @@ class Scorer:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=Path("data"))
-    ap.add_argument("--epochs", type=int, default=10)
+    ap.add_argument("--epochs", type=int, default=30)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--batch-size", type=int, default=256)
-    ap.add_argument("--lr", type=float, default=1e-3)
-    ap.add_argument("--patience", type=int, default=2)
+    ap.add_argument("--lr", type=float, default=3e-3)
+    ap.add_argument("--patience", type=int, default=3)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
