@@ -49,6 +49,7 @@ def load_model(task, data_dir: Path, model_file: Path | None, redis_url: str | N
                namespace: str, version: int | None) -> tuple[Weights, dict[str, Any]]:  # fmt: skip
     """A model of ``task`` that fits ``data_dir``'s public part, from a file or Redis."""
     from shared.errors import FedqError
+    from shared.federation import check_digest
 
     if model_file is not None:
         import numpy as np
@@ -64,11 +65,8 @@ def load_model(task, data_dir: Path, model_file: Path | None, redis_url: str | N
         weights, meta = model_from_redis(redis_url, namespace, version)
     if meta.get("task") != task.name:
         raise FedqError(f"the model is of task {meta.get('task')!r}, not {task.name!r}")
-    described = task.describe(data_dir)
-    if described.digest != meta.get("data_digest"):
-        raise FedqError(f"{data_dir}'s public data (digest {described.digest}) is not the "
-                        f"model's ({meta.get('data_digest')}, data set "
-                        f"{meta.get('data')!r})")  # fmt: skip
+    check_digest(task, data_dir, meta.get("data_digest"),
+                 f"the model's (data set {meta.get('data')!r})")  # fmt: skip
     return weights, meta
 
 

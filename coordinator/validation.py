@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
-
 from shared import auth, streams
-from shared.aggregation import clip_to_norm
+from shared.aggregation import clip_to_norm, tensor_problem
 from shared.codec import RejectReason, Weights
 
 MAX_UPDATE_BYTES = 64 * 1024 * 1024
@@ -24,17 +22,10 @@ def delta_problem(
     """(problem, clipped norm): the delta must have the model's tensors and shapes, finite
     values, and an L2 norm within ``bound`` (0: none); with ``norm_action`` "clip" a longer
     delta is scaled down to the bound in place, and its old norm returned."""
-    if delta.keys() != weights.keys():
-        missing = sorted(set(weights) - set(delta))
-        extra = sorted(set(delta) - set(weights))
-        return (RejectReason.SHAPE, f"tensors missing {missing[:3]}, unexpected {extra[:3]}"), None
-    for name, t in delta.items():
-        if t.shape != weights[name].shape:
-            return (RejectReason.SHAPE, f"{name}: {t.shape}, expected {weights[name].shape}"), None
-        # one pass without a temporary: a NaN or inf makes the sum non-finite (a finite sum
-        # that overflowed is re-checked element by element before rejecting)
-        if not np.isfinite(np.sum(t, dtype=np.float64)) and not np.isfinite(t).all():
-            return (RejectReason.NON_FINITE, f"{name} has NaN or infinite values"), None
+    problem = tensor_problem(delta, weights)
+    if problem is not None:
+        kind, detail = problem
+        return (RejectReason.SHAPE if kind == "shape" else RejectReason.NON_FINITE, detail), None
     if bound:
         clipped, norm = clip_to_norm(delta, bound)
         if clipped is not delta:

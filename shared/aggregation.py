@@ -156,3 +156,20 @@ def _same_keys(*dicts: Weights) -> None:
         for name, t in first.items():
             if d[name].shape != t.shape:
                 raise ValueError(f"{name}: shape {d[name].shape}, expected {t.shape}")
+
+
+def tensor_problem(tensors: Weights, like: Weights) -> tuple[str, str] | None:
+    """(kind, detail) if ``tensors`` lack or add a tensor of ``like``, differ in a shape, or hold
+    NaN or infinities; None if they fit. kind is "shape" or "non_finite"."""
+    if tensors.keys() != like.keys():
+        missing = sorted(set(like) - set(tensors))
+        extra = sorted(set(tensors) - set(like))
+        return "shape", f"tensors missing {missing[:3]}, unexpected {extra[:3]}"
+    for name, t in tensors.items():
+        if np.shape(t) != np.shape(like[name]):
+            return "shape", f"{name}: {np.shape(t)}, expected {np.shape(like[name])}"
+        # one pass without a temporary: a NaN or inf makes the sum non-finite (a finite sum
+        # that overflowed is re-checked element by element before rejecting)
+        if not np.isfinite(np.sum(t, dtype=np.float64)) and not np.isfinite(t).all():
+            return "non_finite", f"{name} has non-finite values (NaN or infinite)"
+    return None

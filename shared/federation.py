@@ -104,10 +104,17 @@ def wait_for(connection: redis.Redis, keys: Keys, timeout: float, say=None) -> F
 
 def check_data(federation: Federation, task: Task, data_dir: Path) -> None:
     """The public part of ``data_dir`` must be the federation's (the task's digest of it)."""
+    check_digest(task, data_dir, federation.data_digest,
+                 f"the federation's (data set {federation.data_name!r}, task "
+                 f"{federation.settings.task!r})")  # fmt: skip
+
+
+def check_digest(task: Task, data_dir: Path, digest: str | None, whose: str) -> None:
+    """``data_dir``'s public part must have ``digest``: a model or a federation of other data
+    would not fit it."""
     described = task.describe(data_dir)
-    if described.digest != federation.data_digest:
+    if described.digest != digest:
         raise FederationMismatch(
             f"{data_dir}'s public data (digest {described.digest}, data set {described.name!r}) "
-            f"is not the federation's (digest {federation.data_digest}, data set "
-            f"{federation.data_name!r}, task {federation.settings.task!r})"
+            f"is not {whose} (digest {digest})"
         )

@@ -16,7 +16,7 @@ import numpy as np
 from rq import get_current_job
 
 from shared import streams
-from shared.aggregation import subtract
+from shared.aggregation import subtract, tensor_problem
 from shared.auth import sign
 from shared.codec import Update, UpdateHeader, encode_update
 from shared.evaluations import encode_result
@@ -103,15 +103,9 @@ def evaluate(spec: dict[str, Any]) -> dict[str, Any]:
 def _check_trained(new: dict[str, np.ndarray], base: dict[str, np.ndarray]) -> None:
     """A task's weights must have the global model's names, shapes and finite values: anything
     else would only be rejected by the aggregator, after travelling."""
-    if set(new) != set(base):
-        raise ValueError(f"the task returned tensors {sorted(set(new) ^ set(base))[:4]} "
-                         "that differ from the global model's")  # fmt: skip
-    for name, t in new.items():
-        if np.shape(t) != np.shape(base[name]):
-            raise ValueError(f"the task returned {name} of shape {np.shape(t)}, "
-                             f"the model's is {np.shape(base[name])}")  # fmt: skip
-        if not np.all(np.isfinite(t)):
-            raise FloatingPointError(f"the task returned non-finite values in {name}")
+    problem = tensor_problem(new, base)
+    if problem is not None:
+        raise ValueError(f"the task returned weights the global model cannot take: {problem[1]}")
 
 
 def _publish_update(ctx: WorkerContext, update_id: str, payload: bytes) -> None:
