@@ -92,12 +92,55 @@ def test_wrong_shapes_are_a_clear_error(trained):
         config.region_index("mars")
 
 
-def test_bucket_bias_gradient_matches_finite_differences():
-    from tasks.recommender.model import _BucketBias
+def test_catalogue_scores_match_bucketing_every_entry_by_age(trained):
+    """The launch-ordered scores (age buckets as runs of columns) against the plain definition:
+    every (example, item) bucketed by its age, the bucket's bias added, unsellable items at
+    NOT_ON_SALE; and the same loss gradient for the age biases."""
+    from torch.nn import functional as F
 
-    table = torch.randn(6, dtype=torch.float64, requires_grad=True)
-    bucket = torch.randint(0, 6, (7, 9), generator=torch.Generator().manual_seed(0))
-    assert torch.autograd.gradcheck(lambda t: _BucketBias.apply(t, bucket), (table,))
+    from tasks.recommender.model import NOT_ON_SALE
+
+    shared, data, config, start, result = trained
+    model = build(config, shared.features)
+    load_numpy_state(model, result.weights)
+    model.eval()  # no id dropout: both computations see the same item vectors
+    with torch.no_grad():
+        model.age_bias.copy_(torch.tensor([0.5, -0.25, 0.125, 1.0, -2.0]))
+    test = data.split.test
+    # times from before the first launch to after the last, so every bucket and run occurs
+    launch = shared.catalogue.launch_time
+    times = np.linspace(launch.min() - 86_400, launch.max() + 400 * 86_400, len(test))
+    times = np.concatenate([times, launch[:40], launch[:40] + 7 * 86_400]).astype(np.int64)
+    pick = np.arange(len(times)) % len(test)
+    history, target = (torch.as_tensor(getattr(test, f)[pick]) for f in ("history", "target"))
+    region = torch.as_tensor(test.region[pick])
+    time = torch.as_tensor(times)
+    items = model.item_vectors()
+    users = model.user_vectors(items, history, region)
+    age = time[:, None] - torch.as_tensor(launch, dtype=torch.int64)[None, :]
+    bucket = torch.bucketize(age, model.age_edges, right=True)
+    assert set(bucket.unique().tolist()) == set(range(6))
+    expected = users @ items.T + model.item_bias.weight.T + model.age_table()[bucket]
+    got = model.logits(items, users, time)
+    sellable = bucket > 0
+    assert torch.equal(got <= NOT_ON_SALE / 2, ~sellable)
+    torch.testing.assert_close(got[sellable], expected[sellable])
+    (want,) = torch.autograd.grad(F.cross_entropy(expected, target), model.age_bias)
+    (have,) = torch.autograd.grad(model.loss(history, region, time, target), model.age_bias)
+    torch.testing.assert_close(have, want)
+
+
+def test_step_rows_gradient_matches_finite_differences():
+    from tasks.recommender.model import _StepRows
+
+    gen = torch.Generator().manual_seed(0)
+    steps = torch.randn(4, dtype=torch.float64, requires_grad=True)
+    # starts inside the row, at its first column and at its end (an empty run)
+    starts = torch.sort(torch.randint(0, 131, (9, 4), generator=gen), dim=1).values
+    starts[0], starts[1] = torch.tensor([0, 0, 64, 130]), torch.tensor([1, 129, 130, 130])
+    weights = torch.randn(9, 130, dtype=torch.float64, generator=gen)
+    check = lambda s: (_StepRows.apply(s, starts, 130) * weights).sum()  # noqa: E731
+    assert torch.autograd.gradcheck(check, (steps,))
 
 
 def test_moment_warm_up_moves_no_weight_and_shrinks_the_first_step(trained):

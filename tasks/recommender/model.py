@@ -20,12 +20,13 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from tasks.recommender.features import ItemFeatures
 
 DAY = 86_400
 AGE_EDGES_DAYS = (7.0, 30.0, 90.0, 180.0)
-NOT_ON_SALE = -1e9  # finite, so a masked logit never turns a loss into NaN
+NOT_ON_SALE = -1e9
 
 
 @dataclass(frozen=True)
@@ -89,10 +90,18 @@ class Recommender(nn.Module):
         self.age_bias = nn.Parameter(torch.zeros(len(AGE_EDGES_DAYS) + 1))
         self.register_buffer("codes", torch.as_tensor(features.codes), persistent=False)
         self.register_buffer(
-            "launch_days", _days(torch.as_tensor(features.launch_time)), persistent=False
+            "launch_time",
+            torch.as_tensor(features.launch_time, dtype=torch.int64),
+            persistent=False,
         )
-        edges = torch.tensor((0.0, *AGE_EDGES_DAYS), dtype=torch.float32)
+        # ages in whole seconds: a bucket never depends on how an age was computed
+        edges = torch.tensor([round(d * DAY) for d in (0.0, *AGE_EDGES_DAYS)])
         self.register_buffer("age_edges", edges, persistent=False)
+        # the catalogue oldest launch first: at any moment an age bucket is a run of columns
+        order = torch.argsort(self.launch_time, stable=True)
+        self.register_buffer("launch_order", order, persistent=False)
+        self.register_buffer("launch_rank", torch.argsort(order), persistent=False)
+        self.register_buffer("sorted_launch", self.launch_time[order], persistent=False)
 
     def item_vectors(self, codes: torch.Tensor | None = None) -> torch.Tensor:
         """Catalogue item vectors (n_items, d); with ``codes``, attribute-only vectors for those."""
@@ -128,17 +137,47 @@ class Recommender(nn.Module):
     ) -> torch.Tensor:
         """Scores (B, n) of the catalogue (or of ``candidates`` (B, c)) at each example's time."""
         if candidates is None:
-            scores = users @ items.T + self.item_bias.weight.T
-            launch = self.launch_days.unsqueeze(0)
-        else:
-            scores = (users.unsqueeze(1) * items[candidates]).sum(-1)
-            scores = scores + self.item_bias.weight[candidates].squeeze(-1)
-            launch = self.launch_days[candidates]
-        age = _days(time).unsqueeze(1) - launch
-        # bucket 0 is "not on sale yet": a fixed, finite penalty; the others are learned
-        bucket = torch.bucketize(age, self.age_edges, right=True)
-        table = torch.cat([self.age_bias.new_full((1,), NOT_ON_SALE), self.age_bias])
-        return scores + _BucketBias.apply(table, bucket)
+            return self.launch_ordered_logits(items, users, time)[:, self.launch_rank]
+        scores = (users.unsqueeze(1) * items[candidates]).sum(-1)
+        scores = scores + self.item_bias.weight[candidates].squeeze(-1)
+        age = time.to(torch.int64).unsqueeze(1) - self.launch_time[candidates]
+        return scores + self.age_table()[torch.bucketize(age, self.age_edges, right=True)]
+
+    def age_table(self) -> torch.Tensor:
+        """The bias per age bucket: bucket 0 is "not on sale yet", a fixed and finite penalty
+        (a masked logit never turns a loss into NaN); the others are learned."""
+        return torch.cat([self.age_bias.new_full((1,), NOT_ON_SALE), self.age_bias])
+
+    def launch_ordered_logits(
+        self, items: torch.Tensor, users: torch.Tensor, time: torch.Tensor
+    ) -> torch.Tensor:
+        """Catalogue scores (B, n) with the columns in ``launch_order``.
+
+        Training computes a (B, n) score matrix per step, and bucketing each of its entries by
+        age (then summing the bucket gradients back) took over half a step. With the columns
+        oldest launch first, each row's age buckets are runs of columns whose bounds are five
+        binary searches per row: the age bias is a cumulative sum of five steps per row and
+        "not on sale" is a prefix mask, both single passes. Same scores as bucketing each entry.
+        """
+        order = self.launch_order
+        scores = users @ items[order].T + self.item_bias.weight[order].T
+        n = scores.shape[1]
+        # column j is in bucket >= k (age >= edge k-1) iff j < ends[:, k-1]
+        cutoffs = time.to(torch.int64).unsqueeze(1) - self.age_edges.unsqueeze(0)  # (B, 5)
+        ends = torch.searchsorted(self.sorted_launch, cutoffs, right=True)
+        # from the oldest bucket to "not on sale", each row a run per bucket: the bias steps
+        # from one bucket's to the next's where a run starts
+        starts = torch.cat([ends.new_zeros(len(ends), 1), ends.flip(1)], dim=1)
+        table = self.age_table().flip(0)
+        return scores + _StepRows.apply(torch.diff(table, prepend=table.new_zeros(1)), starts, n)
+
+    def loss(
+        self, history: torch.Tensor, region: torch.Tensor, time: torch.Tensor, target: torch.Tensor
+    ) -> torch.Tensor:
+        """Mean cross-entropy of the targets against the whole catalogue at each example's time."""
+        items = self.item_vectors()
+        logits = self.launch_ordered_logits(items, self.user_vectors(items, history, region), time)
+        return F.cross_entropy(logits, self.launch_rank[target])
 
     def new_item_logits(
         self, users: torch.Tensor, codes: torch.Tensor, time: torch.Tensor, launch: torch.Tensor
@@ -147,10 +186,8 @@ class Recommender(nn.Module):
         way a cold-start item is scored: no id vector, no learned bias), launched at ``launch``.
         """
         vector = self.item_vectors(codes.unsqueeze(0))[0]
-        age = _days(time) - _days(launch)
-        bucket = torch.bucketize(age, self.age_edges, right=True)
-        table = torch.cat([self.age_bias.new_full((1,), NOT_ON_SALE), self.age_bias])
-        return users @ vector + table[bucket]
+        age = time.to(torch.int64) - launch.to(torch.int64)
+        return users @ vector + self.age_table()[torch.bucketize(age, self.age_edges, right=True)]
 
     def forward(
         self, history: torch.Tensor, region: torch.Tensor, time: torch.Tensor
@@ -159,31 +196,46 @@ class Recommender(nn.Module):
         return self.logits(items, self.user_vectors(items, history, region), time)
 
 
-EPOCH = 946_684_800  # 2000-01-01: days since then fit float32 to well under a minute
+class _StepRows(torch.autograd.Function):
+    """A (B, width) matrix whose row b steps by ``steps[k]`` at column ``starts[b, k]``.
 
-
-def _days(unix_seconds: torch.Tensor) -> torch.Tensor:
-    return ((unix_seconds.to(torch.int64) - EPOCH).to(torch.float64) / DAY).to(torch.float32)
-
-
-class _BucketBias(torch.autograd.Function):
-    """``table[bucket]`` whose backward is one bincount.
-
-    The plain gather's backward scatters a (B, n_items) index into a six-entry table and
-    dominated training time; a weighted bincount does the same sum in one pass.
+    The forward is one scatter of the steps and one cumulative sum per row. The backward
+    needs the gradient summed from each start to the row's end: sums over blocks of columns
+    plus the few columns of each start's own block, instead of a cumulative sum of every row.
     """
 
+    BLOCK = 32  # measured fastest for a 3,000-item catalogue
+
     @staticmethod
-    def forward(ctx, table: torch.Tensor, bucket: torch.Tensor) -> torch.Tensor:
-        ctx.save_for_backward(bucket)
-        ctx.size = table.shape[0]
-        return table[bucket]
+    def forward(ctx, steps: torch.Tensor, starts: torch.Tensor, width: int) -> torch.Tensor:
+        inside = starts < width  # a run starting at the end is empty
+        ctx.save_for_backward(starts, inside)
+        jumps = steps.new_zeros(len(starts), width)
+        jumps.scatter_add_(1, starts.clamp(max=width - 1), steps.expand(len(starts), -1) * inside)
+        return jumps.cumsum(1)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        (bucket,) = ctx.saved_tensors
-        sums = torch.bincount(bucket.reshape(-1), weights=grad.reshape(-1), minlength=ctx.size)
-        return sums.to(grad.dtype), None
+        starts, inside = ctx.saved_tensors
+        ends_inside = starts.clamp(max=grad.shape[1] - 1)  # the empty runs' sums are dropped
+        return (_suffix_sums(grad, ends_inside, _StepRows.BLOCK) * inside).sum(0), None, None
+
+
+def _suffix_sums(values: torch.Tensor, starts: torch.Tensor, block: int) -> torch.Tensor:
+    """``out[b, k] = values[b, starts[b, k]:].sum()`` (each start a column of the row) without
+    a cumulative sum over every row."""
+    rows, width = values.shape
+    full = width // block
+    per_block = values[:, : full * block].unflatten(1, (full, block)).sum(-1)  # a view, no copy
+    ragged = values[:, full * block :].sum(1, keepdim=True)
+    # the blocks after each start's block, then the start's own block from the start on
+    after = torch.cat([per_block, ragged], dim=1).flip(1).cumsum(1).flip(1)
+    after = torch.cat([after, after.new_zeros(rows, 1)], dim=1)  # after[b, i]: blocks i.. summed
+    first = starts // block
+    columns = first.unsqueeze(-1) * block + torch.arange(block, device=values.device)
+    keep = (columns >= starts.unsqueeze(-1)) & (columns < width)
+    window = values.gather(1, columns.clamp(max=width - 1).view(rows, -1)).view(keep.shape)
+    return after.gather(1, first + 1) + (window * keep).sum(-1)
 
 
 def build(config: ModelConfig, features: ItemFeatures, seed: int = 0) -> Recommender:
