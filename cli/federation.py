@@ -30,20 +30,27 @@ from shared.json_text import json_text
                    "validation headline stops improving].")  # fmt: skip
 @click.option("--set", "task_set", multiple=True, metavar="KEY=VALUE",
               help="One of the task's settings (repeatable).")  # fmt: skip
-@click.option("--threads", type=int, default=min(2, os.cpu_count() or 1), show_default=True)
+@click.option("--processes", type=click.IntRange(min=1), default=os.cpu_count() or 1,
+              show_default=True, help="Models trained side by side (local: one per region), "
+                                      "one process each.")  # fmt: skip
+@click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True,
+              help="torch threads per process.")  # fmt: skip
 @click.option("--seed", type=int, default=0, show_default=True)
 def baseline(root: Path, task_name: str, mode: str, json_out: Path | None, epochs: int | None,
-             task_set: tuple[str, ...], threads: int, seed: int) -> None:  # fmt: skip
+             task_set: tuple[str, ...], processes: int, threads: int,
+             seed: int) -> None:  # fmt: skip
     """A local-only, centralized or reference baseline, per region and overall."""
     from cli.settings_options import parse_assignments
-    from harness.baselines import FitSettings, run_baseline
+    from harness.baselines import FitSettings, SideBySide, run_baselines
     from reporting.tables import print_metrics
     from tasks.api import load_task
 
     task = load_task(task_name)
     settings = FitSettings(settings=parse_assignments(task_set), max_epochs=epochs, seed=seed,
                            threads=threads)  # fmt: skip
-    report = run_baseline(task, root, mode, settings, say=lambda msg: click.echo(msg, err=True))
+    say = lambda msg: click.echo(msg, err=True)  # noqa: E731
+    report = run_baselines(task_name, root, (mode,), settings, say=say,
+                           side_by_side=SideBySide(processes=processes))[mode]  # fmt: skip
     print_metrics(f"{mode} baseline on {report.data} ({report.seconds:.0f}s)", task.metrics,
                   report.overall, report.regions)  # fmt: skip
     if json_out:
@@ -152,7 +159,7 @@ def run_cmd(data_dir: Path | None, generate: bool, workers_per_region: int,
 
     from cli.progress import bar
     from harness.run import RunOptions, run_federation
-    from reporting.report import compare_table, ensure_baselines
+    from reporting.report import BaselinesAlongside, compare_table
     from tasks.api import load_task
 
     if workers_per_region < 1:
@@ -182,23 +189,31 @@ def run_cmd(data_dir: Path | None, generate: bool, workers_per_region: int,
                          namespace, acl=acl)  # fmt: skip
     say = lambda m: click.echo(m, err=True)  # noqa: E731
     _interrupt_on_sigterm()  # so the run's cleanup stops every process it started
-    with bar("federating") as update:
-        last = [0.0]
+    # the missing baselines train alongside the federation, on the cores it leaves idle
+    alongside = (BaselinesAlongside(task, data_dir, task.describe(data_dir).name,
+                                    settings.task_settings, say, task_ref=settings.task)
+                 if baselines else None)  # fmt: skip
+    try:
+        with bar("federating") as update:
+            last = [0.0]
 
-        def progress(state: dict) -> None:
-            update(min(state["version"], state["target"] or state["version"]),
-                   state["target"] or max(state["version"], 1))  # fmt: skip
-            if not sys.stderr.isatty() and time.monotonic() - last[0] > 15:
-                last[0] = time.monotonic()
-                say(
-                    f"version {state['version']}, {state['applied']} applied, "
-                    f"{state['rejected']} rejected"
-                    + (f" ({state['done']})" if state["done"] else "")
-                )
+            def progress(state: dict) -> None:
+                update(min(state["version"], state["target"] or state["version"]),
+                       state["target"] or max(state["version"], 1))  # fmt: skip
+                if not sys.stderr.isatty() and time.monotonic() - last[0] > 15:
+                    last[0] = time.monotonic()
+                    say(
+                        f"version {state['version']}, {state['applied']} applied, "
+                        f"{state['rejected']} rejected"
+                        + (f" ({state['done']})" if state["done"] else "")
+                    )
 
-        report = run_federation(options, say, progress)
-    base = (ensure_baselines(task, data_dir, report["data"], settings.task_settings, say)
-            if baselines else {})  # fmt: skip
+            report = run_federation(options, say, progress)
+    except BaseException:
+        if alongside is not None:
+            alongside.stop()
+        raise
+    base = alongside.result() if alongside is not None else {}
     report["baselines"] = {
         m: {"overall": b["overall"], "regions": b["regions"]} for m, b in base.items()
     }

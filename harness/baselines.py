@@ -12,13 +12,17 @@ one of the pooled data.
 
 from __future__ import annotations
 
+import multiprocessing
+import os
+import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tasks.api import Metrics, Step, Task, TaskError, Weights
+from tasks.api import BUILT_IN, Metrics, Step, Task, TaskError, Weights, load_task
 
 MODEL_MODES = ("local", "centralized")
 Progress = Callable[[str], None]
@@ -57,40 +61,173 @@ def modes(task: Task) -> tuple[str, ...]:
 
 
 def run_baseline(
-    task: Task,
+    task: Task | str,
     root: Path,
     mode: str,
     fit_settings: FitSettings = FitSettings(),
     regions: list[str] | None = None,
     say: Progress | None = None,
 ) -> BaselineReport:
-    if mode not in modes(task):
-        raise TaskError(f"unknown baseline {mode!r} for task {task.name!r}; "
-                        f"choose one of {', '.join(modes(task))}")  # fmt: skip
+    return run_baselines(task, root, (mode,), fit_settings, regions, say)[mode]
+
+
+@dataclass(frozen=True)
+class SideBySide:
+    """Fits in processes of their own: how many at once, at which priority, and an event that
+    stops them (the run they accompany was interrupted)."""
+
+    processes: int = 1
+    nice: int = 0  # 19: they take only the CPU that nothing else wants
+    epoch_lines: bool = True  # each epoch's line on stderr (off while a progress bar is shown)
+    cancel: threading.Event | None = None
+
+
+def run_baselines(
+    task: Task | str,
+    root: Path,
+    wanted: tuple[str, ...],
+    fit_settings: FitSettings = FitSettings(),
+    regions: list[str] | None = None,
+    say: Progress | None = None,
+    side_by_side: SideBySide = SideBySide(),
+) -> dict[str, BaselineReport]:
+    """Several baselines at once: every model to train (the centralized one, each region's
+    local one) is one fit, and with ``side_by_side.processes`` > 1 the fits run in processes of
+    their own, the largest first (a fit is single-threaded work that one process cannot spread
+    over two cores; a built-in task, or one named by reference, is loaded in each).
+
+    A report's ``seconds`` is the time its fits took, summed."""
+    loaded = load_task(task) if isinstance(task, str) else task
+    for mode in wanted:
+        if mode not in modes(loaded):
+            raise TaskError(f"unknown baseline {mode!r} for task {loaded.name!r}; "
+                            f"choose one of {', '.join(modes(loaded))}")  # fmt: skip
     say = say or (lambda _msg: None)
-    started = time.perf_counter()
-    described = task.describe(root)
+    loaded.settings(fit_settings.settings or {})  # a bad setting fails here, before any fit
+    described = loaded.describe(root)
     names = list(regions or described.regions)
-    data = {r: task.load_region(root, r) for r in names}
-    settings = task.settings(fit_settings.settings or {})
-    cap = (fit_settings.max_epochs or task.baselines.max_epochs[mode]) if mode in MODEL_MODES else 0
-    epochs: dict[str, int] = {}
-    if mode == "centralized":
-        weights, epochs["all"] = fit(
-            task, root, list(data.values()), settings, fit_settings, cap, say
-        )
-        per_region = {r: task.evaluate(weights, d, settings, "test", fit_settings.seed)
-                      for r, d in data.items()}  # fmt: skip
-    elif mode == "local":
-        per_region = {}
-        for r, d in data.items():
-            weights, epochs[r] = fit(task, root, [d], settings, fit_settings, cap,
-                                     lambda m, r=r: say(f"[{r}] {m}"))  # fmt: skip
-            per_region[r] = task.evaluate(weights, d, settings, "test", fit_settings.seed)
+    data = {r: loaded.load_region(root, r) for r in names}
+    fits = [Fit("centralized", tuple(names))] if "centralized" in wanted else []
+    fits += [Fit("local", (r,)) for r in names] if "local" in wanted else []
+    # the largest data first (the centralized fit): the small ones fill in around it
+    fits.sort(key=lambda f: -sum(loaded.data_size(data[r]) for r in f.regions))
+    reference = task if isinstance(task, str) else _reference(loaded)
+    if side_by_side.processes > 1 and len(fits) > 1 and reference is not None:
+        done = _fit_in_processes(reference, root, fits, fit_settings, side_by_side, say)
     else:
-        per_region = task.references[mode](data)
-    return BaselineReport(mode, described.name, task.metrics.combine(per_region), per_region,
-                          time.perf_counter() - started, epochs)  # fmt: skip
+        done = [_fit_and_score(loaded, root, f, fit_settings, _prefixed(say, f), data)
+                for f in fits]  # fmt: skip
+    out: dict[str, BaselineReport] = {}
+    for mode in wanted:
+        if mode in MODEL_MODES:
+            mine = [d for d in done if d.fit.mode == mode]
+            per_region = {r: m for d in mine for r, m in d.regions.items()}
+            epochs = {d.key: d.epochs for d in mine}
+            seconds = sum(d.seconds for d in mine)
+        else:
+            started = time.perf_counter()
+            per_region, epochs = loaded.references[mode](data), {}
+            seconds = time.perf_counter() - started
+        per_region = {r: per_region[r] for r in names}  # in the data set's order
+        out[mode] = BaselineReport(mode, described.name, loaded.metrics.combine(per_region),
+                                   per_region, seconds, epochs)  # fmt: skip
+    return out
+
+
+@dataclass(frozen=True)
+class Fit:
+    """One model to train: the centralized one (every region) or one region's local one."""
+
+    mode: str
+    regions: tuple[str, ...]
+
+    @property
+    def key(self) -> str:
+        return "all" if self.mode == "centralized" else self.regions[0]
+
+
+@dataclass(frozen=True)
+class FitResult:
+    fit: Fit
+    regions: dict[str, Metrics]  # test figures per region
+    epochs: int  # the epoch kept
+    seconds: float
+
+    @property
+    def key(self) -> str:
+        return self.fit.key
+
+
+def _fit_and_score(task: Task, root: Path, job: Fit, fit_settings: FitSettings,
+                   say: Progress, data: dict[str, Any] | None = None) -> FitResult:  # fmt: skip
+    started = time.perf_counter()
+    data = data or {r: task.load_region(root, r) for r in job.regions}
+    settings = task.settings(fit_settings.settings or {})
+    cap = fit_settings.max_epochs or task.baselines.max_epochs[job.mode]
+    weights, epoch = fit(task, root, [data[r] for r in job.regions], settings, fit_settings,
+                         cap, say)  # fmt: skip
+    scores = {r: task.evaluate(weights, data[r], settings, "test", fit_settings.seed)
+              for r in job.regions}  # fmt: skip
+    return FitResult(job, scores, epoch, time.perf_counter() - started)
+
+
+def _fit_in_processes(reference: str, root: Path, fits: list[Fit], fit_settings: FitSettings,
+                      how: SideBySide, say: Progress) -> list[FitResult]:  # fmt: skip
+    # spawned, not forked: a fork of a process that ran torch's thread pool can hang
+    pool = multiprocessing.get_context("spawn").Pool(
+        min(how.processes, len(fits)), initializer=os.nice, initargs=(how.nice,)
+    )
+    try:
+        pending = [pool.apply_async(_fit_in_child, (reference, root, f, fit_settings,
+                                                    how.epoch_lines)) for f in fits]  # fmt: skip
+        results: dict[int, FitResult] = {}
+        while len(results) < len(pending):
+            if how.cancel is not None and how.cancel.is_set():
+                raise TaskError("baselines cancelled")
+            for i, p in enumerate(pending):
+                if i not in results and p.ready():
+                    results[i] = p.get()
+                    if not how.epoch_lines:
+                        say(_done_line(results[i]))
+            time.sleep(0.2)
+        pool.close()
+        return [results[i] for i in range(len(pending))]
+    except BaseException:
+        pool.terminate()  # an error or an interrupt: the other fits stop now, not when done
+        raise
+    finally:
+        pool.join()
+
+
+def _fit_in_child(reference: str, root: Path, job: Fit, fit_settings: FitSettings,
+                  epoch_lines: bool) -> FitResult:  # fmt: skip
+    task = load_task(reference)
+    say = _prefixed(_to_stderr, job) if epoch_lines else (lambda _m: None)
+    return _fit_and_score(task, root, job, fit_settings, say)
+
+
+def _done_line(done: FitResult) -> str:
+    return f"{_label(done.fit)} baseline done: epoch {done.epochs} kept ({done.seconds:.0f}s)"
+
+
+def _to_stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _prefixed(say: Progress, job: Fit) -> Progress:
+    return lambda message: say(f"{_label(job)} {message}")
+
+
+def _label(job: Fit) -> str:
+    return "centralized" if job.mode == "centralized" else f"local [{job.regions[0]}]"
+
+
+def _reference(task: Task) -> str | None:
+    """How a process of its own loads ``task``: its built-in name, or None (in-process only)."""
+    try:
+        return task.name if task.name in BUILT_IN and load_task(task.name) is task else None
+    except TaskError:
+        return None
 
 
 def fit(

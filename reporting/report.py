@@ -5,12 +5,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
 from rich.console import Console
 
-from harness.baselines import FitSettings, run_baseline
+from harness.baselines import FitSettings, SideBySide, run_baselines
 from reporting.tables import metric_table, print_table
 from tasks.api import MetricSchema, Task
 
@@ -18,28 +19,75 @@ COMPARED = ("local", "centralized")
 
 
 def ensure_baselines(task: Task, data_dir: Path, data_name: str, settings: dict,
-                     say: Callable[[str], None]) -> dict:  # fmt: skip
+                     say: Callable[[str], None], task_ref: str | None = None,
+                     side_by_side: SideBySide | None = None) -> dict:  # fmt: skip
     """Baseline reports for ``data_dir``, computed once and cached in ``data_dir/baselines``
-    (per task and settings: another model size is another baseline)."""
-    out = {}
+    (per task and settings: another model size is another baseline). The missing ones train
+    side by side, a process per core (the task loaded in each by ``task_ref``, or its
+    built-in name)."""
+    out, missing = {}, []
     tag = _settings_tag(settings)
+
+    def path(mode: str) -> Path:
+        return Path(data_dir) / "baselines" / f"{task.name}-{mode}-{tag}.json"
+
     for mode in COMPARED:
-        path = Path(data_dir) / "baselines" / f"{task.name}-{mode}-{tag}.json"
-        if path.exists():
-            cached = json.loads(path.read_text())
+        if path(mode).exists():
+            cached = json.loads(path(mode).read_text())
             if cached.get("data") == data_name:
                 out[mode] = cached
                 continue
-        say(f"computing the {mode} baseline once (cached in {path}) ...")
-        threads = max(1, min(2, os.cpu_count() or 1))
-        report = run_baseline(task, data_dir, mode,
-                              FitSettings(settings=settings, threads=threads),
-                              say=lambda m, mode=mode: say(f"  {mode} {m}"))  # fmt: skip
-        report = report.to_json()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(report, indent=2) + "\n")
-        out[mode] = report
-    return out
+        missing.append(mode)
+    if not missing:
+        return out
+    how = side_by_side or SideBySide(processes=os.cpu_count() or 1)
+    say(f"computing the {' and '.join(missing)} baselines once (cached in "
+        f"{path(missing[0]).parent}, {how.processes} processes"
+        + (", at low priority" if how.nice else "") + ") ...")  # fmt: skip
+    reports = run_baselines(task_ref or task, data_dir, tuple(missing),
+                            FitSettings(settings=settings, threads=1), say=say,
+                            side_by_side=how)  # fmt: skip
+    for mode, report in reports.items():
+        path(mode).parent.mkdir(parents=True, exist_ok=True)
+        path(mode).write_text(json.dumps(report.to_json(), indent=2) + "\n")
+        out[mode] = report.to_json()
+    return {mode: out[mode] for mode in COMPARED}
+
+
+class BaselinesAlongside:
+    """``ensure_baselines`` in a thread while a run goes on, its fits at the lowest priority:
+    a federation on one machine leaves part of its cores idle (jobs wait on the aggregator,
+    the dispatcher, the network), and the fits take that part without slowing the run (at
+    nice 19 a process gets about 1.5% of a core that a nice-0 process wants)."""
+
+    def __init__(self, task: Task, data_dir: Path, data_name: str, settings: dict,
+                 say: Callable[[str], None], task_ref: str | None = None) -> None:  # fmt: skip
+        self._cancel = threading.Event()
+        how = SideBySide(processes=os.cpu_count() or 1, nice=19, epoch_lines=False,
+                         cancel=self._cancel)  # fmt: skip
+        self._out: dict = {}
+        self._error: BaseException | None = None
+
+        def work() -> None:
+            try:
+                self._out = ensure_baselines(task, data_dir, data_name, settings, say,
+                                             task_ref, how)  # fmt: skip
+            except BaseException as exc:  # handed to the caller of result()
+                self._error = exc
+
+        self._thread = threading.Thread(target=work, name="baselines", daemon=True)
+        self._thread.start()
+
+    def result(self) -> dict:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._out
+
+    def stop(self) -> None:
+        """Stop the fits (the run failed or was interrupted) and wait until they are gone."""
+        self._cancel.set()
+        self._thread.join()
 
 
 def compare_table(report: dict, baselines: dict, console: Console | None = None) -> None:

@@ -63,7 +63,7 @@ def test_a_local_baseline_reports_every_epoch_and_prints_no_bar_to_a_pipe(small_
     settings = FitSettings(settings={"baseline_batch_size": 256}, max_epochs=2)
     report = run_baseline(load_task("recommender"), small_data, "local", settings,
                           regions=["me"], say=seen.append)  # fmt: skip
-    assert [m.split(":")[0] for m in seen] == ["[me] epoch 1", "[me] epoch 2"]
+    assert [m.split(":")[0] for m in seen] == ["local [me] epoch 1", "local [me] epoch 2"]
     assert report.epochs["me"] in (1, 2) and set(report.regions) == {"me"}
     proc = fedq("baseline", "--data", str(small_data), "--mode", "local", "--epochs", "1")
     assert "━" not in proc.stderr and "epoch 1" in proc.stderr

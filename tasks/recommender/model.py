@@ -89,6 +89,8 @@ class Recommender(nn.Module):
         self.user_mlp = nn.Sequential(nn.Linear(3 * d, 2 * d), nn.GELU(), nn.Linear(2 * d, d))
         self.age_bias = nn.Parameter(torch.zeros(len(AGE_EDGES_DAYS) + 1))
         self.register_buffer("codes", torch.as_tensor(features.codes), persistent=False)
+        offsets = np.cumsum((0, *config.feature_sizes[:-1]))
+        self.register_buffer("attribute_offsets", torch.as_tensor(offsets), persistent=False)
         self.register_buffer(
             "launch_time",
             torch.as_tensor(features.launch_time, dtype=torch.int64),
@@ -106,13 +108,19 @@ class Recommender(nn.Module):
     def item_vectors(self, codes: torch.Tensor | None = None) -> torch.Tensor:
         """Catalogue item vectors (n_items, d); with ``codes``, attribute-only vectors for those."""
         if codes is not None:
-            return sum(emb(codes[:, j]) for j, emb in enumerate(self.attributes))
-        attrs = sum(emb(self.codes[:, j]) for j, emb in enumerate(self.attributes))
+            return self.attribute_vectors(codes)
+        attrs = self.attribute_vectors(self.codes)
         ids = self.item_id.weight
         if self.training and self.config.id_dropout > 0:
             keep = torch.rand(ids.shape[0], 1, device=ids.device) >= self.config.id_dropout
             ids = ids * keep
         return attrs + ids
+
+    def attribute_vectors(self, codes: torch.Tensor) -> torch.Tensor:
+        """The sum of each item's attribute embeddings: one embedding bag over the attribute
+        tables side by side (a gather and a scatter per step, not one per attribute)."""
+        tables = torch.cat([emb.weight for emb in self.attributes])
+        return F.embedding_bag(codes + self.attribute_offsets, tables, mode="sum")
 
     def user_vectors(
         self, items: torch.Tensor, history: torch.Tensor, region: torch.Tensor
@@ -160,7 +168,7 @@ class Recommender(nn.Module):
         "not on sale" is a prefix mask, both single passes. Same scores as bucketing each entry.
         """
         order = self.launch_order
-        scores = users @ items[order].T + self.item_bias.weight[order].T
+        scores = torch.addmm(self.item_bias.weight[order].T, users, items[order].T)
         n = scores.shape[1]
         # column j is in bucket >= k (age >= edge k-1) iff j < ends[:, k-1]
         cutoffs = time.to(torch.int64).unsqueeze(1) - self.age_edges.unsqueeze(0)  # (B, 5)

@@ -1,0 +1,62 @@
+"""Baselines trained side by side in processes of their own match those trained one by one."""
+
+from __future__ import annotations
+
+import pytest
+
+from harness.baselines import FitSettings, SideBySide, run_baselines
+from tasks.api import TaskError
+
+
+def test_fits_in_processes_give_the_figures_of_fits_in_turn(small_data):
+    settings = FitSettings(settings={"baseline_batch_size": 512, "dim": 16}, max_epochs=2)
+    messages: list[str] = []
+    alone = run_baselines("recommender", small_data, ("local", "centralized", "popularity"),
+                          settings, say=messages.append)  # fmt: skip
+    side_by_side = run_baselines("recommender", small_data, ("local", "centralized"), settings,
+                                 side_by_side=SideBySide(processes=2, nice=19))  # fmt: skip
+    for mode in ("local", "centralized"):
+        assert side_by_side[mode].regions == alone[mode].regions
+        assert side_by_side[mode].epochs == alone[mode].epochs
+        assert list(side_by_side[mode].regions) == list(alone["popularity"].regions)
+    assert set(alone["local"].epochs) == set(alone["local"].regions)
+    assert set(alone["centralized"].epochs) == {"all"}
+    assert any(m.startswith("centralized epoch 1:") for m in messages)
+    assert any(m.startswith("local [me] epoch 1:") for m in messages)
+
+
+def test_a_bad_setting_or_mode_fails_before_any_fit(small_data):
+    with pytest.raises(TaskError, match="unknown baseline 'nearest'"):
+        run_baselines("recommender", small_data, ("local", "nearest"),
+                      side_by_side=SideBySide(processes=2))  # fmt: skip
+    with pytest.raises(TaskError, match="dimm"):
+        run_baselines("recommender", small_data, ("local",), FitSettings(settings={"dimm": 3}),
+                      side_by_side=SideBySide(processes=2))  # fmt: skip
+
+
+def test_baselines_alongside_a_run_are_cached_or_stop_when_told(small_data, tmp_path):
+    import multiprocessing
+    import shutil
+    import time
+
+    from reporting.report import BaselinesAlongside
+    from tasks.api import load_task
+
+    task, data = load_task("recommender"), tmp_path / "data"
+    shutil.copytree(small_data, data)
+    name, settings = task.describe(data).name, task.settings({"dim": 16})
+    messages: list[str] = []
+    stopped = BaselinesAlongside(task, data, name, settings, messages.append)
+    time.sleep(2.0)
+    started = time.monotonic()
+    stopped.stop()
+    assert time.monotonic() - started < 10
+    assert not multiprocessing.active_children()  # every fit's process is gone
+    assert not list((data / "baselines").glob("*.json"))  # nothing half-done is cached
+    done = BaselinesAlongside(task, data, name, settings, messages.append).result()
+    assert set(done) == {"local", "centralized"}
+    assert len(list((data / "baselines").glob("recommender-*.json"))) == 2
+    assert sum("baseline done" in m for m in messages) == 7  # 6 local fits and the pooled one
+    assert not any(" epoch 1:" in m for m in messages)  # no epoch lines under a progress bar
+    again = BaselinesAlongside(task, data, name, settings, messages.append).result()
+    assert again == done  # cached: read back, not trained again
