@@ -159,7 +159,7 @@ def run_cmd(data_dir: Path | None, generate: bool, workers_per_region: int,
 
     from cli.progress import bar
     from harness.run import RunOptions, run_federation
-    from reporting.report import BaselinesAlongside, compare_table
+    from reporting.report import compare_table, ensure_baselines
     from tasks.api import load_task
 
     if workers_per_region < 1:
@@ -189,31 +189,25 @@ def run_cmd(data_dir: Path | None, generate: bool, workers_per_region: int,
                          namespace, acl=acl)  # fmt: skip
     say = lambda m: click.echo(m, err=True)  # noqa: E731
     _interrupt_on_sigterm()  # so the run's cleanup stops every process it started
-    # the missing baselines train alongside the federation, on the cores it leaves idle
-    alongside = (BaselinesAlongside(task, data_dir, task.describe(data_dir).name,
-                                    settings.task_settings, say, task_ref=settings.task)
-                 if baselines else None)  # fmt: skip
-    try:
-        with bar("federating") as update:
-            last = [0.0]
+    with bar("federating") as update:
+        last = [0.0]
 
-            def progress(state: dict) -> None:
-                update(min(state["version"], state["target"] or state["version"]),
-                       state["target"] or max(state["version"], 1))  # fmt: skip
-                if not sys.stderr.isatty() and time.monotonic() - last[0] > 15:
-                    last[0] = time.monotonic()
-                    say(
-                        f"version {state['version']}, {state['applied']} applied, "
-                        f"{state['rejected']} rejected"
-                        + (f" ({state['done']})" if state["done"] else "")
-                    )
+        def progress(state: dict) -> None:
+            update(min(state["version"], state["target"] or state["version"]),
+                   state["target"] or max(state["version"], 1))  # fmt: skip
+            if not sys.stderr.isatty() and time.monotonic() - last[0] > 15:
+                last[0] = time.monotonic()
+                say(
+                    f"version {state['version']}, {state['applied']} applied, "
+                    f"{state['rejected']} rejected"
+                    + (f" ({state['done']})" if state["done"] else "")
+                )
 
-            report = run_federation(options, say, progress)
-    except BaseException:
-        if alongside is not None:
-            alongside.stop()
-        raise
-    base = alongside.result() if alongside is not None else {}
+        report = run_federation(options, say, progress)
+    # after the federation, not beside it: fits at the lowest priority still slowed it by 18%
+    # (they evict its caches) and saved 3% of the whole command (DESIGN.md, "Baselines")
+    base = (ensure_baselines(task, data_dir, report["data"], settings.task_settings, say,
+                             task_ref=settings.task) if baselines else {})  # fmt: skip
     report["baselines"] = {
         m: {"overall": b["overall"], "regions": b["regions"]} for m, b in base.items()
     }

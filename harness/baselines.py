@@ -13,9 +13,7 @@ one of the pooled data.
 from __future__ import annotations
 
 import multiprocessing
-import os
 import sys
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -73,13 +71,9 @@ def run_baseline(
 
 @dataclass(frozen=True)
 class SideBySide:
-    """Fits in processes of their own: how many at once, at which priority, and an event that
-    stops them (the run they accompany was interrupted)."""
+    """Fits in processes of their own: how many at once."""
 
     processes: int = 1
-    nice: int = 0  # 19: they take only the CPU that nothing else wants
-    epoch_lines: bool = True  # each epoch's line on stderr (off while a progress bar is shown)
-    cancel: threading.Event | None = None
 
 
 def run_baselines(
@@ -113,7 +107,7 @@ def run_baselines(
     fits.sort(key=lambda f: -sum(loaded.data_size(data[r]) for r in f.regions))
     reference = task if isinstance(task, str) else _reference(loaded)
     if side_by_side.processes > 1 and len(fits) > 1 and reference is not None:
-        done = _fit_in_processes(reference, root, fits, fit_settings, side_by_side, say)
+        done = _fit_in_processes(reference, root, fits, fit_settings, side_by_side)
     else:
         done = [_fit_and_score(loaded, root, f, fit_settings, _prefixed(say, f), data)
                 for f in fits]  # fmt: skip
@@ -172,26 +166,15 @@ def _fit_and_score(task: Task, root: Path, job: Fit, fit_settings: FitSettings,
 
 
 def _fit_in_processes(reference: str, root: Path, fits: list[Fit], fit_settings: FitSettings,
-                      how: SideBySide, say: Progress) -> list[FitResult]:  # fmt: skip
+                      how: SideBySide) -> list[FitResult]:  # fmt: skip
     # spawned, not forked: a fork of a process that ran torch's thread pool can hang
-    pool = multiprocessing.get_context("spawn").Pool(
-        min(how.processes, len(fits)), initializer=os.nice, initargs=(how.nice,)
-    )
+    pool = multiprocessing.get_context("spawn").Pool(min(how.processes, len(fits)))
     try:
-        pending = [pool.apply_async(_fit_in_child, (reference, root, f, fit_settings,
-                                                    how.epoch_lines)) for f in fits]  # fmt: skip
-        results: dict[int, FitResult] = {}
-        while len(results) < len(pending):
-            if how.cancel is not None and how.cancel.is_set():
-                raise TaskError("baselines cancelled")
-            for i, p in enumerate(pending):
-                if i not in results and p.ready():
-                    results[i] = p.get()
-                    if not how.epoch_lines:
-                        say(_done_line(results[i]))
-            time.sleep(0.2)
+        pending = [pool.apply_async(_fit_in_child, (reference, root, f, fit_settings))
+                   for f in fits]  # fmt: skip
+        results = [p.get() for p in pending]
         pool.close()
-        return [results[i] for i in range(len(pending))]
+        return results
     except BaseException:
         pool.terminate()  # an error or an interrupt: the other fits stop now, not when done
         raise
@@ -199,15 +182,9 @@ def _fit_in_processes(reference: str, root: Path, fits: list[Fit], fit_settings:
         pool.join()
 
 
-def _fit_in_child(reference: str, root: Path, job: Fit, fit_settings: FitSettings,
-                  epoch_lines: bool) -> FitResult:  # fmt: skip
+def _fit_in_child(reference: str, root: Path, job: Fit, fit_settings: FitSettings) -> FitResult:
     task = load_task(reference)
-    say = _prefixed(_to_stderr, job) if epoch_lines else (lambda _m: None)
-    return _fit_and_score(task, root, job, fit_settings, say)
-
-
-def _done_line(done: FitResult) -> str:
-    return f"{_label(done.fit)} baseline done: epoch {done.epochs} kept ({done.seconds:.0f}s)"
+    return _fit_and_score(task, root, job, fit_settings, _prefixed(_to_stderr, job))
 
 
 def _to_stderr(message: str) -> None:

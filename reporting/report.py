@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -19,8 +18,7 @@ COMPARED = ("local", "centralized")
 
 
 def ensure_baselines(task: Task, data_dir: Path, data_name: str, settings: dict,
-                     say: Callable[[str], None], task_ref: str | None = None,
-                     side_by_side: SideBySide | None = None) -> dict:  # fmt: skip
+                     say: Callable[[str], None], task_ref: str | None = None) -> dict:  # fmt: skip
     """Baseline reports for ``data_dir``, computed once and cached in ``data_dir/baselines``
     (per task and settings: another model size is another baseline). The missing ones train
     side by side, a process per core (the task loaded in each by ``task_ref``, or its
@@ -40,10 +38,9 @@ def ensure_baselines(task: Task, data_dir: Path, data_name: str, settings: dict,
         missing.append(mode)
     if not missing:
         return out
-    how = side_by_side or SideBySide(processes=os.cpu_count() or 1)
+    how = SideBySide(processes=os.cpu_count() or 1)
     say(f"computing the {' and '.join(missing)} baselines once (cached in "
-        f"{path(missing[0]).parent}, {how.processes} processes"
-        + (", at low priority" if how.nice else "") + ") ...")  # fmt: skip
+        f"{path(missing[0]).parent}, {how.processes} processes side by side) ...")  # fmt: skip
     reports = run_baselines(task_ref or task, data_dir, tuple(missing),
                             FitSettings(settings=settings, threads=1), say=say,
                             side_by_side=how)  # fmt: skip
@@ -52,42 +49,6 @@ def ensure_baselines(task: Task, data_dir: Path, data_name: str, settings: dict,
         path(mode).write_text(json.dumps(report.to_json(), indent=2) + "\n")
         out[mode] = report.to_json()
     return {mode: out[mode] for mode in COMPARED}
-
-
-class BaselinesAlongside:
-    """``ensure_baselines`` in a thread while a run goes on, its fits at the lowest priority:
-    a federation on one machine leaves part of its cores idle (jobs wait on the aggregator,
-    the dispatcher, the network), and the fits take that part without slowing the run (at
-    nice 19 a process gets about 1.5% of a core that a nice-0 process wants)."""
-
-    def __init__(self, task: Task, data_dir: Path, data_name: str, settings: dict,
-                 say: Callable[[str], None], task_ref: str | None = None) -> None:  # fmt: skip
-        self._cancel = threading.Event()
-        how = SideBySide(processes=os.cpu_count() or 1, nice=19, epoch_lines=False,
-                         cancel=self._cancel)  # fmt: skip
-        self._out: dict = {}
-        self._error: BaseException | None = None
-
-        def work() -> None:
-            try:
-                self._out = ensure_baselines(task, data_dir, data_name, settings, say,
-                                             task_ref, how)  # fmt: skip
-            except BaseException as exc:  # handed to the caller of result()
-                self._error = exc
-
-        self._thread = threading.Thread(target=work, name="baselines", daemon=True)
-        self._thread.start()
-
-    def result(self) -> dict:
-        self._thread.join()
-        if self._error is not None:
-            raise self._error
-        return self._out
-
-    def stop(self) -> None:
-        """Stop the fits (the run failed or was interrupted) and wait until they are gone."""
-        self._cancel.set()
-        self._thread.join()
 
 
 def compare_table(report: dict, baselines: dict, console: Console | None = None) -> None:
