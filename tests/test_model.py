@@ -164,3 +164,32 @@ def test_moment_warm_up_moves_no_weight_and_shrinks_the_first_step(trained):
         return sum(float(np.abs(out.weights[k] - start[k]).sum()) for k in start)
 
     assert moved(warmup=8) < moved(warmup=0)
+
+
+def test_a_carried_trainer_continues_exactly_like_its_saved_optimizer_state(trained):
+    """A worker's next job reuses its model and Adam (``Trainer.restart``): the same weights
+    as a fresh trainer given the optimizer's saved state and the job's learning rate (loading a
+    saved state alone kept the first job's rate: the federation's decay never reached a
+    worker); a failed call is not continued."""
+    import copy
+
+    from tasks.recommender.train import Trainer
+
+    shared, data, config, start, _ = trained
+    few = data.split.train.take(np.arange(512))
+    first = train_local(config, shared.features, start, few, TrainConfig(batch_size=128, seed=1))
+    saved = copy.deepcopy(first.trainer.optimizer.state_dict())
+    job = TrainConfig(batch_size=128, seed=2, lr=1e-3)
+    carried = train_local(config, shared.features, first.weights, few, job, carried=first.trainer)
+    assert carried.trainer is first.trainer
+    fresh = Trainer(config, shared.features, first.weights, job)
+    fresh.optimizer.load_state_dict(saved)  # loads the first job's learning rate too
+    for group in fresh.optimizer.param_groups:
+        group["lr"] = job.lr  # the job's own: the federation's decay reaches the worker
+    fresh.run_epoch(few)
+    for name, value in fresh.weights().items():
+        np.testing.assert_array_equal(carried.weights[name], value)
+    assert all(g["lr"] == 1e-3 for g in carried.trainer.optimizer.param_groups)
+    carried.trainer.usable = False  # what a call that raised leaves behind
+    again = train_local(config, shared.features, first.weights, few, job, carried=carried.trainer)
+    assert again.trainer is not carried.trainer

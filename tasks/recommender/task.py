@@ -122,10 +122,10 @@ class RecommenderTask:
                 # a worker's first job: gather Adam's moments over eight jobs' worth of batches
                 moment_warmup=0 if step.whole_data else WARMUP_JOBS * -(-per_job // batch),
             ),
-            optimizer_state=state,
+            carried=state,
         )
         return Trained(result.weights, result.n_samples, result.loss, result.seconds,
-                       result.optimizer_state)  # fmt: skip
+                       result.trainer)  # fmt: skip
 
     def evaluate(self, weights: Weights, data, settings: Mapping[str, Any], part: str,
                  seed: int) -> Metrics:  # fmt: skip

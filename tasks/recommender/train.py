@@ -55,28 +55,18 @@ class TrainResult:
     n_samples: int
     loss: float
     seconds: float
-    optimizer_state: dict | None = None  # to carry a worker's Adam moments into its next job
+    trainer: Trainer | None = None  # a worker's next job continues it (model and Adam moments)
 
 
 class Trainer:
-    """A model and its optimizer, kept across epochs (``fit`` selects epochs on validation)."""
+    """A model and its optimizer, kept across epochs (``fit`` selects epochs on validation) and
+    across a worker's jobs (``restart``): building them anew took a tenth of a job."""
 
     def __init__(
-        self,
-        config: ModelConfig,
-        features: ItemFeatures,
-        weights: Weights,
-        settings: TrainConfig,
-        optimizer_state: dict | None = None,
+        self, config: ModelConfig, features: ItemFeatures, weights: Weights, settings: TrainConfig
     ) -> None:
-        torch.set_num_threads(settings.threads)
-        self.settings = settings
-        self.rng = np.random.default_rng(settings.seed)
+        self.config = config
         self.model = Recommender(config, features)
-        load_numpy_state(self.model, weights)
-        self.anchor = (
-            [p.detach().clone() for p in self.model.parameters()] if settings.prox_mu else None
-        )
         params = self.model.parameters()
         if settings.optimizer == "sgd":
             self.optimizer: torch.optim.Optimizer = torch.optim.SGD(
@@ -87,8 +77,24 @@ class Trainer:
             self.optimizer = torch.optim.Adam(
                 params, lr=settings.lr, weight_decay=settings.weight_decay, fused=True
             )
-        if optimizer_state is not None:
-            self.optimizer.load_state_dict(optimizer_state)
+        self.usable = True  # False while a call runs: a failed call's moments are not carried
+        self.restart(weights, settings)
+
+    def restart(self, weights: Weights, settings: TrainConfig) -> None:
+        """Continue with other weights and settings (the next job), the optimizer's moments kept."""
+        torch.set_num_threads(settings.threads)
+        self.settings = settings
+        self.rng = np.random.default_rng(settings.seed)
+        load_numpy_state(self.model, weights)
+        self.anchor = (
+            [p.detach().clone() for p in self.model.parameters()] if settings.prox_mu else None
+        )
+        for group in self.optimizer.param_groups:
+            group["lr"], group["weight_decay"] = settings.lr, settings.weight_decay
+
+    def continues(self, config: ModelConfig, settings: TrainConfig) -> bool:
+        same = config == self.config and settings.optimizer == self.settings.optimizer
+        return self.usable and same
 
     def warm_up(self, examples: Examples, batches: int) -> None:
         """Fill a fresh optimizer's moments from ``batches`` batches, leaving the weights as
@@ -157,30 +163,36 @@ def train_local(
     examples: Examples,
     settings: TrainConfig,
     progress: Callable[[int, int], None] | None = None,
-    optimizer_state: dict | None = None,
+    carried: Trainer | None = None,
 ) -> TrainResult:
     """Train from ``weights`` on ``examples``; returns the new weights and the mean loss.
 
-    ``optimizer_state`` (from an earlier result) continues that optimizer's moments instead of
+    ``carried`` (an earlier result's trainer) continues that optimizer's moments instead of
     starting fresh: a fresh Adam takes a full-size step on every parameter with any gradient at
     all, which over many short jobs is noise the global model accumulates.
     """
     if len(examples) == 0:
         raise ValueError("no training examples: the region's data has no user with two events")
     started = time.perf_counter()
-    trainer = Trainer(config, features, weights, settings, optimizer_state)
-    if optimizer_state is None and settings.moment_warmup:
-        trainer.warm_up(examples, settings.moment_warmup)
+    if carried is not None and carried.continues(config, settings):
+        trainer = carried
+        trainer.restart(weights, settings)
+    else:
+        trainer = Trainer(config, features, weights, settings)
+        if settings.moment_warmup:
+            trainer.warm_up(examples, settings.moment_warmup)
+    trainer.usable = False
     if settings.max_examples is not None and settings.max_examples < len(examples):
         pick = trainer.rng.choice(len(examples), settings.max_examples, replace=False)
         examples = examples.take(pick)
     losses = [trainer.run_epoch(examples, progress) for _ in range(settings.epochs)]
+    trainer.usable = True
     return TrainResult(
         trainer.weights(),
         len(examples),
         float(np.mean(losses)),
         time.perf_counter() - started,
-        trainer.optimizer.state_dict(),
+        trainer,
     )
 
 
