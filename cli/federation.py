@@ -41,7 +41,7 @@ def baseline(root: Path, task_name: str, mode: str, json_out: Path | None, epoch
              seed: int) -> None:  # fmt: skip
     """A local-only, centralized or reference baseline, per region and overall."""
     from cli.settings_options import parse_assignments
-    from harness.baselines import FitSettings, SideBySide, run_baselines
+    from harness.baselines import FitSettings, run_baselines
     from reporting.tables import print_metrics
     from tasks.api import load_task
 
@@ -50,7 +50,7 @@ def baseline(root: Path, task_name: str, mode: str, json_out: Path | None, epoch
                            threads=threads)  # fmt: skip
     say = lambda msg: click.echo(msg, err=True)  # noqa: E731
     report = run_baselines(task_name, root, (mode,), settings, say=say,
-                           side_by_side=SideBySide(processes=processes))[mode]  # fmt: skip
+                           processes=processes)[mode]  # fmt: skip
     print_metrics(f"{mode} baseline on {report.data} ({report.seconds:.0f}s)", task.metrics,
                   report.overall, report.regions)  # fmt: skip
     if json_out:

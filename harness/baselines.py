@@ -69,13 +69,6 @@ def run_baseline(
     return run_baselines(task, root, (mode,), fit_settings, regions, say)[mode]
 
 
-@dataclass(frozen=True)
-class SideBySide:
-    """Fits in processes of their own: how many at once."""
-
-    processes: int = 1
-
-
 def run_baselines(
     task: Task | str,
     root: Path,
@@ -83,10 +76,10 @@ def run_baselines(
     fit_settings: FitSettings = FitSettings(),
     regions: list[str] | None = None,
     say: Progress | None = None,
-    side_by_side: SideBySide = SideBySide(),
+    processes: int = 1,
 ) -> dict[str, BaselineReport]:
     """Several baselines at once: every model to train (the centralized one, each region's
-    local one) is one fit, and with ``side_by_side.processes`` > 1 the fits run in processes of
+    local one) is one fit, and with ``processes`` > 1 the fits run in processes of
     their own, the largest first (a fit is single-threaded work that one process cannot spread
     over two cores; a built-in task, or one named by reference, is loaded in each).
 
@@ -106,8 +99,8 @@ def run_baselines(
     # the largest data first (the centralized fit): the small ones fill in around it
     fits.sort(key=lambda f: -sum(loaded.data_size(data[r]) for r in f.regions))
     reference = task if isinstance(task, str) else _reference(loaded)
-    if side_by_side.processes > 1 and len(fits) > 1 and reference is not None:
-        done = _fit_in_processes(reference, root, fits, fit_settings, side_by_side)
+    if processes > 1 and len(fits) > 1 and reference is not None:
+        done = _fit_in_processes(reference, root, fits, fit_settings, processes)
     else:
         done = [_fit_and_score(loaded, root, f, fit_settings, _prefixed(say, f), data)
                 for f in fits]  # fmt: skip
@@ -166,9 +159,9 @@ def _fit_and_score(task: Task, root: Path, job: Fit, fit_settings: FitSettings,
 
 
 def _fit_in_processes(reference: str, root: Path, fits: list[Fit], fit_settings: FitSettings,
-                      how: SideBySide) -> list[FitResult]:  # fmt: skip
+                      processes: int) -> list[FitResult]:  # fmt: skip
     # spawned, not forked: a fork of a process that ran torch's thread pool can hang
-    pool = multiprocessing.get_context("spawn").Pool(min(how.processes, len(fits)))
+    pool = multiprocessing.get_context("spawn").Pool(min(processes, len(fits)))
     try:
         pending = [pool.apply_async(_fit_in_child, (reference, root, f, fit_settings))
                    for f in fits]  # fmt: skip
@@ -192,11 +185,8 @@ def _to_stderr(message: str) -> None:
 
 
 def _prefixed(say: Progress, job: Fit) -> Progress:
-    return lambda message: say(f"{_label(job)} {message}")
-
-
-def _label(job: Fit) -> str:
-    return "centralized" if job.mode == "centralized" else f"local [{job.regions[0]}]"
+    label = "centralized" if job.mode == "centralized" else f"local [{job.regions[0]}]"
+    return lambda message: say(f"{label} {message}")
 
 
 def _reference(task: Task) -> str | None:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from harness.baselines import FitSettings, SideBySide, run_baselines
+from harness.baselines import FitSettings, run_baselines
 from reporting.tables import metric_table, print_table
 from tasks.api import MetricSchema, Task
 
@@ -38,12 +38,12 @@ def ensure_baselines(task: Task, data_dir: Path, data_name: str, settings: dict,
         missing.append(mode)
     if not missing:
         return out
-    how = SideBySide(processes=os.cpu_count() or 1)
+    processes = os.cpu_count() or 1
     say(f"computing the {' and '.join(missing)} baselines once (cached in "
-        f"{path(missing[0]).parent}, {how.processes} processes side by side) ...")  # fmt: skip
+        f"{path(missing[0]).parent}, {processes} processes side by side) ...")  # fmt: skip
     reports = run_baselines(task_ref or task, data_dir, tuple(missing),
                             FitSettings(settings=settings, threads=1), say=say,
-                            side_by_side=how)  # fmt: skip
+                            processes=processes)  # fmt: skip
     for mode, report in reports.items():
         path(mode).parent.mkdir(parents=True, exist_ok=True)
         path(mode).write_text(json.dumps(report.to_json(), indent=2) + "\n")

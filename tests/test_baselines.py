@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from harness.baselines import FitSettings, SideBySide, run_baselines
+from harness.baselines import FitSettings, run_baselines
 from tasks.api import TaskError
 
 
@@ -14,7 +14,7 @@ def test_fits_in_processes_give_the_figures_of_fits_in_turn(small_data):
     alone = run_baselines("recommender", small_data, ("local", "centralized", "popularity"),
                           settings, say=messages.append)  # fmt: skip
     side_by_side = run_baselines("recommender", small_data, ("local", "centralized"), settings,
-                                 side_by_side=SideBySide(processes=2))  # fmt: skip
+                                 processes=2)  # fmt: skip
     for mode in ("local", "centralized"):
         assert side_by_side[mode].regions == alone[mode].regions
         assert side_by_side[mode].epochs == alone[mode].epochs
@@ -28,10 +28,10 @@ def test_fits_in_processes_give_the_figures_of_fits_in_turn(small_data):
 def test_a_bad_setting_or_mode_fails_before_any_fit(small_data):
     with pytest.raises(TaskError, match="unknown baseline 'nearest'"):
         run_baselines("recommender", small_data, ("local", "nearest"),
-                      side_by_side=SideBySide(processes=2))  # fmt: skip
+                      processes=2)  # fmt: skip
     with pytest.raises(TaskError, match="dimm"):
         run_baselines("recommender", small_data, ("local",), FitSettings(settings={"dimm": 3}),
-                      side_by_side=SideBySide(processes=2))  # fmt: skip
+                      processes=2)  # fmt: skip
 
 
 def test_missing_baselines_are_computed_once_then_read_from_the_cache(small_data, tmp_path):
