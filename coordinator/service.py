@@ -23,6 +23,7 @@ from shared.lease import Lease, LostLease
 from shared.resilience import REDIS_DOWN, Outage
 from shared.settings import FederationSettings
 from shared.store import ModelStore
+from shared.streams import CommitWatch
 from tasks.api import load_task
 
 
@@ -95,8 +96,10 @@ def coordinate(
 
 def _coordinate(dispatcher, lease, should_stop, interval, final_evaluation, say, outage):
     connection, keys = dispatcher.r, dispatcher.keys
+    watch = None
     while not should_stop():
         try:
+            watch = watch or CommitWatch(connection, keys)
             if lease.value is None and not lease.hold(should_stop, say):
                 return None
             lease.check()
@@ -109,15 +112,14 @@ def _coordinate(dispatcher, lease, should_stop, interval, final_evaluation, say,
                         dispatcher.schedule_evaluation(version)
                 return reason
             outage.recovered()
+            # the next tick at the next commit (a slot frees, a round closes) or after interval
+            watch.wait(interval)
         except LostLease as exc:
             if say is not None:
                 say(f"coordinator: {exc}; standing by")
             lease.value = None
-            continue
         except REDIS_DOWN as exc:
             time.sleep(outage.failed(exc))
-            continue
-        time.sleep(interval)
     return None
 
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import threading
+import time
+
 from coordinator import service
 from coordinator.dispatcher import Dispatcher
 from shared.keys import Keys
@@ -43,3 +46,39 @@ def test_a_job_put_back_on_its_queue_waits_from_then_not_from_its_first_dispatch
     assert float(r.hget(K.inflight("cn"), job_id)) == 1035.0
     now[0] += 5
     assert dispatcher.reconcile("cn")[job_id] == (b"queued", 1035.0)  # reset once, not again
+
+
+def test_the_coordinator_ticks_on_a_commit_not_only_on_its_timer(r, toy_data):
+    """With a 30 s timer, a slot freed by a job whose update was committed is filled at once."""
+    settings = FederationSettings(task="toy", inflight_per_region=1, eval_every=0)
+    keys = Keys("wake")
+    fed = service.initialise(r, keys, toy_data, settings)
+    stop = threading.Event()
+    coordinator = threading.Thread(
+        target=service.coordinate,
+        args=(r, keys, fed, stop.is_set),
+        kwargs={"interval": 30.0, "final_evaluation": False},
+    )
+    coordinator.start()
+    try:
+        first = _wait_for(lambda: r.hkeys(keys.inflight("cn")))
+        r.hset(f"rq:job:{first[0].decode()}", "status", "finished")
+        started = time.monotonic()
+        r.xadd(keys.applies, {"version": 1, "at": time.time(), "updates": "[]"})
+        second = _wait_for(lambda: [k for k in r.hkeys(keys.inflight("cn")) if k != first[0]])
+        assert second and time.monotonic() - started < 10
+    finally:
+        stop.set()
+        r.xadd(keys.applies, {"version": 2, "at": time.time(), "updates": "[]"})  # wakes it
+        coordinator.join(timeout=60)
+    assert not coordinator.is_alive()
+
+
+def _wait_for(probe, seconds: float = 10.0):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        found = probe()
+        if found:
+            return found
+        time.sleep(0.02)
+    return probe()
