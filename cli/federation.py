@@ -110,7 +110,10 @@ def aggregator(consumer: str | None, wait: float, redis_url: str | None, namespa
              "is missing].", exists=False, default=None)  # fmt: skip
 @click.option("--generate", is_flag=True,
               help="Generate the built-in data set into --data if it holds none.")  # fmt: skip
-@click.option("--workers-per-region", type=int, default=2, show_default=True)
+@click.option("--workers-per-region", type=int, default=None,
+              help="Worker processes per region [default: the cores over the regions, at "
+                   "least 1; each region then holds as many jobs in flight, unless --inflight "
+                   "says].")  # fmt: skip
 @click.option(
     "--slowdown",
     multiple=True,
@@ -145,7 +148,7 @@ def aggregator(consumer: str | None, wait: float, redis_url: str | None, namespa
               help="DP: choose the noise so every region's epsilon stays within this over the "
                    "run (needs a version target; clip defaults to 5).")  # fmt: skip
 @settings_options
-def run_cmd(data_dir: Path | None, generate: bool, workers_per_region: int,
+def run_cmd(data_dir: Path | None, generate: bool, workers_per_region: int | None,
             slowdown: tuple[str, ...],
             json_out: Path | None, out_dir: Path | None, redis_url: str | None, namespace: str,
             baselines: bool, acl: bool | None, dp_epsilon: float | None,
@@ -162,7 +165,7 @@ def run_cmd(data_dir: Path | None, generate: bool, workers_per_region: int,
     from reporting.report import compare_table, ensure_baselines
     from tasks.api import load_task
 
-    if workers_per_region < 1:
+    if workers_per_region is not None and workers_per_region < 1:
         raise click.BadParameter("must be at least 1", param_hint="--workers-per-region")
     task = load_task(settings.task)
     settings = dataclasses.replace(settings, task_settings=task.settings(settings.task_settings))
@@ -184,6 +187,13 @@ def run_cmd(data_dir: Path | None, generate: bool, workers_per_region: int,
         )
     if settings.max_inflight == 0:  # one machine: as many jobs in flight as it has cores
         settings = dataclasses.replace(settings, max_inflight=os.cpu_count() or 2)
+    if workers_per_region is None:
+        # as many training processes as cores: on 2 cores, 12 workers cost ~25 CPU-seconds of
+        # start-up (torch) and more switching between them, for no job more in flight
+        regions = len(task.describe(data_dir).regions)
+        workers_per_region = max(1, -(-settings.max_inflight // regions))
+        if _unset(ctx, "inflight_per_region"):  # or a region's second job waits for a worker
+            settings = dataclasses.replace(settings, inflight_per_region=workers_per_region)
     out_dir = out_dir or Path("runs") / f"{settings.mode}-{time.strftime('%Y%m%d-%H%M%S')}"
     options = RunOptions(data_dir, settings, workers_per_region, slow, out_dir, redis_url,
                          namespace, acl=acl)  # fmt: skip
@@ -238,7 +248,9 @@ def _unset(ctx: click.Context, setting: str) -> bool:
     """Neither a flag nor the --config file set ``setting``."""
     import tomllib
 
-    if ctx.params.get(setting) is not None:
+    from cli.settings_options import param_of
+
+    if ctx.params.get(param_of(setting)) is not None:
         return False
     config = ctx.params.get("config")
     if config is None:

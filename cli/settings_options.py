@@ -64,6 +64,11 @@ def _param(flag: str) -> str:
     return flag.split("/")[0].lstrip("-").replace("-", "_")
 
 
+def param_of(setting: str) -> str:
+    """The name click gives the flag of ``setting`` (``--inflight`` sets inflight_per_region)."""
+    return next((_param(flag) for flag, (key, *_) in FLAGS.items() if key == setting), setting)
+
+
 def settings_options(f: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(f)
     def wrapper(*args: Any, config: Path | None, **kwargs: Any) -> Any:

@@ -245,10 +245,14 @@ class Dispatcher:
         """
         deadline = self.clock() + self.s.job_timeout
         for region in self.fed.regions:
-            for job_id in self.r.hkeys(self.keys.inflight(region)):
-                if self.r.hget(Job.key_for(job_id.decode()), "status") == b"queued":
-                    self.queues[region].remove(job_id.decode())
-                    self.r.delete(Job.key_for(job_id.decode()))
+            for raw in self.r.hkeys(self.keys.inflight(region)):
+                job_id = raw.decode()
+                # a job still on its queue is canceled; one a worker has just taken (still
+                # "queued" until RQ marks it started) runs, and its update is waited for below,
+                # or it would be applied after the final evaluation chose its version
+                queued = self.r.hget(Job.key_for(job_id), "status") == b"queued"
+                if queued and self.queues[region].remove(job_id):
+                    self.r.delete(Job.key_for(job_id))
         while not should_stop() and self.clock() < deadline:
             busy = sum(len(self.reconcile(region)) for region in self.fed.regions)
             if busy == 0 and waiting_updates(self.r, self.keys, self.fed.regions) == 0:

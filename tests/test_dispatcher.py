@@ -82,3 +82,22 @@ def _wait_for(probe, seconds: float = 10.0):
             return found
         time.sleep(0.02)
     return probe()
+
+
+def test_draining_cancels_queued_jobs_but_not_one_a_worker_has_just_taken(r, toy_data):
+    """A worker moves a job off its queue before RQ marks it started: that job still runs, so
+    the drain must wait for its update instead of deleting it (it would land after the final
+    evaluation chose its version)."""
+    settings = FederationSettings(task="toy", inflight_per_region=1, eval_every=0)
+    keys = Keys("drain")
+    fed = service.initialise(r, keys, toy_data, settings)
+    dispatcher = Dispatcher(r, keys, fed)
+    dispatcher.tick()
+    taken, waiting = (r.hkeys(keys.inflight(region))[0].decode() for region in ("cn", "us"))
+    queue = dispatcher.queues["cn"]
+    r.lmove(queue.key, queue.intermediate_queue_key, "RIGHT", "LEFT")  # RQ's dequeue
+    assert r.hget(f"rq:job:{taken}", "status") == b"queued"
+    dispatcher.drain(should_stop=lambda: True)
+    assert r.exists(f"rq:job:{taken}") and r.hexists(keys.inflight("cn"), taken)
+    assert not r.exists(f"rq:job:{waiting}")
+    assert waiting not in [i.decode() for i in r.lrange(dispatcher.queues["us"].key, 0, -1)]

@@ -92,6 +92,18 @@ def test_wrong_shapes_are_a_clear_error(trained):
         config.region_index("mars")
 
 
+def _scoring_model(trained):
+    """The trained model with distinct age biases, in eval mode: no id dropout, so two ways of
+    computing its scores see the same item vectors."""
+    shared, _data, config, _start, result = trained
+    model = build(config, shared.features)
+    load_numpy_state(model, result.weights)
+    model.eval()
+    with torch.no_grad():
+        model.age_bias.copy_(torch.tensor([0.5, -0.25, 0.125, 1.0, -2.0]))
+    return model
+
+
 def test_catalogue_scores_match_bucketing_every_entry_by_age(trained):
     """The launch-ordered scores (age buckets as runs of columns) against the plain definition:
     every (example, item) bucketed by its age, the bucket's bias added, unsellable items at
@@ -100,12 +112,8 @@ def test_catalogue_scores_match_bucketing_every_entry_by_age(trained):
 
     from tasks.recommender.model import NOT_ON_SALE
 
-    shared, data, config, start, result = trained
-    model = build(config, shared.features)
-    load_numpy_state(model, result.weights)
-    model.eval()  # no id dropout: both computations see the same item vectors
-    with torch.no_grad():
-        model.age_bias.copy_(torch.tensor([0.5, -0.25, 0.125, 1.0, -2.0]))
+    shared, data, _config, _start, _result = trained
+    model = _scoring_model(trained)
     test = data.split.test
     # times from before the first launch to after the last, so every bucket and run occurs
     launch = shared.catalogue.launch_time
@@ -128,6 +136,34 @@ def test_catalogue_scores_match_bucketing_every_entry_by_age(trained):
     (want,) = torch.autograd.grad(F.cross_entropy(expected, target), model.age_bias)
     (have,) = torch.autograd.grad(model.loss(history, region, time, target), model.age_bias)
     torch.testing.assert_close(have, want)
+
+
+def test_the_fused_training_loss_is_the_cross_entropy_of_the_catalogue_scores(trained):
+    """``Recommender.loss`` (the never-on-sale columns left out, one fused autograd function)
+    against torch's cross-entropy of the whole launch-ordered score matrix: the same loss and
+    the same gradient for every parameter."""
+    from torch.nn import functional as F
+
+    shared, data, config, _start, _result = trained
+    model = _scoring_model(trained)
+    with torch.no_grad():
+        model.item_bias.weight.normal_(0, 0.5)
+    train = data.split.train.take(np.arange(min(300, len(data.split.train))))
+    history, region, time, target = (torch.as_tensor(getattr(train, f))
+                                     for f in ("history", "region", "time", "target"))  # fmt: skip
+    on_sale = int(np.searchsorted(np.sort(shared.catalogue.launch_time), train.time.max(), "right"))
+    assert on_sale < config.n_items  # some columns are left out
+    items = model.launch_ordered_items()
+    ranks = torch.where(history >= 0, model.launch_rank[history.clamp(min=0)], -1)
+    logits = model.launch_ordered_logits(items, model.user_vectors(items, ranks, region), time)
+    want = F.cross_entropy(logits, model.launch_rank[target])
+    params = [p for p in model.parameters()]
+    want_grads = torch.autograd.grad(want, params)
+    have = model.loss(history, region, time, target)
+    have_grads = torch.autograd.grad(have, params)
+    torch.testing.assert_close(have, want)
+    for p, g_have, g_want in zip(params, have_grads, want_grads, strict=True):
+        torch.testing.assert_close(g_have, g_want, atol=1e-6, rtol=1e-4, msg=str(p.shape))
 
 
 def test_step_rows_gradient_matches_finite_differences():

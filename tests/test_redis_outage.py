@@ -74,11 +74,13 @@ def test_every_process_rides_out_a_redis_outage_and_the_federation_goes_on(toy_d
             port = server.port
             server.stop()
             time.sleep(6)
-            assert all(p.poll() is None for p in roles), "a process died with Redis"
+            dead = [(i, fleet.log(p)[-3000:]) for i, p in enumerate(roles) if p.poll() is not None]
+            assert not dead, f"a process died with Redis: {dead}"
             server = RedisServer(tmp_path / "redis", port=port).start()
             r = redis.Redis.from_url(server.url)
             before = int(r.get(keys.version))
-            assert wait_until(lambda: int(r.get(keys.version)) >= before + 5, 120)
+            stalled = not wait_until(lambda: int(r.get(keys.version)) >= before + 5, 120)
+            assert not stalled, [fleet.log(p)[-2000:] for p in roles]
             assert all(p.poll() is None for p in roles)
             logs = [fleet.log(p) for p in roles]
             for log in logs[:2]:  # aggregator, coordinator

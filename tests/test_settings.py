@@ -78,3 +78,12 @@ def test_the_decay_falls_linearly_to_the_floor_at_the_target():
     timed = FederationSettings(target_versions=0, time_budget=60.0, decay_floor=0.5)
     assert timed.decay(10_000, 30.0) == pytest.approx(0.75)
     assert FederationSettings(target_versions=0).decay(10_000, 1e6) == 1.0
+
+
+def test_a_setting_is_found_under_its_flags_name():
+    """``fedq run`` asks whether a setting was given by the name click gave its flag."""
+    from cli.settings_options import param_of
+
+    assert param_of("inflight_per_region") == "inflight"
+    assert param_of("target_versions") == "target_versions"
+    assert param_of("signed_updates") == "signed_updates"

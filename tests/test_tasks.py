@@ -3,6 +3,7 @@ package knowing the recommender's concepts."""
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 from pathlib import Path
@@ -88,14 +89,19 @@ def test_a_users_task_file_runs_a_whole_federation(tmp_path):
     """README's example: fedq run --task docs/examples/propensity.py, end to end."""
     data = tmp_path / "data-propensity"
     out = subprocess.run([*FEDQ, "run", "--task", str(EXAMPLE), "--data", str(data), "--generate",
-                          "--target-versions", "40", "--eval-every", "20", "--workers-per-region",
-                          "1", "--out", str(tmp_path / "run"), "--json", str(tmp_path / "r.json")],
+                          "--target-versions", "40", "--eval-every", "20",
+                          "--out", str(tmp_path / "run"), "--json", str(tmp_path / "r.json")],
                          capture_output=True, text=True, timeout=600, cwd=tmp_path)  # fmt: skip
     assert out.returncode == 0, out.stderr[-3000:]
     import json
 
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["task"] == str(EXAMPLE) and report["versions"] >= 40
+    # by default as many workers as cores, spread over the regions, each region with as many
+    # jobs in flight as it has workers
+    cores, regions = os.cpu_count() or 2, len(report["regions"])
+    assert report["workers_per_region"] == max(1, -(-cores // regions))
+    assert report["settings"]["inflight_per_region"] == report["workers_per_region"]
     final = report["final"]["overall"]
     local = report["baselines"]["local"]["overall"]
     assert 0.5 < final["accuracy"] <= 1 and np.isfinite(local["accuracy"])

@@ -301,12 +301,16 @@ def run(
     import torch
 
     torch.set_num_threads(1)
-    context = prepare(connection, keys, region, data_dir, slowdown, wait, say, task)
+    outage = Outage(say, f"worker {worker_name(region)}")
+    # Redis away while the worker starts (it loads torch and its data for seconds): wait too
+    context = retry_redis(
+        lambda: prepare(connection, keys, region, data_dir, slowdown, wait, say, task), outage
+    )
     if say is not None:
         context.say = say
     queue = region_queue(connection, keys, region)
-    alive = keep_alive(connection, keys, context.worker_id, context.federation.settings.worker_ttl)
-    outage = Outage(say, f"worker {context.worker_id}")
+    ttl = context.federation.settings.worker_ttl
+    alive = retry_redis(lambda: keep_alive(connection, keys, context.worker_id, ttl), outage)
     worked = False
     try:
         while True:

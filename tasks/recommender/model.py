@@ -104,28 +104,42 @@ class Recommender(nn.Module):
         self.register_buffer("launch_order", order, persistent=False)
         self.register_buffer("launch_rank", torch.argsort(order), persistent=False)
         self.register_buffer("sorted_launch", self.launch_time[order], persistent=False)
+        # the catalogue's attributes as a fixed 0/1 matrix over the attribute tables side by
+        # side, rows in launch order: its attribute vectors are one small matmul, forward and
+        # back (an embedding bag's backward sorted its indices: a seventh of a worker's step)
+        hot = torch.zeros(config.n_items, sum(config.feature_sizes))
+        hot.scatter_(1, self.codes + self.attribute_offsets, 1.0)
+        self.register_buffer("launch_ordered_attributes", hot[order], persistent=False)
 
     def item_vectors(self, codes: torch.Tensor | None = None) -> torch.Tensor:
         """Catalogue item vectors (n_items, d); with ``codes``, attribute-only vectors for those."""
         if codes is not None:
             return self.attribute_vectors(codes)
-        attrs = self.attribute_vectors(self.codes)
-        ids = self.item_id.weight
+        return self.launch_ordered_items()[self.launch_rank]
+
+    def launch_ordered_items(self) -> torch.Tensor:
+        """The catalogue's item vectors, oldest launch first (training scores in that order)."""
+        attrs = self.launch_ordered_attributes @ self._attribute_tables()
+        ids = self.item_id.weight.index_select(0, self.launch_order)
         if self.training and self.config.id_dropout > 0:
-            keep = torch.rand(ids.shape[0], 1, device=ids.device) >= self.config.id_dropout
-            ids = ids * keep
+            n = self.config.n_items
+            keep = torch.rand(n, 1, device=ids.device) >= self.config.id_dropout
+            ids = ids * keep[self.launch_order]  # each item's draw as in catalogue order
         return attrs + ids
 
     def attribute_vectors(self, codes: torch.Tensor) -> torch.Tensor:
-        """The sum of each item's attribute embeddings: one embedding bag over the attribute
-        tables side by side (a gather and a scatter per step, not one per attribute)."""
-        tables = torch.cat([emb.weight for emb in self.attributes])
-        return F.embedding_bag(codes + self.attribute_offsets, tables, mode="sum")
+        """The sum of each item's attribute embeddings (items outside the catalogue)."""
+        return F.embedding_bag(codes + self.attribute_offsets, self._attribute_tables(),
+                               mode="sum")  # fmt: skip
+
+    def _attribute_tables(self) -> torch.Tensor:
+        return torch.cat([emb.weight for emb in self.attributes])
 
     def user_vectors(
         self, items: torch.Tensor, history: torch.Tensor, region: torch.Tensor
     ) -> torch.Tensor:
-        """Users from their recent items (right-aligned, -1 padded) and region: (B, d)."""
+        """Users from their recent items (rows of ``items``, right-aligned, -1 padded) and
+        region: (B, d)."""
         padded = torch.cat([items, items.new_zeros(1, items.shape[1])])
         hist = torch.where(history >= 0, history, items.shape[0])
         valid = history >= 0
@@ -145,7 +159,8 @@ class Recommender(nn.Module):
     ) -> torch.Tensor:
         """Scores (B, n) of the catalogue (or of ``candidates`` (B, c)) at each example's time."""
         if candidates is None:
-            return self.launch_ordered_logits(items, users, time)[:, self.launch_rank]
+            ordered = items[self.launch_order]
+            return self.launch_ordered_logits(ordered, users, time)[:, self.launch_rank]
         scores = (users.unsqueeze(1) * items[candidates]).sum(-1)
         scores = scores + self.item_bias.weight[candidates].squeeze(-1)
         age = time.to(torch.int64).unsqueeze(1) - self.launch_time[candidates]
@@ -159,7 +174,8 @@ class Recommender(nn.Module):
     def launch_ordered_logits(
         self, items: torch.Tensor, users: torch.Tensor, time: torch.Tensor
     ) -> torch.Tensor:
-        """Catalogue scores (B, n) with the columns in ``launch_order``.
+        """Catalogue scores (B, n) with the columns in ``launch_order`` (``items`` in that
+        order too).
 
         Training computes a (B, n) score matrix per step, and bucketing each of its entries by
         age (then summing the bucket gradients back) took over half a step. With the columns
@@ -167,25 +183,38 @@ class Recommender(nn.Module):
         binary searches per row: the age bias is a cumulative sum of five steps per row and
         "not on sale" is a prefix mask, both single passes. Same scores as bucketing each entry.
         """
-        order = self.launch_order
-        scores = torch.addmm(self.item_bias.weight[order].T, users, items[order].T)
-        n = scores.shape[1]
+        bias = self.item_bias.weight.index_select(0, self.launch_order)
+        scores = torch.addmm(bias.T, users, items.T)
+        steps, starts = self._age_runs(time)
+        return scores + _StepRows.apply(steps, starts, scores.shape[1])
+
+    def _age_runs(self, time: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each row's age buckets as runs of launch-ordered columns: the bias step at each
+        run's start (6,) and the starts (B, 6), oldest bucket first, "not on sale" last."""
         # column j is in bucket >= k (age >= edge k-1) iff j < ends[:, k-1]
         cutoffs = time.to(torch.int64).unsqueeze(1) - self.age_edges.unsqueeze(0)  # (B, 5)
         ends = torch.searchsorted(self.sorted_launch, cutoffs, right=True)
-        # from the oldest bucket to "not on sale", each row a run per bucket: the bias steps
-        # from one bucket's to the next's where a run starts
         starts = torch.cat([ends.new_zeros(len(ends), 1), ends.flip(1)], dim=1)
         table = self.age_table().flip(0)
-        return scores + _StepRows.apply(torch.diff(table, prepend=table.new_zeros(1)), starts, n)
+        return torch.diff(table, prepend=table.new_zeros(1)), starts
 
     def loss(
         self, history: torch.Tensor, region: torch.Tensor, time: torch.Tensor, target: torch.Tensor
     ) -> torch.Tensor:
-        """Mean cross-entropy of the targets against the whole catalogue at each example's time."""
-        items = self.item_vectors()
-        logits = self.launch_ordered_logits(items, self.user_vectors(items, history, region), time)
-        return F.cross_entropy(logits, self.launch_rank[target])
+        """Mean cross-entropy of the targets against the whole catalogue at each example's time.
+
+        The same loss as ``F.cross_entropy`` of ``launch_ordered_logits``, computed without
+        the columns no row has on sale yet (the newest launches: their probability is exactly
+        0) and fused (``_CatalogueCrossEntropy``): a step's (B, n) passes are most of its time.
+        """
+        items = self.launch_ordered_items()
+        ranks = torch.where(history >= 0, self.launch_rank[history.clamp(min=0)], -1)
+        users = self.user_vectors(items, ranks, region)
+        steps, starts = self._age_runs(time)
+        target = self.launch_rank[target]
+        width = int(max(starts[:, -1].max(), target.max() + 1))  # on sale somewhere in the batch
+        bias = self.item_bias.weight.index_select(0, self.launch_order[:width]).squeeze(1)
+        return _CatalogueCrossEntropy.apply(users, items[:width], bias, steps, starts, target)
 
     def new_item_logits(
         self, users: torch.Tensor, codes: torch.Tensor, time: torch.Tensor, launch: torch.Tensor
@@ -227,6 +256,36 @@ class _StepRows(torch.autograd.Function):
         starts, inside = ctx.saved_tensors
         ends_inside = starts.clamp(max=grad.shape[1] - 1)  # the empty runs' sums are dropped
         return (_suffix_sums(grad, ends_inside, _StepRows.BLOCK) * inside).sum(0), None, None
+
+
+class _CatalogueCrossEntropy(torch.autograd.Function):
+    """Mean cross-entropy of ``users @ items.T + bias + age steps`` at ``target`` columns, in
+    two (B, width) buffers: the scores, their log-softmax and, in the backward, the softmax
+    minus the targets, all in place (torch's path wrote five such matrices and two zero ones).
+    """
+
+    @staticmethod
+    def forward(ctx, users, items, bias, steps, starts, target):
+        rows, width = len(users), len(items)
+        inside = starts < width
+        logits = users.new_zeros(rows, width)
+        logits.scatter_add_(1, starts.clamp(max=width - 1), steps.expand(rows, -1) * inside)
+        logits.cumsum_(1)
+        logits.add_(torch.addmm(bias.unsqueeze(0), users, items.T))
+        log_p = torch.log_softmax(logits, 1, out=logits)
+        ctx.save_for_backward(users, items, log_p, starts, inside, target)
+        return -log_p.gather(1, target.unsqueeze(1)).mean()
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        users, items, log_p, starts, inside, target = ctx.saved_tensors
+        rows, width = log_p.shape
+        g = log_p.exp_()  # the saved buffer becomes the gradient: backward runs once
+        g[torch.arange(rows), target] -= 1.0
+        g.mul_(grad / rows)
+        suffix = _suffix_sums(g, starts.clamp(max=width - 1), _StepRows.BLOCK)
+        return g @ items, g.T @ users, g.sum(0), (suffix * inside).sum(0), None, None
 
 
 def _suffix_sums(values: torch.Tensor, starts: torch.Tensor, block: int) -> torch.Tensor:
