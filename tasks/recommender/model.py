@@ -245,17 +245,32 @@ class _StepRows(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, steps: torch.Tensor, starts: torch.Tensor, width: int) -> torch.Tensor:
-        inside = starts < width  # a run starting at the end is empty
+        rows, inside = _step_rows(steps, starts, width)
         ctx.save_for_backward(starts, inside)
-        jumps = steps.new_zeros(len(starts), width)
-        jumps.scatter_add_(1, starts.clamp(max=width - 1), steps.expand(len(starts), -1) * inside)
-        return jumps.cumsum(1)
+        return rows
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         starts, inside = ctx.saved_tensors
-        ends_inside = starts.clamp(max=grad.shape[1] - 1)  # the empty runs' sums are dropped
-        return (_suffix_sums(grad, ends_inside, _StepRows.BLOCK) * inside).sum(0), None, None
+        return _step_gradient(grad, starts, inside), None, None
+
+
+def _step_rows(
+    steps: torch.Tensor, starts: torch.Tensor, width: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The step matrix (one scatter, one in-place cumulative sum per row) and which starts fall
+    inside the row (a run starting at the end is empty)."""
+    inside = starts < width
+    rows = steps.new_zeros(len(starts), width)
+    rows.scatter_add_(1, starts.clamp(max=width - 1), steps.expand(len(starts), -1) * inside)
+    return rows.cumsum_(1), inside
+
+
+def _step_gradient(grad: torch.Tensor, starts: torch.Tensor, inside: torch.Tensor) -> torch.Tensor:
+    """The steps' gradient: ``grad`` summed from each start to its row's end (empty runs' sums
+    dropped)."""
+    ends_inside = starts.clamp(max=grad.shape[1] - 1)
+    return (_suffix_sums(grad, ends_inside, _StepRows.BLOCK) * inside).sum(0)
 
 
 class _CatalogueCrossEntropy(torch.autograd.Function):
@@ -266,11 +281,7 @@ class _CatalogueCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, users, items, bias, steps, starts, target):
-        rows, width = len(users), len(items)
-        inside = starts < width
-        logits = users.new_zeros(rows, width)
-        logits.scatter_add_(1, starts.clamp(max=width - 1), steps.expand(rows, -1) * inside)
-        logits.cumsum_(1)
+        logits, inside = _step_rows(steps, starts, len(items))
         logits.add_(torch.addmm(bias.unsqueeze(0), users, items.T))
         log_p = torch.log_softmax(logits, 1, out=logits)
         ctx.save_for_backward(users, items, log_p, starts, inside, target)
@@ -280,12 +291,11 @@ class _CatalogueCrossEntropy(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad):
         users, items, log_p, starts, inside, target = ctx.saved_tensors
-        rows, width = log_p.shape
+        rows = len(log_p)
         g = log_p.exp_()  # the saved buffer becomes the gradient: backward runs once
         g[torch.arange(rows), target] -= 1.0
         g.mul_(grad / rows)
-        suffix = _suffix_sums(g, starts.clamp(max=width - 1), _StepRows.BLOCK)
-        return g @ items, g.T @ users, g.sum(0), (suffix * inside).sum(0), None, None
+        return g @ items, g.T @ users, g.sum(0), _step_gradient(g, starts, inside), None, None
 
 
 def _suffix_sums(values: torch.Tensor, starts: torch.Tensor, block: int) -> torch.Tensor:
