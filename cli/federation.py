@@ -144,14 +144,11 @@ def aggregator(consumer: str | None, wait: float, redis_url: str | None, namespa
 @click.option("--acl/--no-acl", default=None,
               help="ACL users per role, each role logging in as its own (keys in the run "
                    "directory) [default: on, without --redis-url].")  # fmt: skip
-@click.option("--dp-epsilon", type=float, default=None,
-              help="DP: choose the noise so every region's epsilon stays within this over the "
-                   "run (needs a version target; clip defaults to 5).")  # fmt: skip
 @settings_options
 def run_cmd(data_dir: Path | None, generate: bool, workers_per_region: int | None,
             slowdown: tuple[str, ...],
             json_out: Path | None, out_dir: Path | None, redis_url: str | None, namespace: str,
-            baselines: bool, acl: bool | None, dp_epsilon: float | None,
+            baselines: bool, acl: bool | None,
             settings) -> None:  # fmt: skip
     """Run a whole federation here: Redis, aggregator, coordinator and workers, then report.
 
@@ -178,13 +175,6 @@ def run_cmd(data_dir: Path | None, generate: bool, workers_per_region: int | Non
     if _unset(ctx, "signed_updates"):
         settings = dataclasses.replace(settings, signed_updates=True)
     slow = _parse_slowdown(slowdown)
-    if dp_epsilon is not None:
-        settings = _noise_for_epsilon(settings, task, data_dir, dp_epsilon)
-        click.echo(
-            f"DP: clip {settings.dp_clip}, noise multiplier {settings.dp_noise:.3f} for "
-            f"epsilon <= {dp_epsilon} (delta {settings.dp_delta}) per region",
-            err=True,
-        )
     if settings.max_inflight == 0:  # one machine: as many jobs in flight as it has cores
         settings = dataclasses.replace(settings, max_inflight=os.cpu_count() or 2)
     if workers_per_region is None:
@@ -231,11 +221,9 @@ def run_cmd(data_dir: Path | None, generate: bool, workers_per_region: int | Non
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(text)
     if report.get("privacy"):
-        dp = report["privacy"]
-        spent = ", ".join(f"{r} {v['epsilon']:.2f} ({v['releases']} updates)"
-                          for r, v in dp["regions"].items())  # fmt: skip
-        click.echo(f"DP (clip {dp['clip']}, noise {dp['noise']:.3f}, delta {dp['delta']}): "
-                   f"epsilon per region: {spent}")  # fmt: skip
+        from reporting.history import privacy_line
+
+        click.echo(privacy_line(report["privacy"]))
     rss = ", ".join(f"{k} {v:.0f} MB" for k, v in report["peak_rss_mb"].items())
     click.echo(f"{report['versions']} versions in {report['seconds']:.0f}s; peak RSS: {rss}")
     click.echo(f"report: {out_dir / 'report.json'}, {out_dir / 'summary.md'} and plots")
@@ -293,27 +281,6 @@ def _data_set(task, named: Path | None, generate: bool) -> Path:
     click.echo(f"{data_dir} has no data set: generating task {task.name!r}'s (seed 0)", err=True)
     task.generate(data_dir, seed=0)
     return data_dir
-
-
-DEFAULT_DP_CLIP = 5.0  # below honest updates' norms (about 6-8): every update is clipped
-
-
-def _noise_for_epsilon(settings, task, data_dir: Path, target: float):
-    """Noise multiplier for ``target`` epsilon: the region with the most data publishes the most
-    updates (dispatch is proportional to data), about target_versions x its share, plus 5%, plus
-    the jobs it may have in flight when the target is reached (they finish and publish).
-    (``fedq run`` holds every region's data on this host.)"""
-    from shared.privacy import noise_for
-
-    if not settings.target_versions:
-        raise click.BadParameter("needs --target-versions", param_hint="--dp-epsilon")
-    sizes = {region: task.data_size(task.load_region(data_dir, region))
-             for region in task.describe(data_dir).regions}  # fmt: skip
-    share = max(sizes.values()) / sum(sizes.values())
-    releases = int(settings.target_versions * share * 1.05) + settings.inflight_per_region + 1
-    clip = settings.dp_clip or DEFAULT_DP_CLIP
-    noise = noise_for(target, releases, settings.dp_delta)
-    return dataclasses.replace(settings, dp_clip=clip, dp_noise=noise)
 
 
 def _interrupt_on_sigterm() -> None:

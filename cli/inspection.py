@@ -114,7 +114,8 @@ def _status_view(s: dict[str, Any]) -> Table:
                      "live workers": d["live_workers"],
                      "last update (s ago)": d["last_update_age_s"],
                      "eval version": ev.get("version"),
-                     **{k: _metric(v) for k, v in ev.items() if k != "version"}})  # fmt: skip
+                     **{k: _metric(v) for k, v in ev.items() if k != "version"},
+                     **_privacy_cells(d["privacy"])})  # fmt: skip
     return _table(title, rows, list(rows[0]) if rows else ["region"])
 
 
@@ -193,3 +194,12 @@ def requeue(r, keys, as_json: bool, region: str | None, job_ids: tuple[str, ...]
         click.echo(json_text({"requeued": done}, indent=None))
     else:
         click.echo(f"requeued {len(done)} job(s)" + (f": {', '.join(done)}" if done else ""))
+
+
+def _privacy_cells(budget: dict | None) -> dict[str, str]:
+    """A region's epsilon spent (of its limit) and whether it takes more jobs: DP runs only."""
+    if budget is None:
+        return {}
+    limit = "" if budget["limit"] is None else f" of {budget['limit']:g}"
+    return {"epsilon": f"{budget['epsilon']:.3f}{limit}",
+            "budget": "spent" if budget["exhausted"] else "open"}  # fmt: skip

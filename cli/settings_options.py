@@ -19,6 +19,7 @@ from shared.aggregation import STALENESS_FUNCTIONS
 from shared.codec import ENCODINGS
 from shared.settings import MODES, NORM_ACTIONS, FederationSettings
 
+DEFAULT_DP_CLIP = 1.0  # per-shopper gradient bound when only a budget is given
 # flag -> (settings key, click type, help)
 FLAGS: dict[str, tuple[str, Any, str]] = {
     "--task": ("task", str, "built-in task (recommender, fraud, toy), module:attr or file.py:attr"),
@@ -33,9 +34,23 @@ FLAGS: dict[str, tuple[str, Any, str]] = {
     "--round-deadline": ("round_deadline", float, "FedAvg: seconds a round waits"),
     "--max-update-norm": ("max_update_norm", float, "L2 bound on an update (0: none)"),
     "--norm-action": ("norm_action", click.Choice(NORM_ACTIONS), "above the bound: reject or clip"),
-    "--dp-clip": ("dp_clip", float, "DP: clip each update to this L2 norm (0: off)"),
-    "--dp-noise": ("dp_noise", float, "DP: Gaussian noise multiplier (sd = noise x clip)"),
-    "--dp-delta": ("dp_delta", float, "DP: the delta of the (epsilon, delta) reported"),
+    "--dp-clip": (
+        "dp_clip",
+        float,
+        "DP-SGD: clip each shopper's gradient to this L2 norm (0: off; --dp-epsilon alone sets 1)",
+    ),
+    "--dp-noise": (
+        "dp_noise",
+        float,
+        "DP-SGD: Gaussian noise multiplier per step (sd = noise x "
+        "clip; 0: planned from --dp-epsilon)",
+    ),
+    "--dp-epsilon": (
+        "dp_epsilon",
+        float,
+        "DP-SGD: each region's privacy budget over the run; jobs beyond it are refused (0: none)",
+    ),
+    "--dp-delta": ("dp_delta", float, "DP-SGD: delta (0: a tenth of 1/shoppers, per region)"),
     "--signed-updates/--no-signed-updates": (
         "signed_updates",
         None,
@@ -75,6 +90,8 @@ def settings_options(f: Callable[..., Any]) -> Callable[..., Any]:
         overrides = {FLAGS[flag][0]: kwargs.pop(_param(flag)) for flag in FLAGS}
         for key, value in parse_assignments(kwargs.pop("task_set")).items():
             overrides[f"task_settings.{key}"] = value
+        if overrides.get("dp_epsilon") and overrides.get("dp_clip") is None:
+            overrides["dp_clip"] = DEFAULT_DP_CLIP  # --dp-epsilon alone turns DP-SGD on
         settings = settings_mod.load(config, overrides)
         return f(*args, settings=settings, **kwargs)
 

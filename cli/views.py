@@ -23,6 +23,7 @@ from shared.errors import FedqError
 from shared.evaluations import accepted_results
 from shared.jobs import SERIALIZER, TRAIN_TASK, region_queue
 from shared.keys import Keys
+from shared.privacy import budget_view
 from shared.streams import applied_updates, update_counts, waiting_updates
 
 RATE_WINDOW = 60.0  # seconds over which "updates per second" is measured
@@ -206,6 +207,7 @@ def status(r: redis.Redis, keys: Keys, now: float | None = None) -> dict[str, An
                 if region in last_by_region
                 else None,
                 "latest_evaluation": latest.get(region),
+                "privacy": budget_view(r, keys, region) if fed.settings.dp_clip else None,
             }
             for region in fed.regions
         },  # fmt: skip

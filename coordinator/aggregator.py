@@ -25,7 +25,7 @@ import redis
 
 from coordinator.commit import Committer, StaleWriter
 from coordinator.strategies import Outcome, Pending, Round, Strategy, make_strategy
-from coordinator.validation import MAX_UPDATE_BYTES, delta_problem, norm_bound, signature_problem
+from coordinator.validation import MAX_UPDATE_BYTES, delta_problem, signature_problem
 from shared import auth, streams
 from shared.codec import DecodeError, RejectReason, Weights, decode_update
 from shared.evaluations import BadResult, check_result, encode_result
@@ -100,7 +100,6 @@ class Aggregator:
             raise LookupError("no model in Redis: the coordinator initialises it")
         self.version = model.version
         self.weights: Weights = {k: np.array(v) for k, v in model.weights.items()}
-        self.norm_bound = norm_bound(fed.settings, sum(v.size for v in self.weights.values()))
         self._ensure_group()
 
     # --- the loop ---
@@ -317,7 +316,10 @@ class Aggregator:
 
     def _validate(self, pending: Pending) -> tuple[RejectReason, str] | None:
         problem, clipped_norm = delta_problem(
-            pending.update.delta, self.weights, self.norm_bound, self.settings.norm_action
+            pending.update.delta,
+            self.weights,
+            self.settings.max_update_norm,
+            self.settings.norm_action,
         )
         if clipped_norm is not None:
             self.r.hset(self.keys.clipped, pending.update_id, f"{clipped_norm:.6g}")

@@ -34,6 +34,7 @@ from shared.jobs import (
 )
 from shared.keys import Keys
 from shared.lease import FencedBatch, Lease, LostLease
+from shared.privacy import exhausted_regions
 from shared.store import ModelStore
 from shared.streams import waiting_updates
 
@@ -97,6 +98,8 @@ class Dispatcher:
     def target_reached(self, version: int) -> str | None:
         if self.s.target_versions and version >= self.s.target_versions:
             return f"reached {version} versions"
+        if self.s.dp_clip and not self._within_budget():
+            return "every region's privacy budget is spent"
         if self.s.time_budget and self.clock() - self.fed.created_at >= self.s.time_budget:
             return f"time budget of {self.s.time_budget:.0f}s spent"
         if self.s.target_metric:
@@ -125,7 +128,8 @@ class Dispatcher:
             if status == b"started" or now - at < self.s.stall_after
         )
         free = self.s.max_inflight - busy if self.s.max_inflight else 10**9
-        open_regions = [r for r in self.fed.regions if len(active[r]) < self.s.inflight_per_region]
+        open_regions = [r for r in self._within_budget()
+                        if len(active[r]) < self.s.inflight_per_region]  # fmt: skip
         if free <= 0 or not open_regions or self._aggregator_behind():
             return
         counts, sizes = self._shares()
@@ -137,6 +141,14 @@ class Dispatcher:
             if len(active[region]) >= self.s.inflight_per_region:
                 open_regions.remove(region)
             free -= 1
+
+    def _within_budget(self) -> list[str]:
+        """The regions that can take another job: in a DP federation, those whose privacy
+        budget (kept by their own workers, read-only here) is not spent."""
+        if not self.s.dp_clip:
+            return list(self.fed.regions)
+        spent = exhausted_regions(self.r, self.keys, self.fed.regions)
+        return [r for r in self.fed.regions if r not in spent]
 
     def _aggregator_behind(self) -> bool:
         """Too many updates wait in the stream: hold new jobs until the aggregator catches up.
@@ -277,14 +289,15 @@ class Dispatcher:
         self._start_round(number + 1, version, now)
 
     def _start_round(self, number: int, version: int, now: float) -> None:
+        regions = self._within_budget()
         batch = FencedBatch()
         for region in self.fed.regions:
             batch.add("DEL", self.keys.inflight(region))
         batch.add("HSET", self.keys.round, "number", number, "base_version", version,
                   "started", f"{now:.3f}", "deadline", f"{now + self.s.round_deadline:.3f}",
-                  "regions", json.dumps(list(self.fed.regions)))  # fmt: skip
+                  "regions", json.dumps(regions))  # fmt: skip
         self._fenced(batch)
-        jobs = {region: self._enqueue_train(region, number) for region in self.fed.regions}
+        jobs = {region: self._enqueue_train(region, number) for region in regions}
         self.r.hset(self.keys.round, "jobs", json.dumps(jobs))
 
     def _cancel_round(self, number: int) -> None:

@@ -7,8 +7,6 @@ the rejection reason and a detail, or None.
 
 from __future__ import annotations
 
-import math
-
 from shared import auth, streams
 from shared.aggregation import clip_to_norm, tensor_problem
 from shared.codec import RejectReason, Weights
@@ -49,15 +47,3 @@ def signature_problem(
     if not auth.verify(key, payload, signature):
         return RejectReason.BAD_SIGNATURE, f"HMAC does not match {region!r}'s secret"
     return None
-
-
-def norm_bound(s, n_params: int) -> float:
-    """The L2 bound updates are held to. With DP noise on, an honest update is its clipped delta
-    plus Gaussian noise of norm about sd * sqrt(n_params); the bound makes room for that (and
-    four standard deviations more) instead of rejecting every noisy update."""
-    if not s.max_update_norm:
-        return 0.0
-    if not s.dp_noise:
-        return s.max_update_norm
-    sd = s.dp_noise * s.dp_clip
-    return max(s.max_update_norm, s.dp_clip + sd * (math.sqrt(n_params) + 4))

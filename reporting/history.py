@@ -16,8 +16,8 @@ import redis
 from reporting.curve import learning_curve
 from shared.federation import Federation
 from shared.keys import Keys
-from shared.privacy import epsilon
-from shared.streams import applied_updates, published_copies, update_counts
+from shared.privacy import budget_view
+from shared.streams import applied_updates, update_counts
 
 
 def collect(connection: redis.Redis, keys: Keys, fed: Federation) -> dict[str, Any]:
@@ -52,15 +52,18 @@ def collect(connection: redis.Redis, keys: Keys, fed: Federation) -> dict[str, A
 
 
 def privacy_spent(connection: redis.Redis, keys: Keys, fed: Federation) -> dict[str, Any] | None:
-    """(epsilon, delta) per region over the releases (published updates) so far; None without
-    DP. Each region's published copies are its releases."""
+    """Each region's privacy budget as its workers spent it (DP-SGD); None without DP."""
     s = fed.settings
-    if not s.dp_noise:
+    if not s.dp_clip:
         return None
-    published = published_copies(connection, keys, fed.regions)
-    releases = {region: sum(by_id.values()) for region, by_id in published.items()}
-    return {
-        "clip": s.dp_clip, "noise": s.dp_noise, "delta": s.dp_delta,
-        "regions": {r: {"releases": n, "epsilon": round(epsilon(n, s.dp_noise, s.dp_delta), 3)}
-                    for r, n in releases.items()},
-    }  # fmt: skip
+    return {"clip": s.dp_clip, "epsilon_limit": s.dp_epsilon or None,
+            "regions": {r: budget_view(connection, keys, r) for r in fed.regions}}  # fmt: skip
+
+
+def privacy_line(privacy: dict[str, Any]) -> str:
+    """One line of a DP run's report: each region's epsilon (and jobs) spent."""
+    spent = ", ".join(f"{r} {v['epsilon']:.2f} ({v['jobs']} jobs)"
+                      for r, v in privacy["regions"].items())  # fmt: skip
+    limit = privacy["epsilon_limit"]
+    return (f"DP-SGD (clip {privacy['clip']:g}" + (f", budget {limit:g}" if limit else "")
+            + f"): epsilon per region: {spent}")  # fmt: skip

@@ -82,8 +82,10 @@ def worker_rules(keys: Keys, region: str, rq_prefix: str = "rq") -> list[str]:
         f"~{rq_prefix}:workers",
         f"~{keys.alive(region + '.*')}",
         f"~{keys.data_size(region)}",
+        f"~{keys.privacy(region)}",  # its budget: no other role may write it
     ]
     readable = [f"%R~{keys.config}", f"%R~{ns}:model:*", f"%R~{keys.done}", f"%R~{keys.round}",
+                f"%R~{keys.data_sizes}",  # counts: a DP worker plans its share of the jobs
                 f"%R~{rq_prefix}:suspended", f"%R~{rq_prefix}:queues",
                 f"%R~{rq_prefix}:rl-keys"]  # fmt: skip
     append_only = [
@@ -108,6 +110,7 @@ def role_rules(keys: Keys, regions: list[str] | tuple[str, ...], rq_prefix: str 
             "resetchannels",
             f"~{ns}:*",
             f"~{rq_prefix}:*",
+            f"%R~{keys.privacy_prefix}*",  # the regions' budgets: read, never written
             f"&{rq_prefix}:*",
             "+@all",
             *_NO_ROLE,
@@ -117,6 +120,7 @@ def role_rules(keys: Keys, regions: list[str] | tuple[str, ...], rq_prefix: str 
             "resetkeys",
             "resetchannels",
             f"~{ns}:*",
+            f"%R~{keys.privacy_prefix}*",
             "+@all",
             *_NO_ROLE,
             *_EVERY_ROLE,

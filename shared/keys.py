@@ -174,6 +174,25 @@ class Keys:
         return self._k("data-size", check_name("region", region))
 
     @property
+    def data_sizes(self) -> str:
+        """The pattern of every region's data-size key (workers read them all to plan DP)."""
+        return self._k("data-size", "*")
+
+    def privacy(self, region: str) -> str:
+        """Hash: the region's privacy accountant (shared/privacy.py): the DP-SGD steps of every
+        job of every worker of the region, its delta and the epsilon spent.
+
+        Outside ``<ns>:*`` (a dot cannot be part of a namespace): the coordinator's and the
+        aggregator's ACL patterns cover ``<ns>:*``, and only the region's own user may write
+        its budget."""
+        return f"{self.privacy_prefix}{check_name('region', region)}"
+
+    @property
+    def privacy_prefix(self) -> str:
+        """Every region's budget key begins so (``+ "*"``: the ACL pattern of them all)."""
+        return f"{self.namespace}.privacy:"
+
+    @property
     def round(self) -> str:
         """Hash: sync mode's current round (number, base version, deadline, regions)."""
         return self._k("round")

@@ -46,11 +46,14 @@ class FederationSettings:
     # (honest updates of the default model measure about 6-8 at the start, less as lr decays)
     max_update_norm: float = 50.0  # 0: no bound
     norm_action: str = "reject"  # reject | clip
-    # differential privacy (shared/privacy.py): workers clip updates to dp_clip and add
-    # Gaussian noise of dp_noise * dp_clip; 0: off
+    # differential privacy, DP-SGD inside each region's training (shared/privacy.py): each
+    # shopper's gradient clipped to dp_clip (0: off), Gaussian noise of dp_noise x dp_clip per
+    # step; dp_noise 0: each region plans it to spend dp_epsilon by the target; dp_epsilon is
+    # each region's budget (0: none); dp_delta 0: a tenth of one over the region's shoppers
     dp_clip: float = 0.0
     dp_noise: float = 0.0
-    dp_delta: float = 1e-5
+    dp_epsilon: float = 0.0
+    dp_delta: float = 0.0
     signed_updates: bool = False  # workers sign updates with their region's secret (shared/auth.py)
     # every async mode
     max_staleness: int = 32
@@ -88,10 +91,14 @@ class FederationSettings:
             problems.append("max_staleness, max_inflight >= 0 and inflight_per_region >= 1")
         if self.max_update_norm < 0 or self.norm_action not in NORM_ACTIONS:
             problems.append(f"max_update_norm >= 0 and norm_action in {', '.join(NORM_ACTIONS)}")
-        if self.dp_clip < 0 or self.dp_noise < 0 or not 0 < self.dp_delta < 1:
-            problems.append("dp_clip, dp_noise >= 0 and dp_delta in (0, 1)")
-        if self.dp_noise and not self.dp_clip:
-            problems.append("dp_noise needs dp_clip (the noise is scaled to the clipping bound)")
+        if min(self.dp_clip, self.dp_noise, self.dp_epsilon) < 0 or not 0 <= self.dp_delta < 1:
+            problems.append("dp_clip, dp_noise, dp_epsilon >= 0 and dp_delta in [0, 1)")
+        if (self.dp_noise or self.dp_epsilon) and not self.dp_clip:
+            problems.append("dp_noise and dp_epsilon need dp_clip (DP-SGD's per-shopper bound)")
+        if self.dp_clip and not (self.dp_noise or self.dp_epsilon):
+            problems.append("dp_clip needs dp_epsilon (a budget to plan the noise for) or dp_noise")
+        if self.dp_clip and not self.dp_noise and not self.target_versions:
+            problems.append("dp_epsilon without dp_noise needs target_versions (to plan for)")
         if self.worker_ttl < 2 or self.max_retries < 0:
             problems.append("worker_ttl must be >= 2 seconds and max_retries >= 0")
         if self.encoding not in ENCODINGS:

@@ -24,6 +24,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from shared.codec import Weights
 from shared.errors import FedqError
+from shared.privacy import DPSGD
 
 Metrics = dict[str, float]
 Say = Callable[[str], None]
@@ -165,6 +166,20 @@ class Step:
     lr_scale: float = 1.0  # the federation's decay of the local learning rate (1: none)
     whole_data: bool = False  # one pass over all the data (baselines), not a job's share
     threads: int = 1
+    # DP-SGD's mechanism for this job (shared/privacy.py), already spent from the region's
+    # budget: a task that trains must run exactly it; None: no DP
+    privacy: DPSGD | None = None
+
+
+@dataclass(frozen=True)
+class PrivateJob:
+    """How a task's DP-SGD job samples one region's data (``Task.private_job``, optional: a
+    task without it cannot run under DP): ``units`` privacy units (shoppers) in the region,
+    each sampled per step at ``rate``, ``steps`` steps a job."""
+
+    units: int
+    rate: float
+    steps: int
 
 
 @dataclass(frozen=True)

@@ -111,6 +111,23 @@ def test_a_workers_user_cannot_write_the_model_or_another_regions_keys(acl_serve
     aggregator = _login(server, keys_dir, U.aggregator)
     with pytest.raises(NoPermissionError):
         aggregator.lpush("rq:queue:acl:region:cn", "x")
+    # a region's privacy budget: its own workers spend it; nobody else can write it
+    from shared.privacy import DPSGD, read_budget, reserve
+
+    reserve(worker, K, "cn", DPSGD(noise=1.0, clip=1.0, rate=0.1, steps=4), 1e-5, 50.0)
+    coordinator = _login(server, keys_dir, U.coordinator)
+    us_worker = _login(server, keys_dir, U.worker("us"))
+    for other in (coordinator, aggregator):
+        assert read_budget(other, K, "cn").jobs == 1
+    for other in (coordinator, aggregator, us_worker):
+        for command in [("HSET", K.privacy("cn"), "exhausted", "1"), ("DEL", K.privacy("cn")),
+                        ("HINCRBY", K.privacy("cn"), "jobs", "-1")]:  # fmt: skip
+            with pytest.raises(NoPermissionError):
+                other.execute_command(*command)
+    with pytest.raises(NoPermissionError):
+        us_worker.hgetall(K.privacy("cn"))
+    assert read_budget(admin, K, "cn").jobs == 1
+    admin.delete(K.privacy("cn"))
     with pytest.raises(redis.AuthenticationError):  # the default user is off
         redis.Redis.from_url(server.url).ping()
     admin.delete(*admin.keys(f"{NS}:*"), *admin.keys("rq:*"))

@@ -1,42 +1,75 @@
-"""Differential privacy: clipping plus noise, and the RDP accountant's arithmetic."""
+"""DP-SGD in a live federation: each region's budget is spent by its workers' jobs, a job past
+it is refused and recorded, the coordinator stops sending the region work, the report tells."""
 
 from __future__ import annotations
 
 import json
-import math
 import subprocess
 
-import numpy as np
 import pytest
+import redis
+from rq import Queue
 
-from shared.privacy import epsilon, noise_for, privatize
-from tests.fleet import FEDQ
+from coordinator import service
+from coordinator.dispatcher import Dispatcher
+from shared.federation import read as read_federation
+from shared.jobs import SERIALIZER, TRAIN_TASK, JobSpec
+from shared.keys import Keys
+from shared.privacy import DPSGD, exhausted_regions, read_budget, spent_epsilon
+from shared.settings import FederationSettings
+from tasks.api import load_task
+from tests.fleet import FEDQ, Fleet
+from tests.privacy_scan import assert_no_raw_data
 
-
-def test_privatize_clips_then_adds_noise_of_the_stated_size():
-    rng = np.random.default_rng(0)
-    delta = {"a": np.full(200_000, 1.0, np.float32)}  # norm ~447
-    out = privatize(delta, clip=2.0, noise=0.5, rng=rng)["a"]
-    clipped = 2.0 / math.sqrt(200_000)
-    assert out.dtype == np.float32
-    assert np.mean(out) == pytest.approx(clipped, abs=0.01)
-    assert np.std(out) == pytest.approx(0.5 * 2.0, rel=0.02)
-    assert np.array_equal(privatize({"a": np.zeros(3, np.float32)}, 1.0, 0.0, rng)["a"],
-                          np.zeros(3, np.float32))  # fmt: skip
-
-
-def test_epsilon_matches_the_gaussian_rdp_bound_and_moves_the_right_way():
-    # one release, noise 1, delta 1e-5: min over alpha of alpha/2 + log(1e5)/(alpha-1)
-    best = min(a / 2 + math.log(1e5) / (a - 1) for a in np.linspace(1.01, 100, 100_000))
-    assert epsilon(1, 1.0, 1e-5) == pytest.approx(best, rel=0.01)
-    assert epsilon(100, 5.0, 1e-5) < epsilon(1000, 5.0, 1e-5)  # more releases, more spent
-    assert epsilon(100, 10.0, 1e-5) < epsilon(100, 5.0, 1e-5)  # more noise, less spent
-    assert epsilon(0, 1.0, 1e-5) == 0 and epsilon(5, 0.0, 1e-5) == math.inf
-    noise = noise_for(8.0, 1000, 1e-5)
-    assert epsilon(1000, noise, 1e-5) <= 8.0 < epsilon(1000, noise * 0.99, 1e-5)
+K = Keys("budgetrun")
 
 
-def test_a_dp_run_reports_each_regions_epsilon_within_the_target(
+def _cn_job(small_data, settings: FederationSettings) -> DPSGD:
+    task = load_task("recommender")
+    plan = task.private_job(task.load_region(small_data, "cn"), task.settings({}))
+    return DPSGD(settings.dp_noise, settings.dp_clip, plan.rate, plan.steps)
+
+
+def test_a_region_past_its_budget_refuses_its_jobs_and_gets_no_more(small_data, redis_server, r):
+    base = FederationSettings(dp_clip=1.0, dp_noise=1.0, eval_every=0, target_versions=0)
+    job = _cn_job(small_data, base)
+    delta = 1e-5
+    two, three = (spent_epsilon([job.entry] * n, delta) for n in (2, 3))
+    settings = FederationSettings(**{**base.__dict__, "dp_epsilon": (two + three) / 2,
+                                     "dp_delta": delta})  # fmt: skip
+    service.initialise(r, K, small_data, settings)
+    queue = Queue(K.queue("cn"), connection=r, serializer=SERIALIZER)
+    spec = JobSpec(kind="train", region="cn").to_json()
+    for n in range(4):
+        queue.enqueue(TRAIN_TASK, spec, job_id=f"cn-dp{n}")
+    with Fleet(redis_server.url, K.namespace, small_data) as fleet:
+        worker = fleet.worker("cn", "--burst")
+        assert worker.wait(timeout=180) == 0, fleet.log(worker)
+        log = fleet.log(worker)
+        assert "Traceback" not in log and "DP-SGD: noise 1.000" in log
+        # a restarted worker continues the region's budget: its job is refused as well
+        queue.enqueue(TRAIN_TASK, spec, job_id="cn-dp4")
+        again = fleet.worker("cn", "--burst")
+        assert again.wait(timeout=180) == 0, fleet.log(again)
+    budget = read_budget(r, K, "cn")
+    assert budget.jobs == 2 and budget.exhausted
+    assert budget.epsilon == pytest.approx(two) and budget.epsilon <= settings.dp_epsilon
+    assert budget.history == [(job.noise, job.rate, 2 * job.steps)] and budget.delta == delta
+    refused = {f[b"id"].decode(): f[b"detail"].decode() for _, f in r.xrange(K.rejections)
+               if f[b"reason"] == b"budget_spent"}  # fmt: skip
+    assert set(refused) == {"cn-dp2", "cn-dp3", "cn-dp4"}
+    assert all("region cn's privacy budget" in d for d in refused.values())
+    assert r.xlen(K.update_stream("cn")) == 2  # only the jobs within the budget trained
+    assert set(queue.failed_job_registry.get_job_ids()) == set(refused)
+    # the coordinator sends the spent region nothing more; the others get their jobs
+    assert exhausted_regions(r, K, ["cn", "us"]) == {"cn"}
+    fed = read_federation(r, K)
+    Dispatcher(r, K, fed).tick()
+    assert queue.count == 0
+    assert Queue(K.queue("us"), connection=r, serializer=SERIALIZER).count > 0
+
+
+def test_a_dp_run_reports_each_regions_epsilon_within_its_budget(
     small_data, redis_server, tmp_path
 ):
     out = tmp_path / "run"
@@ -49,14 +82,11 @@ def test_a_dp_run_reports_each_regions_epsilon_within_the_target(
     assert proc.returncode == 0, proc.stderr[-2000:]
     report = json.loads((out / "report.json").read_text())
     dp = report["privacy"]
-    assert dp["clip"] == 5.0 and dp["noise"] > 0
-    assert sum(v["releases"] for v in dp["regions"].values()) == report["updates"]["published"]
-    for v in dp["regions"].values():  # a region that published nothing has spent nothing
-        assert (v["epsilon"] > 0) == (v["releases"] > 0) and v["epsilon"] <= 10.0
-    assert max(v["epsilon"] for v in dp["regions"].values()) > 0
+    assert dp["clip"] == 1.0 and dp["epsilon_limit"] == 10.0
+    spent = dp["regions"]
+    # every job that published spent first (a job that failed after spending counts too)
+    assert sum(v["jobs"] for v in spent.values()) >= report["updates"]["published"] > 0
+    for v in spent.values():
+        assert (v["epsilon"] > 0) == (v["jobs"] > 0) and v["epsilon"] <= 10.0
     assert "epsilon per region" in proc.stdout
-    import redis
-
-    from tests.privacy_scan import assert_no_raw_data
-
     assert_no_raw_data(redis.Redis.from_url(redis_server.url), small_data)

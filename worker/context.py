@@ -15,6 +15,7 @@ import redis
 
 from shared.federation import Federation
 from shared.keys import Keys
+from shared.privacy import DPSGD, RegionPrivacy
 from shared.store import ModelCache, ModelStore
 from tasks.api import Task
 
@@ -34,6 +35,8 @@ class WorkerContext:
     task_state: Any = None  # what the task carries from job to job (e.g. Adam's moments)
     say: Callable[[str], None] = field(default=lambda _m: None)
     signing_key: bytes | None = None  # the region's secret, when the federation signs updates
+    privacy: RegionPrivacy | None = None  # DP-SGD's plan for this region (shared/privacy.py)
+    privacy_job: DPSGD | None = None  # the mechanism the running job reserved from the budget
 
 
 _current: WorkerContext | None = None

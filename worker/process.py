@@ -33,13 +33,15 @@ from rq.worker import SimpleWorker
 from shared import federation, streams
 from shared.abandoned import forget_worker, settle_abandoned
 from shared.errors import FedqError
-from shared.jobs import SERIALIZER, TASKS, JobSpec, region_queue
+from shared.jobs import SERIALIZER, TASKS, TRAIN_TASK, JobSpec, region_queue
 from shared.keys import Keys
 from shared.resilience import REDIS_DOWN, Outage, retry_redis
 from shared.store import ModelCache, ModelStore
 from tasks.api import BUILT_IN, load_task
 from worker.context import WorkerContext, install
 
+# the rejections stream's reasons for a job refused: not a fedq job, or past the budget
+JOB_REFUSED, BUDGET_SPENT = "job_refused", "budget_spent"
 REFUSED_TTL = 86_400  # seconds a refused job stays in the failed registry, for operators
 # RQ job features fedq never uses: each names code to import, a URL to call or more jobs to run
 _JOB_EXTRAS = {
@@ -166,18 +168,40 @@ class FedqWorker(SimpleWorker):
         """Admit the job before RQ does any bookkeeping for it: RQ would write the registries
         of the queue the job's hash names (``origin``), which whoever wrote the job chose."""
         problem = job_problem(job, self.fedq_context, queue.name)
-        if problem is not None:
-            self._refuse(job, queue, problem)
+        refusal = (problem, JOB_REFUSED) if problem is not None else self._spend_privacy(job)
+        if refusal is not None:
+            self._refuse(job, queue, *refusal)
             return
         self.fedq_job_id = job.id
         super().execute_job(job, queue)
         self.fedq_job_id = None  # not reached if recording the job's end failed
 
-    def _refuse(self, job: Job, queue: Queue, detail: str) -> None:
+    def _spend_privacy(self, job: Job) -> tuple[str, str] | None:
+        """A train job of a DP federation first spends its steps from the region's budget (every
+        attempt does: it trains again); refused, with the reason recorded, when it would not fit.
+        """
+        ctx = self.fedq_context
+        if ctx is None or ctx.privacy is None or job.func_name != TRAIN_TASK:
+            return None
+        from shared.privacy import BudgetSpent, reserve
+
+        p = ctx.privacy
+
+        def spend() -> None:
+            reserve(self.connection, ctx.keys, ctx.region, p.job, p.delta, p.limit)
+
+        try:
+            retry_redis(spend, Outage(ctx.say, f"worker {ctx.worker_id}"))
+        except BudgetSpent as exc:
+            return str(exc), BUDGET_SPENT
+        ctx.privacy_job = p.job
+        return None
+
+    def _refuse(self, job: Job, queue: Queue, detail: str, reason: str) -> None:
         """Fail a refused job without RQ's failure handling: that would import and call the
         job's callbacks, send its webhooks and enqueue its dependents, all named by whoever
         wrote the job. Settled on the queue the job was taken from, not the one it claims."""
-        self._record_refusal(job, detail)
+        self._record_refusal(job, detail, reason)
         job.ended_at = now()
         job.origin = queue.name
         with self.connection.pipeline() as pipe:
@@ -197,11 +221,11 @@ class FedqWorker(SimpleWorker):
                 self.connection.incr(self.fedq_keys.retried)
         super().handle_job_failure(job, queue, *args, **kwargs)
 
-    def _record_refusal(self, job: Job, detail: str) -> None:
+    def _record_refusal(self, job: Job, detail: str, reason: str) -> None:
         if self.fedq_keys is None:
             return
         region = self.fedq_context.region if self.fedq_context else ""
-        fields = streams.rejection_entry(job.id, "job_refused", detail, worker=self.name,
+        fields = streams.rejection_entry(job.id, reason, detail, worker=self.name,
                                          region=region)  # fmt: skip
         streams.add_rejection(self.connection, self.fedq_keys, fields)
 
@@ -255,7 +279,33 @@ def prepare(
     install(context)
     # a count, not data: lets the dispatcher give each region its share of the work
     connection.set(keys.data_size(region), task.data_size(data))
+    if fed.settings.dp_clip:
+        context.privacy = plan_privacy(connection, keys, fed, task, data, region)
+        p = context.privacy
+        (say or print)(f"DP-SGD: noise {p.job.noise:.3f}, clip {p.job.clip:g}, {p.job.steps} "
+                       f"steps a job at rate {p.job.rate:.4f}, delta {p.delta:.2g}, epsilon "
+                       f"limit {p.limit:g}")  # fmt: skip
     return context
+
+
+def plan_privacy(connection: redis.Redis, keys: Keys, fed, task, data, region: str):
+    """This region's DP-SGD plan: its own data's shoppers and sampling rate, its share of the
+    federation's jobs (the announced data sizes, the way the dispatcher shares them out), and
+    the noise its budget already runs with if an earlier worker of the region chose it."""
+    from shared.privacy import read_budget, region_privacy
+
+    if not hasattr(task, "private_job"):
+        raise FedqError(f"task {fed.settings.task!r} has no DP-SGD (Task.private_job): run it "
+                        "without --dp-clip/--dp-epsilon")  # fmt: skip
+    job = task.private_job(data, fed.settings.task_settings)
+    announced = connection.mget([keys.data_size(r) for r in fed.regions])
+    known = {r: float(v) for r, v in zip(fed.regions, announced, strict=True) if v}
+    default = sum(known.values()) / len(known)
+    sizes = {r: known.get(r, default) for r in fed.regions}
+    budget = read_budget(connection, keys, region)
+    return region_privacy(fed.settings, job.units, job.rate, job.steps,
+                          sizes[region] / sum(sizes.values()),
+                          budget.noise if budget is not None else None)  # fmt: skip
 
 
 def keep_alive(connection: redis.Redis, keys: Keys, name: str, ttl: float) -> threading.Event:

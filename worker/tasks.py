@@ -21,7 +21,6 @@ from shared.auth import sign
 from shared.codec import Update, UpdateHeader, encode_update
 from shared.evaluations import encode_result
 from shared.jobs import JobSpec, new_update_id
-from shared.privacy import privatize
 from shared.resilience import Outage, retry_redis
 from tasks.api import Step
 from worker.context import WorkerContext, current
@@ -34,7 +33,11 @@ def train(spec: dict[str, Any]) -> dict[str, Any]:
     started = time.perf_counter()
     model = ctx.cache.current()
     fed = ctx.federation.settings
-    step = Step(seed=job.seed, lr_scale=job.lr_scale)
+    if ctx.privacy is not None and ctx.privacy_job is None:
+        raise RuntimeError("a DP federation's train job ran without spending from the budget")
+    # the mechanism the worker spent from the region's budget for this job (worker/process.py)
+    step = Step(seed=job.seed, lr_scale=job.lr_scale, privacy=ctx.privacy_job)
+    ctx.privacy_job = None  # spent once: a re-run of the job spends again
     result = ctx.task.train(model.weights, ctx.data, fed.task_settings, step, ctx.task_state)
     _check_trained(result.weights, model.weights)
     ctx.task_state = result.state
@@ -57,8 +60,6 @@ def train(spec: dict[str, Any]) -> dict[str, Any]:
         data_size=ctx.task.data_size(ctx.data),
     )
     delta = subtract(result.weights, model.weights)
-    if fed.dp_clip:  # fresh OS entropy: nobody can regenerate the noise from a seed
-        delta = privatize(delta, fed.dp_clip, fed.dp_noise, np.random.default_rng())
     payload = encode_update(Update(header, delta))
     # the update is held until Redis takes it (a copy sent twice is dropped as a duplicate);
     # the audit count goes in the same MULTI, so it counts exactly the copies published

@@ -117,15 +117,20 @@ class Recommender(nn.Module):
             return self.attribute_vectors(codes)
         return self.launch_ordered_items()[self.launch_rank]
 
-    def launch_ordered_items(self) -> torch.Tensor:
-        """The catalogue's item vectors, oldest launch first (training scores in that order)."""
+    def launch_ordered_items(self, keep: torch.Tensor | None = None) -> torch.Tensor:
+        """The catalogue's item vectors, oldest launch first (training scores in that order);
+        ``keep`` (n, 1) in launch order says whose id vector counts (id dropout): in training
+        drawn afresh unless given."""
         attrs = self.launch_ordered_attributes @ self._attribute_tables()
         ids = self.item_id.weight.index_select(0, self.launch_order)
-        if self.training and self.config.id_dropout > 0:
-            n = self.config.n_items
-            keep = torch.rand(n, 1, device=ids.device) >= self.config.id_dropout
-            ids = ids * keep[self.launch_order]  # each item's draw as in catalogue order
-        return attrs + ids
+        if keep is None and self.training and self.config.id_dropout > 0:
+            keep = self.id_keep()
+        return attrs + (ids if keep is None else ids * keep)
+
+    def id_keep(self) -> torch.Tensor:
+        """A draw of id dropout (n, 1), launch order: each item's draw as in catalogue order."""
+        keep = torch.rand(self.config.n_items, 1) >= self.config.id_dropout
+        return keep[self.launch_order].to(self.item_id.weight.dtype)
 
     def attribute_vectors(self, codes: torch.Tensor) -> torch.Tensor:
         """The sum of each item's attribute embeddings (items outside the catalogue)."""
@@ -140,15 +145,23 @@ class Recommender(nn.Module):
     ) -> torch.Tensor:
         """Users from their recent items (rows of ``items``, right-aligned, -1 padded) and
         region: (B, d)."""
-        padded = torch.cat([items, items.new_zeros(1, items.shape[1])])
-        hist = torch.where(history >= 0, history, items.shape[0])
-        valid = history >= 0
-        h = padded[hist] + self.position[-history.shape[1] :]
+        recent, valid = history_vectors(items, history)
+        return self.tower(recent, valid, region)
+
+    def tower(
+        self, recent: torch.Tensor, valid: torch.Tensor, region: torch.Tensor
+    ) -> torch.Tensor:
+        """Users (B, d) from the vectors of their recent items (B, L, d; zero where ``valid``
+        is False) and their region: the part of the model that sees one user at a time."""
+        pooled = self.pool(recent, valid)
+        return self.user_mlp(torch.cat([recent[:, -1], pooled, self.region(region)], dim=1))
+
+    def pool(self, recent: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """The recent items with their positions, attention-pooled (B, d)."""
+        h = recent + self.position[-recent.shape[1] :]
         score = self.attention(torch.tanh(h)).squeeze(-1).masked_fill(~valid, -1e4)
         weights = torch.softmax(score, dim=1) * valid.any(dim=1, keepdim=True)
-        pooled = (weights.unsqueeze(-1) * h).sum(dim=1)
-        last = padded[hist[:, -1]]
-        return self.user_mlp(torch.cat([last, pooled, self.region(region)], dim=1))
+        return (weights.unsqueeze(-1) * h).sum(dim=1)
 
     def logits(
         self,
@@ -199,22 +212,37 @@ class Recommender(nn.Module):
         return torch.diff(table, prepend=table.new_zeros(1)), starts
 
     def loss(
-        self, history: torch.Tensor, region: torch.Tensor, time: torch.Tensor, target: torch.Tensor
+        self,
+        history: torch.Tensor,
+        region: torch.Tensor,
+        time: torch.Tensor,
+        target: torch.Tensor,
+        keep: torch.Tensor | None = None,
+        weights: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Mean cross-entropy of the targets against the whole catalogue at each example's time.
+        """Mean cross-entropy of the targets against the whole catalogue at each example's time
+        (with ``weights`` (B,), the weighted sum: DP-SGD's clipped per-example gradients; with
+        ``keep``, that draw of id dropout).
 
         The same loss as ``F.cross_entropy`` of ``launch_ordered_logits``, computed without
         the columns no row has on sale yet (the newest launches: their probability is exactly
         0) and fused (``_CatalogueCrossEntropy``): a step's (B, n) passes are most of its time.
         """
-        items = self.launch_ordered_items()
+        items = self.launch_ordered_items(keep)
         ranks = torch.where(history >= 0, self.launch_rank[history.clamp(min=0)], -1)
         users = self.user_vectors(items, ranks, region)
         steps, starts = self._age_runs(time)
         target = self.launch_rank[target]
-        width = int(max(starts[:, -1].max(), target.max() + 1))  # on sale somewhere in the batch
+        width = self.catalogue_width(starts, target)
         bias = self.item_bias.weight.index_select(0, self.launch_order[:width]).squeeze(1)
-        return _CatalogueCrossEntropy.apply(users, items[:width], bias, steps, starts, target)
+        if weights is None:
+            weights = users.new_full((len(users),), 1.0 / len(users))
+        return _CatalogueCrossEntropy.apply(users, items[:width], bias, steps, starts, target,
+                                            weights)  # fmt: skip
+
+    def catalogue_width(self, starts: torch.Tensor, target: torch.Tensor) -> int:
+        """The launch-ordered columns on sale for some row of a batch (the rest score 0)."""
+        return int(max(starts[:, -1].max(), target.max() + 1))
 
     def new_item_logits(
         self, users: torch.Tensor, codes: torch.Tensor, time: torch.Tensor, launch: torch.Tensor
@@ -231,6 +259,15 @@ class Recommender(nn.Module):
     ) -> torch.Tensor:
         items = self.item_vectors()
         return self.logits(items, self.user_vectors(items, history, region), time)
+
+
+def history_vectors(
+    items: torch.Tensor, history: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The rows of ``items`` a history names (right-aligned, -1 padded), zeros for the
+    padding, and which positions are real."""
+    padded = torch.cat([items, items.new_zeros(1, items.shape[1])])
+    return padded[torch.where(history >= 0, history, items.shape[0])], history >= 0
 
 
 class _StepRows(torch.autograd.Function):
@@ -274,7 +311,8 @@ def _step_gradient(grad: torch.Tensor, starts: torch.Tensor, inside: torch.Tenso
 
 
 class _CatalogueCrossEntropy(torch.autograd.Function):
-    """Mean cross-entropy of ``users @ items.T + bias + age steps`` at ``target`` columns, in
+    """Cross-entropy of ``users @ items.T + bias + age steps`` at ``target`` columns, summed
+    with a weight per row (1/B: the mean), in
     one (B, width) buffer: the age steps, the scores added onto them by the matrix product,
     their log-softmax and, in the backward, the softmax minus the targets, all in place
     (torch's path wrote five such matrices and two zero ones).
@@ -285,26 +323,38 @@ class _CatalogueCrossEntropy(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, users, items, bias, steps, starts, target):
-        logits, inside = _step_rows(steps, starts, len(items))
-        users_1 = torch.cat([users, users.new_ones(len(users), 1)], dim=1)
-        items_bias = torch.cat([items, bias.unsqueeze(1)], dim=1)
-        logits.addmm_(users_1, items_bias.T)
-        log_p = torch.log_softmax(logits, 1, out=logits)
-        ctx.save_for_backward(users_1, items_bias, log_p, starts, inside, target)
-        return -log_p.gather(1, target.unsqueeze(1)).mean()
+    def forward(ctx, users, items, bias, steps, starts, target, weights):
+        log_p, users_1, items_bias, inside = catalogue_log_softmax(users, items, bias, steps,
+                                                                   starts)  # fmt: skip
+        ctx.save_for_backward(users_1, items_bias, log_p, starts, inside, target, weights)
+        return -(log_p.gather(1, target.unsqueeze(1)).squeeze(1) * weights).sum()
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad):
-        users_1, items_bias, log_p, starts, inside, target = ctx.saved_tensors
-        rows = len(log_p)
-        g = log_p.exp_()  # the saved buffer becomes the gradient: backward runs once
-        g[torch.arange(rows), target] -= 1.0
-        g.mul_(grad / rows)
+        users_1, items_bias, log_p, starts, inside, target, weights = ctx.saved_tensors
+        g = softmax_minus_targets_(log_p, target)  # backward runs once: the buffer is free
+        g.mul_((grad * weights).unsqueeze(1))
         grad_users, grad_items = g @ items_bias, g.T @ users_1
         return (grad_users[:, :-1], grad_items[:, :-1], grad_items[:, -1],
-                _step_gradient(g, starts, inside), None, None)  # fmt: skip
+                _step_gradient(g, starts, inside), None, None, None)  # fmt: skip
+
+
+def catalogue_log_softmax(users, items, bias, steps, starts):
+    """The log-softmax (B, width) of ``users @ items.T + bias + age steps`` in one buffer, with
+    the users and items extended by the bias column and which run starts fall inside a row."""
+    logits, inside = _step_rows(steps, starts, len(items))
+    users_1 = torch.cat([users, users.new_ones(len(users), 1)], dim=1)
+    items_bias = torch.cat([items, bias.unsqueeze(1)], dim=1)
+    logits.addmm_(users_1, items_bias.T)
+    return torch.log_softmax(logits, 1, out=logits), users_1, items_bias, inside
+
+
+def softmax_minus_targets_(log_p: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Each row's gradient of its cross-entropy by its scores, in ``log_p``'s buffer."""
+    g = log_p.exp_()
+    g[torch.arange(len(g)), target] -= 1.0
+    return g
 
 
 def _suffix_sums(values: torch.Tensor, starts: torch.Tensor, block: int) -> torch.Tensor:

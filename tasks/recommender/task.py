@@ -14,12 +14,15 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from tasks.api import (
     Baselines,
     DataDescription,
     Metric,
     Metrics,
     MetricSchema,
+    PrivateJob,
     Step,
     TaskError,
     Trained,
@@ -35,6 +38,9 @@ DEFAULTS: dict[str, Any] = {
     "epochs": 1,
     "prox_mu": 0.0,  # FedProx: mu/2 * ||w - w_start||^2
     "baseline_batch_size": 1024,  # the baselines' epochs over whole data sets
+    # DP-SGD (a federation with dp_clip): shoppers expected per step, and steps per job
+    "dp_batch_size": 256,
+    "dp_steps_per_job": 4,
 }
 WARMUP_JOBS = 8  # a worker's first job gathers Adam's moments over this many jobs' batches
 
@@ -69,9 +75,10 @@ class RecommenderTask:
     def settings(self, raw: Mapping[str, Any]) -> dict[str, Any]:
         s = check_settings(raw, DEFAULTS, self.name)
         if min(s["dim"], s["batch_size"], s["examples_per_job"], s["epochs"],
-               s["baseline_batch_size"]) < 1 or s["lr"] <= 0 or s["prox_mu"] < 0:  # fmt: skip
-            raise TaskError("recommender: dim, batch sizes, examples_per_job, epochs and lr must "
-                            "be positive, prox_mu >= 0")  # fmt: skip
+               s["baseline_batch_size"], s["dp_batch_size"], s["dp_steps_per_job"]) < 1 \
+                or s["lr"] <= 0 or s["prox_mu"] < 0:  # fmt: skip
+            raise TaskError("recommender: dim, batch sizes, examples_per_job, epochs, "
+                            "dp_steps_per_job and lr must be positive, prox_mu >= 0")  # fmt: skip
         return s
 
     def describe(self, data_dir: Path) -> DataDescription:
@@ -121,11 +128,20 @@ class RecommenderTask:
                 threads=step.threads,
                 # a worker's first job: gather Adam's moments over eight jobs' worth of batches
                 moment_warmup=0 if step.whole_data else WARMUP_JOBS * -(-per_job // batch),
+                privacy=step.privacy,
             ),
             carried=state,
         )
         return Trained(result.weights, result.n_samples, result.loss, result.seconds,
                        result.trainer)  # fmt: skip
+
+    def private_job(self, data, settings: Mapping[str, Any]) -> PrivateJob:
+        """The unit is one shopper: a step samples shoppers, then one example of each."""
+        shoppers = len(np.unique(data.split.train.user))
+        if shoppers == 0:
+            raise TaskError(f"region {data.region}: no shopper with a training example")
+        return PrivateJob(shoppers, min(1.0, settings["dp_batch_size"] / shoppers),
+                          settings["dp_steps_per_job"])  # fmt: skip
 
     def evaluate(self, weights: Weights, data, settings: Mapping[str, Any], part: str,
                  seed: int) -> Metrics:  # fmt: skip

@@ -7,6 +7,7 @@ matters on shared hosts and in forked work horses.
 
 from __future__ import annotations
 
+import secrets
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -15,6 +16,7 @@ import numpy as np
 import torch
 
 from shared.codec import Weights
+from shared.privacy import DPSGD
 from tasks.recommender.features import ItemFeatures
 from tasks.recommender.model import ModelConfig, Recommender, load_numpy_state, state_to_numpy
 from tasks.recommender.sequences import Examples
@@ -34,6 +36,8 @@ class TrainConfig:
     moment_warmup: int = 0
     seed: int = 0
     threads: int = 1
+    # DP-SGD (tasks/recommender/private.py): its steps replace the epochs; None: off
+    privacy: DPSGD | None = None
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -78,6 +82,7 @@ class Trainer:
                 params, lr=settings.lr, weight_decay=settings.weight_decay, fused=True
             )
         self.usable = True  # False while a call runs: a failed call's moments are not carried
+        self.noise = torch.Generator().manual_seed(secrets.randbits(63))  # DP noise: OS entropy
         self.restart(weights, settings)
 
     def restart(self, weights: Weights, settings: TrainConfig) -> None:
@@ -152,6 +157,56 @@ class Trainer:
             raise FloatingPointError(f"training diverged (mean loss {mean}); lower the lr")
         return mean
 
+    def run_private(self, examples: Examples, dp: DPSGD) -> float:
+        """DP-SGD steps (``private.py``): shoppers sampled, each one's example clipped, Opacus's
+        noise on the sum; returns the mean loss of the sampled examples.
+
+        The noise comes from the OS's entropy (Opacus's secure mode, a generator of its own)
+        and so does the sample, never from the job's seed: the seed travels in the job spec.
+        Adam only ever sees noised gradients (post-processing keeps the guarantee)."""
+        from opacus.optimizers import DPOptimizerFastGradientClipping
+
+        from tasks.recommender.private import Batch, clipping_weights
+
+        sampler = self._sampler(examples)
+        optimizer = DPOptimizerFastGradientClipping(
+            self.optimizer, noise_multiplier=dp.noise, max_grad_norm=dp.clip,
+            expected_batch_size=dp.rate * sampler.shoppers, loss_reduction="mean",
+            secure_mode=True, generator=self.noise,
+        )  # fmt: skip
+        self.model.train()
+        total, count = 0.0, 0
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(self.rng.integers(2**31)))  # id dropout follows the seed
+            for _ in range(dp.steps):
+                optimizer.zero_grad(set_to_none=True)
+                picked = sampler.draw(dp.rate)
+                if len(picked):  # a Poisson batch can be empty: the step still adds noise
+                    batch = Batch.of(examples.take(picked))
+                    keep = self.model.id_keep()
+                    weights = clipping_weights(self.model, batch, keep, dp.clip)
+                    loss = self.model.loss(batch.history, batch.region, batch.time, batch.target,
+                                           keep=keep, weights=weights)  # fmt: skip
+                    loss.backward()
+                    total += float(loss.detach() / weights.sum()) * len(picked)
+                    count += len(picked)
+                for p in self.model.parameters():
+                    if p.grad is None:
+                        p.grad = torch.zeros_like(p)
+                optimizer.step()
+        self.model.eval()
+        mean = total / max(count, 1)
+        if not np.isfinite(mean):
+            raise FloatingPointError(f"training diverged (mean loss {mean}); lower the lr")
+        return mean
+
+    def _sampler(self, examples: Examples):
+        from tasks.recommender.private import ShopperSampler
+
+        if getattr(self, "_sampled", None) is not examples:
+            self._sampled, self._shoppers = examples, ShopperSampler(examples)
+        return self._shoppers
+
     def weights(self) -> Weights:
         return state_to_numpy(self.model)
 
@@ -179,17 +234,24 @@ def train_local(
         trainer.restart(weights, settings)
     else:
         trainer = Trainer(config, features, weights, settings)
-        if settings.moment_warmup:
+        if settings.moment_warmup and settings.privacy is None:  # the warm-up is not private
             trainer.warm_up(examples, settings.moment_warmup)
     trainer.usable = False
-    if settings.max_examples is not None and settings.max_examples < len(examples):
-        pick = trainer.rng.choice(len(examples), settings.max_examples, replace=False)
-        examples = examples.take(pick)
-    losses = [trainer.run_epoch(examples, progress) for _ in range(settings.epochs)]
+    if settings.privacy is not None:
+        losses = [trainer.run_private(examples, settings.privacy)]
+        n_samples = round(
+            settings.privacy.rate * trainer._sampler(examples).shoppers * settings.privacy.steps
+        )  # fmt: skip (expected, not drawn: private)
+    else:
+        if settings.max_examples is not None and settings.max_examples < len(examples):
+            pick = trainer.rng.choice(len(examples), settings.max_examples, replace=False)
+            examples = examples.take(pick)
+        losses = [trainer.run_epoch(examples, progress) for _ in range(settings.epochs)]
+        n_samples = len(examples)
     trainer.usable = True
     return TrainResult(
         trainer.weights(),
-        len(examples),
+        n_samples,
         float(np.mean(losses)),
         time.perf_counter() - started,
         trainer,
