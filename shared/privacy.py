@@ -118,7 +118,10 @@ def read_budget(connection: redis.Redis, keys: Keys, region: str) -> Budget | No
 
 
 def budget_view(connection: redis.Redis, keys: Keys, region: str) -> dict:
-    budget = read_budget(connection, keys, region)
+    try:
+        budget = read_budget(connection, keys, region)
+    except BudgetUnreadable as exc:
+        return {**NOTHING_SPENT, "epsilon": float("nan"), "exhausted": True, "error": str(exc)}
     return dict(NOTHING_SPENT) if budget is None else budget.to_json()
 
 
@@ -171,9 +174,20 @@ def reserve(connection: redis.Redis, keys: Keys, region: str, job: DPSGD, delta:
                 continue
 
 
+class BudgetUnreadable(FedqError):
+    """A region's budget hash that does not parse: nothing may be spent from it (fail closed)."""
+
+
 def _parse(raw: dict[bytes, bytes]) -> Budget | None:
     if not raw:
         return None
+    try:
+        return _fields(raw)
+    except (ValueError, TypeError) as exc:
+        raise BudgetUnreadable(f"the privacy budget in Redis does not parse ({exc})") from None
+
+
+def _fields(raw: dict[bytes, bytes]) -> Budget:
     fields = {k.decode(errors="replace"): v.decode(errors="replace") for k, v in raw.items()}
     history: History = []
     for name, steps in fields.items():

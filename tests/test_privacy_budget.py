@@ -14,6 +14,8 @@ from shared.privacy import (
     DPSGD,
     RDP_ORDERS,
     BudgetSpent,
+    BudgetUnreadable,
+    budget_view,
     exhausted_regions,
     planned_noise,
     read_budget,
@@ -102,3 +104,13 @@ def test_a_mechanism_without_noise_or_outside_the_sampling_range_is_refused():
     for bad in ({"noise": 0.0}, {"rate": 0.0}, {"rate": 1.5}, {"steps": 0}, {"clip": -1.0}):
         with pytest.raises(ValueError, match="DP-SGD needs"):
             DPSGD(**{**JOB.__dict__, **bad})
+
+
+def test_a_garbled_budget_spends_nothing_and_says_so(r: redis.Redis):
+    """Only the region's user (or an admin) can write it; garbage there fails closed."""
+    r.hset(KEYS.privacy("me"), mapping={"steps 1.0 nonsense": "3", "epsilon": "x"})
+    with pytest.raises(BudgetUnreadable, match="does not parse"):
+        reserve(r, KEYS, "me", JOB, DELTA, 100.0)
+    view = budget_view(r, KEYS, "me")
+    assert view["exhausted"] and "does not parse" in view["error"]
+    assert r.hget(KEYS.privacy("me"), "jobs") is None  # nothing was spent

@@ -42,6 +42,7 @@ from worker.context import WorkerContext, install
 
 # the rejections stream's reasons for a job refused: not a fedq job, or past the budget
 JOB_REFUSED, BUDGET_SPENT = "job_refused", "budget_spent"
+SIZES_WAIT = 30.0  # seconds a DP worker waits for every region's data size to plan its share
 REFUSED_TTL = 86_400  # seconds a refused job stays in the failed registry, for operators
 # RQ job features fedq never uses: each names code to import, a URL to call or more jobs to run
 _JOB_EXTRAS = {
@@ -183,7 +184,7 @@ class FedqWorker(SimpleWorker):
         ctx = self.fedq_context
         if ctx is None or ctx.privacy is None or job.func_name != TRAIN_TASK:
             return None
-        from shared.privacy import BudgetSpent, reserve
+        from shared.privacy import BudgetSpent, BudgetUnreadable, reserve
 
         p = ctx.privacy
 
@@ -192,7 +193,7 @@ class FedqWorker(SimpleWorker):
 
         try:
             retry_redis(spend, Outage(ctx.say, f"worker {ctx.worker_id}"))
-        except BudgetSpent as exc:
+        except (BudgetSpent, BudgetUnreadable) as exc:  # unreadable: spend nothing, train nothing
             return str(exc), BUDGET_SPENT
         ctx.privacy_job = p.job
         return None
@@ -289,23 +290,40 @@ def prepare(
 
 
 def plan_privacy(connection: redis.Redis, keys: Keys, fed, task, data, region: str):
-    """This region's DP-SGD plan: its own data's shoppers and sampling rate, its share of the
-    federation's jobs (the announced data sizes, the way the dispatcher shares them out), and
-    the noise its budget already runs with if an earlier worker of the region chose it."""
-    from shared.privacy import read_budget, region_privacy
+    """This region's DP-SGD plan: its own data's shoppers and sampling rate, and the noise its
+    budget already runs with if an earlier worker of the region chose it, else the federation's
+    ``dp_noise``, else the multiplier that spends ``dp_epsilon`` over the region's share of the
+    jobs (the announced data sizes, shared out the way the dispatcher does)."""
+    from shared.privacy import BudgetUnreadable, read_budget, region_privacy
 
     if not hasattr(task, "private_job"):
         raise FedqError(f"task {fed.settings.task!r} has no DP-SGD (Task.private_job): run it "
                         "without --dp-clip/--dp-epsilon")  # fmt: skip
     job = task.private_job(data, fed.settings.task_settings)
-    announced = connection.mget([keys.data_size(r) for r in fed.regions])
-    known = {r: float(v) for r, v in zip(fed.regions, announced, strict=True) if v}
+    try:
+        budget = read_budget(connection, keys, region)
+    except BudgetUnreadable:  # every job will be refused, and say why, until it is repaired
+        budget = None
+    noise = budget.noise if budget is not None else None
+    share = 1.0
+    if noise is None and not fed.settings.dp_noise:
+        sizes = _announced_sizes(connection, keys, fed.regions)
+        share = sizes[region] / sum(sizes.values())
+    return region_privacy(fed.settings, job.units, job.rate, job.steps, share, noise)
+
+
+def _announced_sizes(connection: redis.Redis, keys: Keys, regions) -> dict[str, float]:
+    """Every region's announced data size, waiting a little for those not yet heard of (the
+    regions' workers start side by side); one still missing counts as the mean, as in dispatch."""
+    deadline = time.monotonic() + SIZES_WAIT
+    while True:
+        announced = connection.mget([keys.data_size(r) for r in regions])
+        known = {r: float(v) for r, v in zip(regions, announced, strict=True) if v}
+        if len(known) == len(regions) or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
     default = sum(known.values()) / len(known)
-    sizes = {r: known.get(r, default) for r in fed.regions}
-    budget = read_budget(connection, keys, region)
-    return region_privacy(fed.settings, job.units, job.rate, job.steps,
-                          sizes[region] / sum(sizes.values()),
-                          budget.noise if budget is not None else None)  # fmt: skip
+    return {r: known.get(r, default) for r in regions}
 
 
 def keep_alive(connection: redis.Redis, keys: Keys, name: str, ttl: float) -> threading.Event:
