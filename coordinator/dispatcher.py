@@ -65,6 +65,7 @@ class Dispatcher:
         self._swept_at = 0.0
         self._unpinned_at = 0.0
         self._seen_started: set[str] = set()  # in-flight jobs seen running at least once
+        self._open_regions: list[str] | None = None  # this tick's regions within their budget
         self.region_keys = (
             auth.load_keys(auth.key_dir(keys.namespace), fed.regions)
             if fed.settings.signed_updates else None
@@ -74,6 +75,7 @@ class Dispatcher:
 
     def tick(self) -> str | None:
         """Dispatch what is due; returns the reason to stop once a target is reached."""
+        self._open_regions = None  # the regions' budgets are read once a tick
         done = self.r.get(self.keys.done)
         if done:
             return done.decode()
@@ -147,8 +149,10 @@ class Dispatcher:
         budget (kept by their own workers, read-only here) is not spent."""
         if not self.s.dp_clip:
             return list(self.fed.regions)
-        spent = exhausted_regions(self.r, self.keys, self.fed.regions)
-        return [r for r in self.fed.regions if r not in spent]
+        if self._open_regions is None:
+            spent = exhausted_regions(self.r, self.keys, self.fed.regions)
+            self._open_regions = [r for r in self.fed.regions if r not in spent]
+        return self._open_regions
 
     def _aggregator_behind(self) -> bool:
         """Too many updates wait in the stream: hold new jobs until the aggregator catches up.
