@@ -382,9 +382,11 @@ def run(
     worked = False
     try:
         while True:
-            worker = FedqWorker(
-                [queue], connection=connection, serializer=SERIALIZER, name=context.worker_id
-            )
+            # RQ's worker names its connection on Redis as it is made (CLIENT SETNAME): Redis
+            # going away at that moment is an outage like any other, not the worker's end
+            worker = retry_redis(lambda: FedqWorker([queue], connection=connection,
+                                                    serializer=SERIALIZER,
+                                                    name=context.worker_id), outage)  # fmt: skip
             worker.fedq_keys = keys
             worker.fedq_context = context
             worker.log.addFilter(RQ_RETRY_LINES)
@@ -399,14 +401,20 @@ def run(
                 return worked
             if not _ride_out(connection, outage):
                 return worked
-            held = worker.fedq_job_id
-            status = connection.hget(Job.key_for(held), "status") if held else None
-            if status == b"started":
-                settle_abandoned(connection, keys, queue, held, worker.name)
-            else:
-                forget_worker(connection, worker.name)
+            retry_redis(lambda w=worker: _settle(connection, keys, queue, w), outage)
     finally:
         alive.set()
+
+
+def _settle(connection: redis.Redis, keys: Keys, queue: Queue, worker: FedqWorker) -> None:
+    """After an outage: put back the job RQ could not record the end of (same id), or forget the
+    worker RQ left registered; Redis may go again meanwhile (the caller retries)."""
+    held = worker.fedq_job_id
+    status = connection.hget(Job.key_for(held), "status") if held else None
+    if status == b"started":
+        settle_abandoned(connection, keys, queue, held, worker.name)
+    else:
+        forget_worker(connection, worker.name)
 
 
 def _reachable(connection: redis.Redis) -> bool:
