@@ -19,6 +19,7 @@ from shared.codec import Weights
 from shared.privacy import DPSGD
 from tasks.recommender.features import ItemFeatures
 from tasks.recommender.model import ModelConfig, Recommender, load_numpy_state, state_to_numpy
+from tasks.recommender.private import Batch, ShopperSampler
 from tasks.recommender.sequences import Examples
 
 
@@ -83,6 +84,8 @@ class Trainer:
             )
         self.usable = True  # False while a call runs: a failed call's moments are not carried
         self.noise = torch.Generator().manual_seed(secrets.randbits(63))  # DP noise: OS entropy
+        self._sampled: Examples | None = None
+        self._shoppers: ShopperSampler | None = None
         self.restart(weights, settings)
 
     def restart(self, weights: Weights, settings: TrainConfig) -> None:
@@ -166,7 +169,7 @@ class Trainer:
         Adam only ever sees noised gradients (post-processing keeps the guarantee)."""
         from opacus.optimizers import DPOptimizerFastGradientClipping
 
-        from tasks.recommender.private import Batch, clipping_weights
+        from tasks.recommender.private import clipping_weights
 
         sampler = self._sampler(examples)
         optimizer = DPOptimizerFastGradientClipping(
@@ -200,10 +203,9 @@ class Trainer:
             raise FloatingPointError(f"training diverged (mean loss {mean}); lower the lr")
         return mean
 
-    def _sampler(self, examples: Examples):
-        from tasks.recommender.private import ShopperSampler
-
-        if getattr(self, "_sampled", None) is not examples:
+    def _sampler(self, examples: Examples) -> ShopperSampler:
+        """The region's shoppers grouped once (a worker's jobs all sample the same examples)."""
+        if self._sampled is not examples:
             self._sampled, self._shoppers = examples, ShopperSampler(examples)
         return self._shoppers
 
@@ -239,9 +241,8 @@ def train_local(
     trainer.usable = False
     if settings.privacy is not None:
         losses = [trainer.run_private(examples, settings.privacy)]
-        n_samples = round(
-            settings.privacy.rate * trainer._sampler(examples).shoppers * settings.privacy.steps
-        )  # fmt: skip (expected, not drawn: private)
+        expected = settings.privacy.rate * trainer._sampler(examples).shoppers
+        n_samples = round(expected * settings.privacy.steps)  # expected, not drawn: private
     else:
         if settings.max_examples is not None and settings.max_examples < len(examples):
             pick = trainer.rng.choice(len(examples), settings.max_examples, replace=False)
@@ -259,5 +260,5 @@ def train_local(
 
 
 def _batch_loss(model: Recommender, batch: Examples) -> torch.Tensor:
-    return model.loss(*(torch.as_tensor(a) for a in (batch.history, batch.region, batch.time,
-                                                     batch.target)))  # fmt: skip
+    b = Batch.of(batch)
+    return model.loss(b.history, b.region, b.time, b.target)
