@@ -6,7 +6,9 @@ torch) just to print ``--help``. Library errors (``FedqError``, bad values) prin
 
 from __future__ import annotations
 
+import faulthandler
 import importlib
+import signal
 import sys
 
 import click
@@ -76,4 +78,7 @@ def cli() -> None:
 
 
 def main() -> None:
+    # any fedq process prints every thread's stack to stderr on SIGUSR1 (`kill -USR1 <pid>`):
+    # a role that seems stuck says where, and goes on
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     sys.exit(cli.main(prog_name="fedq"))

@@ -21,7 +21,7 @@ from rq import Retry
 from rq.job import Job
 
 from shared import auth
-from shared.abandoned import settle_abandoned, sweep_dead_workers
+from shared.abandoned import PARKED_AFTER, parked, settle_abandoned, sweep_dead_workers, unpark
 from shared.evaluations import latest_validation
 from shared.federation import Federation
 from shared.jobs import (
@@ -65,6 +65,7 @@ class Dispatcher:
         self._swept_at = 0.0
         self._unpinned_at = 0.0
         self._seen_started: set[str] = set()  # in-flight jobs seen running at least once
+        self._parked_since: dict[str, float] = {}  # taken from the queue, not started: since
         self._open_regions: list[str] | None = None  # this tick's regions within their budget
         self.region_keys = (
             auth.load_keys(auth.key_dir(keys.namespace), fed.regions)
@@ -211,8 +212,11 @@ class Dispatcher:
                 self._seen_started.discard(job_id)
                 held[job_id] = self.clock()
                 self.r.hset(key, job_id, f"{held[job_id]:.3f}")
+        self._unpark_lost(region, states, held)
         ended = [i for i, st in states.items() if st is None or st in FINAL_STATES]
         self._seen_started.difference_update(ended)
+        for job_id in ended:
+            self._parked_since.pop(job_id, None)
         if ended:
             with self.r.pipeline(transaction=False) as pipe:
                 pipe.hdel(key, *ended)
@@ -221,6 +225,29 @@ class Dispatcher:
                         self.queues[region].remove(job_id, pipeline=pipe)
                 pipe.execute()
         return {i: (st, held[i]) for i, st in states.items() if i not in ended}
+
+    def _unpark_lost(self, region: str, states: dict, held: dict[str, float]) -> None:
+        """Put back a job a worker took and never started (it died, or lost Redis, in between:
+        ``shared.abandoned.unpark``) once it has sat in the queue's intermediate list for
+        ``PARKED_AFTER`` seconds; only jobs queued that long are looked for there."""
+        now = self.clock()
+        waiting = [
+            i for i, st in states.items() if st == b"queued" and now - held[i] >= PARKED_AFTER
+        ]
+        if not waiting:
+            return
+        queue = self.queues[region]
+        in_list = parked(self.r, queue)
+        for job_id in waiting:
+            if job_id not in in_list:
+                self._parked_since.pop(job_id, None)
+                continue
+            since = self._parked_since.setdefault(job_id, now)
+            if now - since >= PARKED_AFTER:
+                del self._parked_since[job_id]
+                if unpark(self.r, queue, job_id):
+                    held[job_id] = now  # waits for a worker from now, like a new job
+                    self.r.hset(self.keys.inflight(region), job_id, f"{now:.3f}")
 
     def _enqueue_train(self, region: str, round_number: int | None) -> str:
         n = int(self.r.incr(self.keys.dispatched))

@@ -7,6 +7,13 @@ worker within ``worker_ttl`` seconds and do RQ's cleanup for that one job itself
 goes back on the queue while it has retries left (a re-run's update carries the same id, so if
 the dead worker had published it already, the aggregator drops the copy as a duplicate), and is
 marked failed in RQ's failed registry once it has none.
+
+A job can also be lost before it starts: RQ's dequeue moves its id from the queue to the queue's
+intermediate list, and only when the worker records the start does it leave that list for the
+started registry. A worker killed (or cut off from Redis) in between leaves the job ``queued``
+in no queue; RQ fails it after a maintenance pass and a minute. ``unpark`` puts it back at the
+front of its queue instead: the worker that knows it held the job does so after an outage, and
+the dispatcher for a job it sees parked across ``PARKED_AFTER`` seconds.
 """
 
 from __future__ import annotations
@@ -22,6 +29,28 @@ from rq.worker import Worker
 
 from shared.jobs import SERIALIZER
 from shared.keys import Keys
+
+# a job parked in the intermediate list this long is lost: a live worker records its start
+# within milliseconds of taking it (a second taker's run would only publish a duplicate)
+PARKED_AFTER = 10.0
+_UNPARK = """
+if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 1 then
+  redis.call('LPUSH', KEYS[2], ARGV[1])
+  return 1
+end
+return 0
+"""
+
+
+def unpark(connection: redis.Redis, queue: Queue, job_id: str) -> bool:
+    """Move ``job_id`` from ``queue``'s intermediate list back to the front of the queue, in one
+    step (True if it was parked there)."""
+    return bool(connection.eval(_UNPARK, 2, queue.intermediate_queue_key, queue.key, job_id))
+
+
+def parked(connection: redis.Redis, queue: Queue) -> set[str]:
+    """The ids in ``queue``'s intermediate list (taken by a worker, not yet started)."""
+    return {i.decode() for i in connection.lrange(queue.intermediate_queue_key, 0, -1)}
 
 
 def settle_abandoned(

@@ -89,3 +89,22 @@ def test_a_job_abandoned_more_often_than_max_retries_ends_failed(toy_data, redis
         # its slot went to a new job
         assert wait_until(lambda: r.hlen(keys.inflight("cn")) == 1
                           and not r.hexists(keys.inflight("cn"), victim), 10)  # fmt: skip
+
+
+def test_a_worker_that_lost_redis_before_starting_its_job_puts_it_back(toy_data, r):
+    """Redis went away between RQ's dequeue and the start's record: after the outage the worker
+    finds the job it held parked in the intermediate list, and puts it back on its queue."""
+    from coordinator.dispatcher import Dispatcher
+    from worker.process import FedqWorker, _settle
+
+    keys = Keys("parked")
+    fed = service.initialise(r, keys, toy_data, FederationSettings(task="toy", eval_every=0))
+    Dispatcher(r, keys, fed).tick()
+    queue = region_queue(r, keys, "cn")
+    job_id = queue.job_ids[0]
+    assert r.lmove(queue.key, queue.intermediate_queue_key) == job_id.encode()  # RQ's dequeue
+    worker = FedqWorker([queue], connection=r, serializer=SERIALIZER, name="cn.parked-test")
+    worker.fedq_job_id = job_id  # what execute_job holds until RQ recorded the job's end
+    _settle(r, keys, queue, worker)
+    assert queue.job_ids[0] == job_id and r.llen(queue.intermediate_queue_key) == 0
+    assert r.hget(Job.key_for(job_id), "status") == b"queued"

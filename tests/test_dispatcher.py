@@ -101,3 +101,52 @@ def test_draining_cancels_queued_jobs_but_not_one_a_worker_has_just_taken(r, toy
     assert r.exists(f"rq:job:{taken}") and r.hexists(keys.inflight("cn"), taken)
     assert not r.exists(f"rq:job:{waiting}")
     assert waiting not in [i.decode() for i in r.lrange(dispatcher.queues["us"].key, 0, -1)]
+
+
+def _one_job_for_cn(r, toy_data, now: list[float]):
+    """A dispatcher on ``now``'s clock that has queued one job for cn: (it, cn's queue, the id)."""
+    settings = FederationSettings(task="toy", inflight_per_region=1, eval_every=0)
+    fed = service.initialise(r, K, toy_data, settings)
+    dispatcher = Dispatcher(r, K, fed, clock=lambda: now[0])
+    dispatcher.tick()
+    job_id = next(k.decode() for k in r.hkeys(K.inflight("cn")))
+    return dispatcher, dispatcher.queues["cn"], job_id
+
+
+def test_a_job_taken_by_a_worker_that_died_before_starting_it_goes_back_on_its_queue(r, toy_data):
+    """RQ's dequeue parks the id in the queue's intermediate list until the start is recorded:
+    a worker killed in between leaves the job in no queue. Seen parked for PARKED_AFTER seconds
+    (twice, that long apart) it is put back at the front, and waits from then."""
+    from shared.abandoned import PARKED_AFTER
+
+    now = [1000.0]
+    dispatcher, queue, job_id = _one_job_for_cn(r, toy_data, now)
+    assert r.lmove(queue.key, queue.intermediate_queue_key) == job_id.encode()  # RQ's dequeue
+    now[0] += PARKED_AFTER / 2
+    dispatcher.reconcile("cn")
+    now[0] += PARKED_AFTER  # first looked for (queued this long): seen parked from now
+    dispatcher.reconcile("cn")
+    assert r.lrange(queue.intermediate_queue_key, 0, -1) == [job_id.encode()]
+    now[0] += PARKED_AFTER / 2
+    dispatcher.reconcile("cn")  # not parked long enough yet
+    assert r.llen(queue.key) == 0
+    now[0] += PARKED_AFTER / 2
+    assert dispatcher.reconcile("cn")[job_id] == (b"queued", now[0])
+    assert r.lrange(queue.key, 0, -1) == [job_id.encode()]
+    assert r.llen(queue.intermediate_queue_key) == 0
+    assert float(r.hget(K.inflight("cn"), job_id)) == now[0]
+    dispatcher.tick()  # still the region's one job in flight: no second one
+    assert r.hlen(K.inflight("cn")) == 1
+
+
+def test_a_queued_job_a_live_worker_just_took_is_left_alone(r, toy_data):
+    from shared.abandoned import PARKED_AFTER
+
+    now = [1000.0]
+    dispatcher, queue, job_id = _one_job_for_cn(r, toy_data, now)
+    now[0] += 2 * PARKED_AFTER  # waited long for a worker, in its queue
+    dispatcher.reconcile("cn")
+    r.lmove(queue.key, queue.intermediate_queue_key)  # a worker takes it now
+    now[0] += PARKED_AFTER / 2
+    dispatcher.reconcile("cn")
+    assert r.lrange(queue.intermediate_queue_key, 0, -1) == [job_id.encode()]

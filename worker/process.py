@@ -31,7 +31,7 @@ from rq.utils import now
 from rq.worker import SimpleWorker
 
 from shared import federation, streams
-from shared.abandoned import forget_worker, settle_abandoned
+from shared.abandoned import forget_worker, settle_abandoned, unpark
 from shared.errors import FedqError
 from shared.jobs import SERIALIZER, TASKS, TRAIN_TASK, JobSpec, region_queue
 from shared.keys import Keys
@@ -407,13 +407,15 @@ def run(
 
 
 def _settle(connection: redis.Redis, keys: Keys, queue: Queue, worker: FedqWorker) -> None:
-    """After an outage: put back the job RQ could not record the end of (same id), or forget the
-    worker RQ left registered; Redis may go again meanwhile (the caller retries)."""
+    """After an outage: put back the job RQ could not record the start or the end of (same id),
+    or forget the worker RQ left registered; Redis may go again meanwhile (the caller retries)."""
     held = worker.fedq_job_id
     status = connection.hget(Job.key_for(held), "status") if held else None
     if status == b"started":
         settle_abandoned(connection, keys, queue, held, worker.name)
     else:
+        if status == b"queued":  # taken, never started: parked in the intermediate list
+            unpark(connection, queue, held)
         forget_worker(connection, worker.name)
 
 
