@@ -46,15 +46,14 @@ def _plain_loss(model, batch: Batch, keep):
     return F.cross_entropy(logits, model.launch_rank[batch.target])
 
 
-def _autograd_norms(model, batch: Batch, keep, skip: tuple[str, ...] = ()) -> torch.Tensor:
+def _autograd_norms(model, batch: Batch, keep) -> torch.Tensor:
     norms = []
     for b in range(len(batch.target)):
         one = Batch(*(t[b : b + 1] for t in (batch.history, batch.region, batch.time,
                                               batch.target)))  # fmt: skip
         model.zero_grad()
         _plain_loss(model, one, keep).backward()
-        norms.append(torch.sqrt(sum((p.grad**2).sum() for n, p in model.named_parameters()
-                                    if n not in skip)))  # fmt: skip
+        norms.append(torch.sqrt(sum((p.grad**2).sum() for p in model.parameters())))
     return torch.stack(norms)
 
 
@@ -69,15 +68,6 @@ def test_example_gradient_norms_equal_each_examples_own_autograd(moved, dropout)
     assert fast.shape == (len(batch.target),)
     torch.testing.assert_close(fast, slow, rtol=1e-4, atol=1e-6)
     assert float(slow.std()) > 0.01 * float(slow.mean())  # the examples differ: a real check
-
-
-def test_gradient_norms_without_the_id_vectors_leave_exactly_their_part_out(moved):
-    model, _data, batch = moved
-    keep = torch.ones(model.config.n_items, 1)
-    without = example_gradient_norms(model, batch, keep, item_ids=False)
-    torch.testing.assert_close(without, _autograd_norms(model, batch, keep, ("item_id.weight",)),
-                               rtol=1e-4, atol=1e-6)  # fmt: skip
-    assert bool((without < example_gradient_norms(model, batch, keep)).all())
 
 
 def test_weighted_loss_is_the_weighted_sum_of_each_examples_gradient(moved):
@@ -136,20 +126,6 @@ def test_dp_jobs_move_the_model_and_their_noise_is_not_the_seeds(setup):
     assert any(not np.array_equal(first.weights[n], start[n]) for n in start)
     # same seed, same weights: a non-private job repeats exactly, a private one never does
     assert all(not np.array_equal(first.weights[n], second.weights[n]) for n in start)
-
-
-def test_a_dp_job_without_private_item_ids_leaves_them_as_they_were(setup):
-    from shared.privacy import DPSGD
-
-    moved_data, start = setup
-    start = {**start, "item_id.weight": np.full_like(start["item_id.weight"], 0.01)}
-    job = DPSGD(noise=1.0, clip=1.0, rate=0.2, steps=3)
-    result = _dp_job(moved_data, start, job, private_item_ids=False)
-    np.testing.assert_array_equal(result.weights["item_id.weight"], start["item_id.weight"])
-    assert not np.array_equal(result.weights["item_bias.weight"], start["item_bias.weight"])
-    # the same job with them private moves them: the check above could fail
-    again = _dp_job(moved_data, start, job)
-    assert not np.array_equal(again.weights["item_id.weight"], start["item_id.weight"])
 
 
 def test_the_noise_of_a_dp_step_has_the_stated_size(setup):

@@ -84,12 +84,9 @@ class _Pool(nn.Module):
 POOL = ("position", "attention.")
 
 
-def example_gradient_norms(
-    model: Recommender, batch: Batch, keep: torch.Tensor, item_ids: bool = True
-) -> torch.Tensor:
+def example_gradient_norms(model: Recommender, batch: Batch, keep: torch.Tensor) -> torch.Tensor:
     """The L2 norm (B,) of each example's gradient of its own loss over every parameter, with
-    ``keep`` that step's id dropout (n, 1; launch order); without ``item_ids`` the item id
-    vectors are not trained and their part is left out."""
+    ``keep`` that step's id dropout (n, 1; launch order)."""
     with torch.no_grad():
         items = model.launch_ordered_items(keep)
         ranks = torch.where(batch.history >= 0, model.launch_rank[batch.history.clamp(min=0)], -1)
@@ -116,7 +113,6 @@ def example_gradient_norms(
     # id vectors: keep_j * (g_bj u_b + the history's gradient at row j), squared and summed
     ids_sq = (users_sq * ((g * g) @ keep_w) + 2 * (keep_at * g_at * along_user).sum(1)
               + (gram * same_row * keep_at.unsqueeze(2)).sum((1, 2)))  # fmt: skip
-    ids_sq = ids_sq if item_ids else 0.0
     # attribute tables: their 0/1 matrix (items x table rows) carries the same gradient back
     attributes = model.launch_ordered_attributes
     a = g @ attributes[:width]
@@ -131,11 +127,9 @@ def example_gradient_norms(
     return (tower_sq + ids_sq + attr_sq + bias_sq + age_sq).clamp(min=0).sqrt().detach()
 
 
-def clipping_weights(
-    model: Recommender, batch: Batch, keep: torch.Tensor, clip: float, item_ids: bool = True
-):
+def clipping_weights(model: Recommender, batch: Batch, keep: torch.Tensor, clip: float):
     """Each example's factor (B,) that scales its gradient to norm ``clip`` at most."""
-    norms = example_gradient_norms(model, batch, keep, item_ids)
+    norms = example_gradient_norms(model, batch, keep)
     return clip / norms.clamp(min=clip)
 
 

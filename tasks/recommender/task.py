@@ -41,7 +41,6 @@ DEFAULTS: dict[str, Any] = {
     # DP-SGD (a federation with dp_clip): shoppers expected per step, and steps per job
     "dp_batch_size": 256,
     "dp_steps_per_job": 4,
-    "dp_item_ids": True,  # train the item id vectors under DP too
 }
 WARMUP_JOBS = 8  # a worker's first job gathers Adam's moments over this many jobs' batches
 
@@ -130,7 +129,6 @@ class RecommenderTask:
                 # a worker's first job: gather Adam's moments over eight jobs' worth of batches
                 moment_warmup=0 if step.whole_data else WARMUP_JOBS * -(-per_job // batch),
                 privacy=step.privacy,
-                private_item_ids=bool(settings["dp_item_ids"]),
             ),
             carried=state,
         )

@@ -39,9 +39,6 @@ class TrainConfig:
     threads: int = 1
     # DP-SGD (tasks/recommender/private.py): its steps replace the epochs; None: off
     privacy: DPSGD | None = None
-    # under DP-SGD, train the item id vectors too (False: they stay as the global model has
-    # them, and only attribute tables, item biases and the user tower take noised steps)
-    private_item_ids: bool = True
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -175,8 +172,6 @@ class Trainer:
         from tasks.recommender.private import clipping_weights
 
         sampler = self._sampler(examples)
-        ids = self.model.item_id.weight
-        ids.requires_grad_(self.settings.private_item_ids)
         optimizer = DPOptimizerFastGradientClipping(
             self.optimizer, noise_multiplier=dp.noise, max_grad_norm=dp.clip,
             expected_batch_size=dp.rate * sampler.shoppers, loss_reduction="mean",
@@ -192,18 +187,16 @@ class Trainer:
                 if len(picked):  # a Poisson batch can be empty: the step still adds noise
                     batch = Batch.of(examples.take(picked))
                     keep = self.model.id_keep()
-                    weights = clipping_weights(self.model, batch, keep, dp.clip,
-                                               item_ids=ids.requires_grad)  # fmt: skip
+                    weights = clipping_weights(self.model, batch, keep, dp.clip)
                     loss = self.model.loss(batch.history, batch.region, batch.time, batch.target,
                                            keep=keep, weights=weights)  # fmt: skip
                     loss.backward()
                     total += float(loss.detach() / weights.sum()) * len(picked)
                     count += len(picked)
                 for p in self.model.parameters():
-                    if p.grad is None and p.requires_grad:
+                    if p.grad is None:
                         p.grad = torch.zeros_like(p)
                 optimizer.step()
-        ids.requires_grad_(True)
         self.model.eval()
         mean = total / max(count, 1)
         if not np.isfinite(mean):
