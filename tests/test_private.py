@@ -9,7 +9,7 @@ from torch.nn import functional as F
 
 from tasks.recommender.local_data import load_region, load_shared
 from tasks.recommender.model import build, load_numpy_state, state_to_numpy
-from tasks.recommender.private import Batch, ShopperSampler, example_gradient_norms
+from tasks.recommender.private import Batch, ShopperSampler, shopper_gradient_norms
 from tasks.recommender.train import TrainConfig, train_local
 
 
@@ -46,13 +46,18 @@ def _plain_loss(model, batch: Batch, keep):
     return F.cross_entropy(logits, model.launch_rank[batch.target])
 
 
-def _autograd_norms(model, batch: Batch, keep) -> torch.Tensor:
+def _rows(batch: Batch, idx) -> Batch:
+    return Batch(*(t[idx] for t in (batch.history, batch.region, batch.time, batch.target)))
+
+
+def _autograd_norms(model, batch: Batch, keep, slots: torch.Tensor) -> torch.Tensor:
+    """Each shopper's gradient norm the slow way: autograd of her slots' weighted loss."""
+    n_shoppers, k = slots.shape
     norms = []
-    for b in range(len(batch.target)):
-        one = Batch(*(t[b : b + 1] for t in (batch.history, batch.region, batch.time,
-                                              batch.target)))  # fmt: skip
+    for s in range(n_shoppers):
         model.zero_grad()
-        _plain_loss(model, one, keep).backward()
+        sum(slots[s, i] * _plain_loss(model, _rows(batch, [s * k + i]), keep)
+            for i in range(k)).backward()  # fmt: skip
         norms.append(torch.sqrt(sum((p.grad**2).sum() for p in model.parameters())))
     return torch.stack(norms)
 
@@ -63,11 +68,33 @@ def test_example_gradient_norms_equal_each_examples_own_autograd(moved, dropout)
     torch.manual_seed(0)
     keep = model.id_keep() if dropout else torch.ones(model.config.n_items, 1)
     assert dropout == bool((keep == 0).any())
-    fast = example_gradient_norms(model, batch, keep)
-    slow = _autograd_norms(model, batch, keep)
+    one_each = torch.ones(len(batch.target), 1)
+    fast = shopper_gradient_norms(model, batch, keep, one_each)
+    slow = _autograd_norms(model, batch, keep, one_each)
     assert fast.shape == (len(batch.target),)
     torch.testing.assert_close(fast, slow, rtol=1e-4, atol=1e-6)
     assert float(slow.std()) > 0.01 * float(slow.mean())  # the examples differ: a real check
+
+
+@pytest.mark.parametrize("dropout", [False, True])
+def test_a_shoppers_gradient_norm_is_that_of_her_examples_weighted_sum(moved, dropout):
+    """Several examples a shopper, with history items in common between them (a shopper's
+    examples share most of their history): the pairwise terms are what is checked."""
+    model, data, _batch = moved
+    train = data.split.train
+    users, counts = np.unique(train.user, return_counts=True)
+    picked = [np.flatnonzero(train.user == u)[:3] for u in users[counts >= 3][:8]]
+    batch = Batch.of(train.take(np.concatenate(picked)))
+    slots = torch.tensor([[0.5, 0.3, 0.2], [1 / 3] * 3, [0.5, 0.5, 0.0], [1.0, 0.0, 0.0]] * 2)
+    torch.manual_seed(1)
+    keep = model.id_keep() if dropout else torch.ones(model.config.n_items, 1)
+    fast = shopper_gradient_norms(model, batch, keep, slots)
+    slow = _autograd_norms(model, batch, keep, slots)
+    torch.testing.assert_close(fast, slow, rtol=1e-4, atol=1e-6)
+    # a shopper's norm is not the weighted sum of her examples' own norms: a real check
+    alone = shopper_gradient_norms(model, batch, keep, torch.ones(len(batch.target), 1))
+    naive = (slots * alone.view(slots.shape)).sum(1)
+    assert float((naive - slow).abs().max()) > 1e-3 * float(slow.mean())
 
 
 def test_weighted_loss_is_the_weighted_sum_of_each_examples_gradient(moved):
@@ -91,21 +118,30 @@ def test_weighted_loss_is_the_weighted_sum_of_each_examples_gradient(moved):
         torch.testing.assert_close(fused[n], expected[n], rtol=1e-4, atol=1e-6, msg=n)
 
 
-def test_shopper_sampler_takes_at_most_one_example_per_shopper(moved):
+@pytest.mark.parametrize("per_shopper", [1, 4])
+def test_shopper_sampler_takes_up_to_k_distinct_examples_per_shopper(moved, per_shopper):
     _model, data, _batch = moved
     train = data.split.train
     sampler = ShopperSampler(train)
     assert sampler.shoppers == len(np.unique(train.user))
+    count = dict(zip(*np.unique(train.user, return_counts=True), strict=True))
     sizes = []
     for _ in range(50):
-        picked = sampler.draw(0.2)
-        users = train.user[picked]
-        assert len(np.unique(users)) == len(users)
-        sizes.append(len(picked))
+        rows, slots = sampler.draw(0.2, per_shopper)
+        assert rows.shape == (slots.size,) and slots.shape[1] == per_shopper
+        users = train.user[rows].reshape(slots.shape)
+        assert len(np.unique(users[:, 0])) == len(users)  # each shopper once
+        assert (users == users[:, :1]).all()  # a shopper's slots are hers
+        for shopper, row_ids, weights in zip(users[:, 0], rows.reshape(slots.shape), slots,
+                                             strict=True):  # fmt: skip
+            taken = min(count[shopper], per_shopper)
+            assert len(set(row_ids[:taken])) == taken  # without replacement
+            np.testing.assert_allclose(weights, [1 / taken] * taken + [0] * (per_shopper - taken))
+        sizes.append(len(slots))
     # Poisson sampling: the batch size varies around rate x shoppers
     assert abs(np.mean(sizes) / (0.2 * sampler.shoppers) - 1) < 0.1
     assert np.std(sizes) > 0
-    assert len(sampler.draw(0.0)) == 0 and len(sampler.draw(1.0)) == sampler.shoppers
+    assert len(sampler.draw(0.0)[1]) == 0 and len(sampler.draw(1.0)[1]) == sampler.shoppers
 
 
 def _dp_job(moved_data, start, privacy, **config):
@@ -114,12 +150,14 @@ def _dp_job(moved_data, start, privacy, **config):
                        TrainConfig(seed=7, privacy=privacy, **config))  # fmt: skip
 
 
-def test_dp_jobs_move_the_model_and_their_noise_is_not_the_seeds(setup):
+@pytest.mark.parametrize("per_shopper", [1, 4])
+def test_dp_jobs_move_the_model_and_their_noise_is_not_the_seeds(setup, per_shopper):
     from shared.privacy import DPSGD
 
     moved_data, start = setup
     job = DPSGD(noise=1.0, clip=1.0, rate=0.2, steps=3)
-    first, second = _dp_job(moved_data, start, job), _dp_job(moved_data, start, job)
+    first, second = (_dp_job(moved_data, start, job, dp_examples_per_shopper=per_shopper)
+                     for _ in range(2))  # fmt: skip
     assert np.isfinite(first.loss) and first.n_samples > 0
     for name in start:
         assert np.all(np.isfinite(first.weights[name])), name

@@ -283,8 +283,9 @@ def prepare(
     if fed.settings.dp_clip:
         context.privacy = plan_privacy(connection, keys, fed, task, data, region)
         p = context.privacy
-        (say or print)(f"DP-SGD: noise {p.job.noise:.3f}, clip {p.job.clip:g}, {p.job.steps} "
-                       f"steps a job at rate {p.job.rate:.4f}, delta {p.delta:.2g}, epsilon "
+        steps = f"{p.job.steps} step{'s' if p.job.steps != 1 else ''}"
+        (say or print)(f"DP-SGD: noise {p.job.noise:.3f}, clip {p.job.clip:g}, {steps} a job "
+                       f"at rate {p.job.rate:.4f}, delta {p.delta:.2g}, epsilon "
                        f"limit {p.limit:g}")  # fmt: skip
     return context
 

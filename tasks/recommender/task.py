@@ -41,6 +41,7 @@ DEFAULTS: dict[str, Any] = {
     # DP-SGD (a federation with dp_clip): shoppers expected per step, and steps per job
     "dp_batch_size": 256,
     "dp_steps_per_job": 4,
+    "dp_examples_per_shopper": 1,  # each sampled shopper's gradient is of this many examples' mean
 }
 WARMUP_JOBS = 8  # a worker's first job gathers Adam's moments over this many jobs' batches
 
@@ -75,10 +76,12 @@ class RecommenderTask:
     def settings(self, raw: Mapping[str, Any]) -> dict[str, Any]:
         s = check_settings(raw, DEFAULTS, self.name)
         if min(s["dim"], s["batch_size"], s["examples_per_job"], s["epochs"],
-               s["baseline_batch_size"], s["dp_batch_size"], s["dp_steps_per_job"]) < 1 \
+               s["baseline_batch_size"], s["dp_batch_size"], s["dp_steps_per_job"],
+               s["dp_examples_per_shopper"]) < 1 \
                 or s["lr"] <= 0 or s["prox_mu"] < 0:  # fmt: skip
             raise TaskError("recommender: dim, batch sizes, examples_per_job, epochs, "
-                            "dp_steps_per_job and lr must be positive, prox_mu >= 0")  # fmt: skip
+                            "dp_steps_per_job, dp_examples_per_shopper and lr must be positive, "
+                            "prox_mu >= 0")  # fmt: skip
         return s
 
     def describe(self, data_dir: Path) -> DataDescription:
@@ -129,6 +132,7 @@ class RecommenderTask:
                 # a worker's first job: gather Adam's moments over eight jobs' worth of batches
                 moment_warmup=0 if step.whole_data else WARMUP_JOBS * -(-per_job // batch),
                 privacy=step.privacy,
+                dp_examples_per_shopper=settings["dp_examples_per_shopper"],
             ),
             carried=state,
         )

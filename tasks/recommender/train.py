@@ -39,6 +39,8 @@ class TrainConfig:
     threads: int = 1
     # DP-SGD (tasks/recommender/private.py): its steps replace the epochs; None: off
     privacy: DPSGD | None = None
+    # under DP-SGD, the examples each sampled shopper contributes (her gradient is of their mean)
+    dp_examples_per_shopper: int = 1
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -50,7 +52,7 @@ class TrainConfig:
             raise ValueError(f"bad training settings: {self}")
         if self.optimizer not in ("adam", "sgd"):
             raise ValueError(f"unknown optimizer {self.optimizer!r}; choose adam or sgd")
-        if self.moment_warmup < 0:
+        if self.moment_warmup < 0 or self.dp_examples_per_shopper < 1:
             raise ValueError(f"bad training settings: {self}")
 
 
@@ -183,16 +185,17 @@ class Trainer:
             torch.manual_seed(int(self.rng.integers(2**31)))  # id dropout follows the seed
             for _ in range(dp.steps):
                 optimizer.zero_grad(set_to_none=True)
-                picked = sampler.draw(dp.rate)
-                if len(picked):  # a Poisson batch can be empty: the step still adds noise
+                picked, slots = sampler.draw(dp.rate, self.settings.dp_examples_per_shopper)
+                if len(slots):  # a Poisson batch can be empty: the step still adds noise
                     batch = Batch.of(examples.take(picked))
                     keep = self.model.id_keep()
-                    weights = clipping_weights(self.model, batch, keep, dp.clip)
+                    weights = clipping_weights(self.model, batch, keep, torch.as_tensor(slots),
+                                               dp.clip)  # fmt: skip
                     loss = self.model.loss(batch.history, batch.region, batch.time, batch.target,
                                            keep=keep, weights=weights)  # fmt: skip
                     loss.backward()
-                    total += float(loss.detach() / weights.sum()) * len(picked)
-                    count += len(picked)
+                    total += float(loss.detach() / weights.sum()) * len(slots)
+                    count += len(slots)
                 for p in self.model.parameters():
                     if p.grad is None:
                         p.grad = torch.zeros_like(p)
