@@ -64,7 +64,7 @@ def test_a_region_without_workers_expires_its_jobs_and_resumes_when_one_joins(
         assert wait_until(late_worked, 120)
         # the jp worker leaves (SIGTERM: finishes its job): jp stalls again without piling up
         joined.send_signal(signal.SIGTERM)
-        assert joined.wait(timeout=120) == 0
+        assert joined.wait(timeout=120) == 0, fleet.log(joined)
         assert wait_until(lambda: r.llen(jp.key) == settings.inflight_per_region, 30)
         wait_until(lambda: False, 7)  # two more queue_ttl periods
         assert r.llen(jp.key) <= settings.inflight_per_region

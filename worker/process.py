@@ -403,6 +403,8 @@ def run(
             if not _ride_out(connection, outage):
                 return worked
             retry_redis(lambda w=worker: _settle(connection, keys, queue, w), outage)
+    except StopRequested:  # SIGTERM between two of RQ's loops: RQ's handler is still installed
+        return worked
     finally:
         alive.set()
 
