@@ -23,10 +23,16 @@ from cli.options import data_option, open_redis, redis_options, wait_option
 @click.option("--task", "task_name", default=None,
               help="The federation's task, if it is not built in (module:attr or file.py): a "
                    "worker runs no other task than a built-in one or this.")  # fmt: skip
+@click.option("--max-epsilon", type=click.FloatRange(min=0, min_open=True), default=None,
+              envvar="FEDQ_MAX_EPSILON",
+              help="This region's own cap on its privacy budget: the worker trains only with "
+                   "DP-SGD and its region spends at most this epsilon, whatever the "
+                   "federation's settings say.")  # fmt: skip
 @wait_option
 @redis_options
 def worker(region: str, data_dir: Path, burst: bool, slowdown: float, task_name: str | None,
-           wait: float, redis_url: str | None, namespace: str) -> None:  # fmt: skip
+           max_epsilon: float | None, wait: float, redis_url: str | None,
+           namespace: str) -> None:  # fmt: skip
     """Run an RQ worker on REGION's queue, training on the region's own data."""
     from worker import process
 
@@ -34,4 +40,5 @@ def worker(region: str, data_dir: Path, burst: bool, slowdown: float, task_name:
                                    user=lambda users: users.worker(region),
                                    socket_timeout=process.RQ_SOCKET_TIMEOUT)  # fmt: skip
     process.run(connection, keys, region, data_dir, burst=burst, slowdown=slowdown, wait=wait,
-                say=lambda m: click.echo(m, err=True), task=task_name)  # fmt: skip
+                say=lambda m: click.echo(m, err=True), task=task_name,
+                max_epsilon=max_epsilon)  # fmt: skip

@@ -224,16 +224,19 @@ def planned_jobs(mode: str, target_versions: int, buffer_size: int, inflight: in
     return math.ceil(updates * share * PLAN_SLACK) + inflight + 1
 
 
-def region_privacy(settings, units: int, rate: float, steps: int, share: float,
-                   noise: float | None = None) -> RegionPrivacy:  # fmt: skip
+def region_privacy(
+    settings, units: int, rate: float, steps: int, share: float,
+    noise: float | None = None, cap: float | None = None,
+) -> RegionPrivacy:  # fmt: skip
     """The region's plan from the federation's DP settings and its own data (``units``
     shoppers, sampled at ``rate``, ``steps`` a job); ``noise``: the multiplier the region's
-    budget already runs with (its first worker chose it), kept."""
+    budget already runs with (its first worker chose it), kept; ``cap``: the region's own
+    bound on its epsilon (``fedq worker --max-epsilon``), which no federation setting lifts."""
     delta = settings.dp_delta or DELTA_SHARE / units
-    limit = settings.dp_epsilon or math.inf
+    limit = min(settings.dp_epsilon or math.inf, math.inf if cap is None else cap)
     if noise is None:
         noise = settings.dp_noise or planned_noise(
-            settings.dp_epsilon, delta, rate,
+            limit, delta, rate,
             planned_jobs(settings.mode, settings.target_versions, settings.buffer_size,
                          settings.inflight_per_region, share) * steps,
         )  # fmt: skip

@@ -30,30 +30,39 @@ def _cn_job(small_data, settings: FederationSettings) -> DPSGD:
     return DPSGD(settings.dp_noise, settings.dp_clip, plan.rate, plan.steps)
 
 
-def test_a_region_past_its_budget_refuses_its_jobs_and_gets_no_more(small_data, redis_server, r):
+@pytest.mark.parametrize("capped_by", ["federation", "region"])
+def test_a_region_past_its_budget_refuses_its_jobs_and_gets_no_more(
+    small_data, redis_server, r, capped_by
+):
+    """The budget is the federation's ``dp_epsilon``, or the region's own lower cap (``fedq
+    worker --max-epsilon``) under a federation that would allow a hundred times more."""
     base = FederationSettings(dp_clip=1.0, dp_noise=1.0, eval_every=0, target_versions=0)
     job = _cn_job(small_data, base)
     delta = 1e-5
     two, three = (spent_epsilon([job.entry] * n, delta) for n in (2, 3))
-    settings = FederationSettings(**{**base.__dict__, "dp_epsilon": (two + three) / 2,
-                                     "dp_delta": delta})  # fmt: skip
+    limit = (two + three) / 2
+    settings = FederationSettings(**{**base.__dict__, "dp_delta": delta,
+                                     "dp_epsilon": limit if capped_by == "federation"
+                                     else 100 * limit})  # fmt: skip
+    cap = () if capped_by == "federation" else ("--max-epsilon", str(limit))
     service.initialise(r, K, small_data, settings)
     queue = Queue(K.queue("cn"), connection=r, serializer=SERIALIZER)
     spec = JobSpec(kind="train", region="cn").to_json()
     for n in range(4):
         queue.enqueue(TRAIN_TASK, spec, job_id=f"cn-dp{n}")
     with Fleet(redis_server.url, K.namespace, small_data) as fleet:
-        worker = fleet.worker("cn", "--burst")
+        worker = fleet.worker("cn", "--burst", *cap)
         assert worker.wait(timeout=180) == 0, fleet.log(worker)
         log = fleet.log(worker)
         assert "Traceback" not in log and "DP-SGD: noise 1.000" in log
+        assert f"epsilon limit {limit:g}" in log
         # a restarted worker continues the region's budget: its job is refused as well
         queue.enqueue(TRAIN_TASK, spec, job_id="cn-dp4")
-        again = fleet.worker("cn", "--burst")
+        again = fleet.worker("cn", "--burst", *cap)
         assert again.wait(timeout=180) == 0, fleet.log(again)
     budget = read_budget(r, K, "cn")
     assert budget.jobs == 2 and budget.exhausted
-    assert budget.epsilon == pytest.approx(two) and budget.epsilon <= settings.dp_epsilon
+    assert budget.epsilon == pytest.approx(two) and budget.epsilon <= limit
     assert budget.history == [(job.noise, job.rate, 2 * job.steps)] and budget.delta == delta
     refused = {f[b"id"].decode(): f[b"detail"].decode() for _, f in r.xrange(K.rejections)
                if f[b"reason"] == b"budget_spent"}  # fmt: skip
@@ -67,6 +76,17 @@ def test_a_region_past_its_budget_refuses_its_jobs_and_gets_no_more(small_data, 
     Dispatcher(r, K, fed).tick()
     assert queue.count == 0
     assert Queue(K.queue("us"), connection=r, serializer=SERIALIZER).count > 0
+
+
+def test_a_worker_with_a_privacy_cap_will_not_train_without_dp(toy_data, redis_server, r):
+    keys = Keys("nocap")
+    service.initialise(r, keys, toy_data, FederationSettings(task="toy", eval_every=0))
+    with Fleet(redis_server.url, keys.namespace, toy_data) as fleet:
+        worker = fleet.worker("cn", "--burst", "--max-epsilon", "2")
+        assert worker.wait(timeout=120) == 1
+        log = fleet.log(worker)
+    assert "Traceback" not in log
+    assert "at most epsilon 2" in log and "trains without DP-SGD" in log
 
 
 def test_a_dp_run_reports_each_regions_epsilon_within_its_budget(

@@ -19,6 +19,7 @@ from shared.privacy import (
     exhausted_regions,
     planned_noise,
     read_budget,
+    region_privacy,
     reserve,
     spent_epsilon,
 )
@@ -114,3 +115,19 @@ def test_a_garbled_budget_spends_nothing_and_says_so(r: redis.Redis):
     view = budget_view(r, KEYS, "me")
     assert view["exhausted"] and "does not parse" in view["error"]
     assert r.hget(KEYS.privacy("me"), "jobs") is None  # nothing was spent
+
+
+def test_a_regions_own_cap_bounds_its_plan_below_the_federations_budget():
+    from shared.settings import FederationSettings
+
+    planned = FederationSettings(dp_clip=1.0, dp_epsilon=8.0, target_versions=600)
+    free = region_privacy(planned, units=5000, rate=0.05, steps=4, share=0.2)
+    capped = region_privacy(planned, units=5000, rate=0.05, steps=4, share=0.2, cap=2.0)
+    assert free.limit == 8.0 and capped.limit == 2.0
+    assert capped.job.noise > free.job.noise  # planned to spend only the cap by the target
+    # a cap above the federation's budget changes nothing
+    assert region_privacy(planned, 5000, 0.05, 4, 0.2, cap=50.0) == free
+    # with the federation's noise and no budget of its own, the cap is the region's budget
+    noise_only = FederationSettings(dp_clip=1.0, dp_noise=1.3, target_versions=600)
+    assert region_privacy(noise_only, 5000, 0.05, 4, 0.2).limit == float("inf")
+    assert region_privacy(noise_only, 5000, 0.05, 4, 0.2, cap=3.0).limit == 3.0

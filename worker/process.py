@@ -244,6 +244,7 @@ def prepare(
     wait: float = 60.0,
     say=None,
     task: str | None = None,
+    max_epsilon: float | None = None,
 ) -> WorkerContext:
     """Check the region and the data's public part against the federation, load the region's
     data through the federation's task, set the context.
@@ -280,8 +281,12 @@ def prepare(
     install(context)
     # a count, not data: lets the dispatcher give each region its share of the work
     connection.set(keys.data_size(region), task.data_size(data))
+    if max_epsilon is not None and not fed.settings.dp_clip:
+        raise FedqError(f"this worker spends at most epsilon {max_epsilon:g} of its region's "
+                        "privacy (--max-epsilon) and the federation trains without DP-SGD "
+                        "(start it with --dp-epsilon)")  # fmt: skip
     if fed.settings.dp_clip:
-        context.privacy = plan_privacy(connection, keys, fed, task, data, region)
+        context.privacy = plan_privacy(connection, keys, fed, task, data, region, max_epsilon)
         p = context.privacy
         steps = f"{p.job.steps} step{'s' if p.job.steps != 1 else ''}"
         (say or print)(f"DP-SGD: noise {p.job.noise:.3f}, clip {p.job.clip:g}, {steps} a job "
@@ -290,11 +295,13 @@ def prepare(
     return context
 
 
-def plan_privacy(connection: redis.Redis, keys: Keys, fed, task, data, region: str):
+def plan_privacy(connection: redis.Redis, keys: Keys, fed, task, data, region: str,
+                 cap: float | None = None):  # fmt: skip
     """This region's DP-SGD plan: its own data's shoppers and sampling rate, and the noise its
     budget already runs with if an earlier worker of the region chose it, else the federation's
-    ``dp_noise``, else the multiplier that spends ``dp_epsilon`` over the region's share of the
-    jobs (the announced data sizes, shared out the way the dispatcher does)."""
+    ``dp_noise``, else the multiplier that spends ``dp_epsilon`` (or the region's own ``cap``,
+    if lower) over the region's share of the jobs (the announced data sizes, shared out the
+    way the dispatcher does)."""
     from shared.privacy import BudgetUnreadable, read_budget, region_privacy
 
     if not hasattr(task, "private_job"):
@@ -310,7 +317,7 @@ def plan_privacy(connection: redis.Redis, keys: Keys, fed, task, data, region: s
     if noise is None and not fed.settings.dp_noise:
         sizes = _announced_sizes(connection, keys, fed.regions)
         share = sizes[region] / sum(sizes.values())
-    return region_privacy(fed.settings, job.units, job.rate, job.steps, share, noise)
+    return region_privacy(fed.settings, job.units, job.rate, job.steps, share, noise, cap)
 
 
 def _announced_sizes(connection: redis.Redis, keys: Keys, regions) -> dict[str, float]:
@@ -359,6 +366,7 @@ def run(
     task: str | None = None,
     wait: float = 60.0,
     say=None,
+    max_epsilon: float | None = None,
 ) -> bool:
     """Work the region's queue until SIGTERM (or, with ``burst``, until it is empty).
 
@@ -373,7 +381,8 @@ def run(
     outage = Outage(say, f"worker {worker_name(region)}")
     # Redis away while the worker starts (it loads torch and its data for seconds): wait too
     context = retry_redis(
-        lambda: prepare(connection, keys, region, data_dir, slowdown, wait, say, task), outage
+        lambda: prepare(connection, keys, region, data_dir, slowdown, wait, say, task, max_epsilon),
+        outage,
     )
     if say is not None:
         context.say = say
