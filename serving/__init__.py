@@ -1,0 +1,1 @@
+"""The regional online service: the newest federated model, served in the region."""

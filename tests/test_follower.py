@@ -1,0 +1,130 @@
+"""The regional service's model follower against a real Redis and a real aggregator: it serves
+the newest version, swaps only a model that passed, keeps serving through a bad blob and an
+outage."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+import redis
+
+from coordinator import service
+from coordinator.aggregator import Aggregator
+from serving.follower import ModelFollower, SwapPolicy
+from shared.codec import Model, encode_model
+from shared.keys import Keys
+from shared.redis_server import RedisServer
+from shared.settings import FederationSettings
+from shared.store import ModelStore
+from tests.fleet import wait_until
+from tests.updates import publish
+
+K = Keys("follow")
+
+
+def _federation(r, toy_data) -> Aggregator:
+    """A toy federation and its aggregator (version 0 in Redis)."""
+    fed = service.initialise(r, K, toy_data, FederationSettings(task="toy", eval_every=0))
+    return Aggregator(r, K, fed)
+
+
+def _follower(r, aggregator, **kwargs) -> ModelFollower:
+    """A follower whose "model" is a copy of the weights, checked against version 0's."""
+    template = {k: np.array(v) for k, v in aggregator.weights.items()}
+    return ModelFollower(r, K, template, lambda w: {k: np.array(v) for k, v in w.items()},
+                         **kwargs)  # fmt: skip
+
+
+def _commit(r, aggregator: Aggregator, step: float) -> int:
+    delta = {k: np.full(v.shape, step, np.float32) for k, v in aggregator.weights.items()}
+    publish(r, K, "cn", aggregator.version, delta)
+    aggregator.step(block_ms=100)
+    return aggregator.version
+
+
+def test_it_serves_the_newest_version_and_the_weights_are_that_versions(r, toy_data):
+    aggregator = _federation(r, toy_data)
+    follower = _follower(r, aggregator)
+    assert follower.check() and follower.served.version == 0
+    assert not follower.check()  # nothing new
+    for i in range(3):
+        version = _commit(r, aggregator, 0.01 * (i + 1))
+    assert follower.check() and follower.served.version == version == 3
+    stored = ModelStore(r, K).read(3).weights
+    for name, value in stored.items():
+        np.testing.assert_array_equal(follower.served.model[name], value)
+    assert follower.swaps == 2
+
+
+@pytest.mark.parametrize("bad", ["shape", "nan", "garbage", "other version"])
+def test_a_bad_blob_is_refused_and_the_old_model_keeps_serving(r, toy_data, bad):
+    aggregator = _federation(r, toy_data)
+    follower = _follower(r, aggregator)
+    follower.check()
+    before = follower.served
+    name, value = next(iter(aggregator.weights.items()))
+    weights = {k: np.array(v) for k, v in aggregator.weights.items()}
+    if bad == "shape":
+        weights[name] = np.zeros((*value.shape, 2), np.float32)
+    elif bad == "nan":
+        weights[name] = np.full(value.shape, np.nan, np.float32)
+    blob = (b"\x93not a model" if bad == "garbage"
+            else encode_model(Model(7 if bad == "other version" else 1, weights)))  # fmt: skip
+    r.set(K.model(1), blob)  # what a compromised writer could leave behind
+    r.set(K.version, 1)
+    assert not follower.check()
+    assert follower.served is before and 1 in follower.refused
+    expected = {"shape": name, "nan": "non-finite", "garbage": "does not decode",
+                "other version": "says version 7"}[bad]  # fmt: skip
+    assert expected in follower.refused[1]
+    assert not follower.check()  # refused once and for all: not read again
+    # the next good version is served
+    good = encode_model(Model(2, {k: np.array(v) + 1 for k, v in aggregator.weights.items()}))
+    r.set(K.model(2), good)
+    r.set(K.version, 2)
+    assert follower.check() and follower.served.version == 2
+
+
+def test_at_most_one_swap_per_interval_then_the_newest(r, toy_data):
+    aggregator = _federation(r, toy_data)
+    now = [100.0]
+    follower = _follower(r, aggregator, policy=SwapPolicy(min_interval=10), clock=lambda: now[0])
+    assert follower.check() and follower.served.version == 0
+    _commit(r, aggregator, 0.01)
+    now[0] += 5
+    assert not follower.check() and follower.served.version == 0
+    _commit(r, aggregator, 0.02)
+    now[0] += 5
+    assert follower.check() and follower.served.version == 2  # the newest, not the next
+
+
+def test_running_it_follows_each_commit_and_rides_out_an_outage(toy_data, tmp_path):
+    server = RedisServer(tmp_path / "redis").start()
+    stop = threading.Event()
+    try:
+        r = redis.Redis.from_url(server.url)
+        aggregator = _federation(r, toy_data)
+        follower = _follower(r, aggregator)
+        thread = threading.Thread(target=follower.run, args=(stop, 30.0))  # the commits wake it
+        thread.start()
+        assert wait_until(lambda: follower.served is not None, 10)
+        version = _commit(r, aggregator, 0.01)
+        # woken by the commit: its own timer is 30 s
+        assert wait_until(lambda: follower.served.version == version, 10)
+        port = server.port
+        server.stop()
+        assert wait_until(lambda: not follower.redis_ok, 40)
+        assert follower.served.version == version  # still serving the last model
+        server = RedisServer(tmp_path / "redis", port=port).start()
+        r = redis.Redis.from_url(server.url)
+        assert wait_until(lambda: follower.redis_ok, 40)
+        aggregator = Aggregator(r, K, aggregator.fed)
+        newer = _commit(r, aggregator, 0.02)
+        assert wait_until(lambda: follower.served.version == newer, 40)
+    finally:
+        stop.set()
+        server.stop()
+    thread.join(timeout=40)
+    assert not thread.is_alive()
