@@ -24,7 +24,7 @@ from cli.options import data_option, open_redis, redis_options, wait_option
               help="The federation's task, if it is not built in (module:attr or file.py): a "
                    "worker runs no other task than a built-in one or this.")  # fmt: skip
 @click.option("--max-epsilon", type=click.FloatRange(min=0, min_open=True), default=None,
-              envvar="FEDQ_MAX_EPSILON",
+              envvar="FEDQ_MAX_EPSILON", callback=lambda _c, _p, v: _finite_cap(v),
               help="This region's own cap on its privacy budget: the worker trains only with "
                    "DP-SGD and its region spends at most this epsilon, whatever the "
                    "federation's settings say.")  # fmt: skip
@@ -42,3 +42,12 @@ def worker(region: str, data_dir: Path, burst: bool, slowdown: float, task_name:
     process.run(connection, keys, region, data_dir, burst=burst, slowdown=slowdown, wait=wait,
                 say=lambda m: click.echo(m, err=True), task=task_name,
                 max_epsilon=max_epsilon)  # fmt: skip
+
+
+def _finite_cap(value: float | None) -> float | None:
+    """A cap of NaN or infinity would silently cap nothing: say so instead."""
+    import math
+
+    if value is not None and not math.isfinite(value):
+        raise click.BadParameter(f"{value} is not a finite epsilon", param_hint="--max-epsilon")
+    return value

@@ -7,6 +7,7 @@ the aggregator and the workers read them from there, so every process of a feder
 from __future__ import annotations
 
 import json
+import math
 import tomllib
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -77,6 +78,11 @@ class FederationSettings:
 
     def __post_init__(self) -> None:
         problems = []
+        # NaN passes every comparison below (a budget of NaN would cap nothing): refuse it first
+        unbounded = [f.name for f in fields(self) if isinstance(getattr(self, f.name), float)
+                     and not math.isfinite(getattr(self, f.name))]  # fmt: skip
+        if unbounded:
+            problems.append(f"{', '.join(unbounded)} must be finite (not NaN or infinite)")
         if self.mode not in MODES:
             problems.append(f"mode {self.mode!r} (choose {', '.join(MODES)})")
         if self.staleness not in STALENESS_FUNCTIONS:

@@ -301,6 +301,8 @@ def check_settings(raw: Mapping[str, Any], defaults: Mapping[str, Any], task: st
             value, ok = float(value), True
         if not ok:
             raise TaskError(f"task {task!r}: setting {key} = {value!r} is not a {want.__name__}")
+        if want is float and not math.isfinite(value):  # NaN passes every bound a task checks
+            raise TaskError(f"task {task!r}: setting {key} = {value!r} is not a finite number")
         out[key] = value
     return out
 

@@ -29,6 +29,9 @@ def test_toml_then_flags_override(tmp_path):
         ("alpha = 2.0\n", "alpha 2.0"),
         ("mode = \n", "not valid TOML"),
         ("task_settings = 3\n", "must be a table"),
+        # TOML has nan and inf: a budget of NaN would pass every bound and cap nothing
+        ("dp_clip = 1.0\ndp_epsilon = nan\n", "dp_epsilon must be finite"),
+        ("time_budget = inf\n", "time_budget must be finite"),
     ],
 )
 def test_bad_settings_name_the_problem(tmp_path, text, needle):
@@ -52,6 +55,7 @@ def test_another_task_starts_from_its_own_defaults(tmp_path):
         ("recommender", {"lr": "fast"}, "not a float"),
         ("recommender", {"dim": 0}, "must be positive"),
         ("toy", {"epochs": True}, "not a int"),
+        ("recommender", {"lr": float("nan")}, "not a finite number"),
     ],
 )
 def test_a_task_refuses_settings_it_does_not_have(task, raw, needle):
