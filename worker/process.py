@@ -258,6 +258,10 @@ def prepare(
                         "start the worker with --task naming it to run it")  # fmt: skip
     if region not in fed.regions:
         raise FedqError(f"unknown region {region!r}; the federation has: {', '.join(fed.regions)}")
+    if max_epsilon is not None and not fed.settings.dp_clip:
+        raise FedqError(f"this worker spends at most epsilon {max_epsilon:g} of its region's "
+                        "privacy (--max-epsilon) and the federation trains without DP-SGD "
+                        "(start it with --dp-epsilon)")  # fmt: skip
     task = load_task(fed.settings.task)
     federation.check_data(fed, task, data_dir)
     data = task.load_region(data_dir, region)
@@ -281,10 +285,6 @@ def prepare(
     install(context)
     # a count, not data: lets the dispatcher give each region its share of the work
     connection.set(keys.data_size(region), task.data_size(data))
-    if max_epsilon is not None and not fed.settings.dp_clip:
-        raise FedqError(f"this worker spends at most epsilon {max_epsilon:g} of its region's "
-                        "privacy (--max-epsilon) and the federation trains without DP-SGD "
-                        "(start it with --dp-epsilon)")  # fmt: skip
     if fed.settings.dp_clip:
         context.privacy = plan_privacy(connection, keys, fed, task, data, region, max_epsilon)
         p = context.privacy
