@@ -105,6 +105,10 @@ class FederationSettings:
             problems.append("dp_clip needs dp_epsilon (a budget to plan the noise for) or dp_noise")
         if self.dp_clip and not self.dp_noise and not self.target_versions:
             problems.append("dp_epsilon without dp_noise needs target_versions (to plan for)")
+        if min(self.job_timeout, self.queue_ttl) < 1 or self.round_deadline <= 0:
+            problems.append("job_timeout and queue_ttl must be >= 1 second, round_deadline > 0")
+        if min(self.stall_after, self.time_budget, self.eval_every, self.target_versions) < 0:
+            problems.append("stall_after, time_budget, eval_every and target_versions >= 0")
         if self.worker_ttl < 2 or self.max_retries < 0:
             problems.append("worker_ttl must be >= 2 seconds and max_retries >= 0")
         if self.encoding not in ENCODINGS:

@@ -32,6 +32,9 @@ def test_toml_then_flags_override(tmp_path):
         # TOML has nan and inf: a budget of NaN would pass every bound and cap nothing
         ("dp_clip = 1.0\ndp_epsilon = nan\n", "dp_epsilon must be finite"),
         ("time_budget = inf\n", "time_budget must be finite"),
+        ("job_timeout = -5.0\n", "job_timeout and queue_ttl must be >= 1 second"),
+        ("round_deadline = 0.0\n", "round_deadline > 0"),
+        ("eval_every = -1\n", "eval_every and target_versions >= 0"),
     ],
 )
 def test_bad_settings_name_the_problem(tmp_path, text, needle):
