@@ -24,7 +24,7 @@ from shared.resilience import REDIS_DOWN, Outage
 from shared.settings import FederationSettings
 from shared.store import ModelStore
 from shared.streams import CommitWatch
-from tasks.api import load_task
+from tasks.api import load_task, require_private
 
 
 def initialise(
@@ -41,6 +41,8 @@ def initialise(
     if fed is None:  # a new federation: of the settings' task
         task = load_task(settings.task)
         settings = replace(settings, task_settings=task.settings(settings.task_settings))
+        if settings.dp_clip:  # before the record: every worker would refuse it
+            require_private(task, settings.task)
         described = task.describe(data_dir)
         # version 0 before the record: a role that finds the record finds a model too
         _initial_model(connection, keys, task, data_dir, settings)

@@ -286,6 +286,13 @@ def _module_from_file(path: Path):
     return module
 
 
+def require_private(task: Task, name: str) -> None:
+    """TaskError unless ``task`` can train with DP-SGD (a federation with ``dp_clip``)."""
+    if not hasattr(task, "private_job"):
+        raise TaskError(f"task {name!r} has no DP-SGD (Task.private_job): run it without "
+                        "--dp-clip/--dp-epsilon")  # fmt: skip
+
+
 def check_settings(raw: Mapping[str, Any], defaults: Mapping[str, Any], task: str) -> dict:
     """``defaults`` updated by ``raw``: unknown keys and values of another type are errors (an
     int is accepted where a float is expected). A helper for tasks' ``settings``."""

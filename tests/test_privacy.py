@@ -110,3 +110,13 @@ def test_a_dp_run_reports_each_regions_epsilon_within_its_budget(
         assert (v["epsilon"] > 0) == (v["jobs"] > 0) and v["epsilon"] <= 10.0
     assert "epsilon per region" in proc.stdout
     assert_no_raw_data(redis.Redis.from_url(redis_server.url), small_data)
+
+
+def test_a_dp_federation_of_a_task_without_dp_sgd_is_refused_before_its_record(toy_data, r):
+    from shared.errors import FedqError
+
+    keys = Keys("toydp")
+    settings = FederationSettings(task="toy", dp_clip=1.0, dp_epsilon=8.0, eval_every=0)
+    with pytest.raises(FedqError, match="task 'toy' has no DP-SGD"):
+        service.initialise(r, keys, toy_data, settings)
+    assert read_federation(r, keys) is None and not r.exists(keys.version)

@@ -37,7 +37,7 @@ from shared.jobs import SERIALIZER, TASKS, TRAIN_TASK, JobSpec, region_queue
 from shared.keys import Keys
 from shared.resilience import REDIS_DOWN, Outage, retry_redis
 from shared.store import ModelCache, ModelStore
-from tasks.api import BUILT_IN, load_task
+from tasks.api import BUILT_IN, load_task, require_private
 from worker.context import WorkerContext, install
 
 # the rejections stream's reasons for a job refused: not a fedq job, or past the budget
@@ -304,9 +304,7 @@ def plan_privacy(connection: redis.Redis, keys: Keys, fed, task, data, region: s
     way the dispatcher does)."""
     from shared.privacy import BudgetUnreadable, read_budget, region_privacy
 
-    if not hasattr(task, "private_job"):
-        raise FedqError(f"task {fed.settings.task!r} has no DP-SGD (Task.private_job): run it "
-                        "without --dp-clip/--dp-epsilon")  # fmt: skip
+    require_private(task, fed.settings.task)
     job = task.private_job(data, fed.settings.task_settings)
     try:
         budget = read_budget(connection, keys, region)
