@@ -89,32 +89,32 @@ class ModelFollower(Generic[T]):
         blob = self.store.read_raw(version)
         if blob is None:  # left the window between the two reads: the next look finds a newer
             return False
-        problem = self._problem(version, blob)
-        if isinstance(problem, str):
+        built, problem = self._build(version, blob)
+        if problem is not None:
             self.refused[version] = problem
             self.say(f"service: refused model version {version}: {problem}; still serving "
                      f"{'nothing' if served is None else f'version {served.version}'}")  # fmt: skip
             return False
-        self.served = Served(version, problem, time.time())
+        self.served = Served(version, built, time.time())
         self._swapped_at = self.clock()
         self.swaps += 1
         return True
 
-    def _problem(self, version: int, blob: bytes) -> T | str:
-        """The built model, or why this blob cannot be served."""
+    def _build(self, version: int, blob: bytes) -> tuple[T | None, str | None]:
+        """(the built model, None), or (None, why this blob cannot be served)."""
         try:
             model = decode_model(blob)
         except DecodeError as exc:
-            return f"its blob does not decode ({exc})"
+            return None, f"its blob does not decode ({exc})"
         if model.version != version:
-            return f"its blob says version {model.version}"
+            return None, f"its blob says version {model.version}"
         problem = tensor_problem(model.weights, self.template)
         if problem is not None:
-            return problem[1]
+            return None, problem[1]
         try:
-            return self.build(model.weights)
+            return self.build(model.weights), None
         except Exception as exc:  # noqa: BLE001 - any failure to build keeps the old model
-            return f"the task could not build it ({type(exc).__name__}: {exc})"
+            return None, f"the task could not build it ({type(exc).__name__}: {exc})"
 
     def run(self, stop: threading.Event, interval: float = 1.0) -> None:
         """Follow until ``stop`` is set: on each commit, or every ``interval`` seconds."""
