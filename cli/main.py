@@ -26,6 +26,7 @@ COMMANDS = {
     "run": "cli.federation:run_cmd",
     "report": "cli.federation:report",
     "recommend": "tasks.recommender.serve_cli:recommend",
+    "serve": "cli.serve:serve",
     "export": "cli.export:export",
     "keys": "cli.keys:keys_group",
     "status": "cli.inspection:status",

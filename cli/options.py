@@ -72,6 +72,12 @@ def data_option(
     )
 
 
+def model_file_option(help: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """``--model`` (``model_file``): a file written by ``fedq export``, instead of Redis."""
+    return click.option("--model", "model_file", default=None, help=help,
+                        type=click.Path(path_type=Path, exists=True, dir_okay=False))  # fmt: skip
+
+
 wait_option = click.option(
     "--wait",
     type=float,

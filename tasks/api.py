@@ -242,6 +242,24 @@ class Task(Protocol):
         ...
 
 
+class TaskService(Protocol):
+    """What a task's online service adds to ``fedq serve`` (``Task.service(data_dir, region,
+    settings)``, optional): ``build`` turns checked weights into what the routes rank with
+    (called off to the side, once per version); ``router`` is a FastAPI ``APIRouter`` whose
+    routes call ``current()`` once per request for the served ``serving.follower.Served``."""
+
+    def build(self, weights: Weights) -> Any: ...
+
+    def router(self, current: Callable[[], Any]) -> Any: ...
+
+
+def require_service(task: Task, name: str) -> None:
+    """TaskError unless ``task`` has an online service."""
+    if not hasattr(task, "service"):
+        raise TaskError(f"task {name!r} has no online service (Task.service): fedq serve "
+                        "serves tasks that define one, like the recommender")  # fmt: skip
+
+
 def load_task(name: str) -> Task:
     """The task named ``name`` (built-in name, ``module:attr`` or ``file.py[:attr]``)."""
     target = BUILT_IN.get(name, name)

@@ -56,6 +56,8 @@ def test_worker_rules_give_read_only_models_and_nothing_of_other_regions():
     assert (f"(~{K.update_stream('cn')} ~{K.evaluation_stream('cn')} ~{K.rejections} "
             "-@all +xadd)") in rules  # fmt: skip
     assert not _matches(rw, K.metrics) and K.metrics not in selectors  # accepted results only
+    for key in [K.applies, K.pinned, K.metrics]:  # what the region's service follows
+        assert _matches(ro, key) and not _matches(rw, key), key
 
 
 @pytest.fixture(scope="module")

@@ -40,11 +40,16 @@ class ModelScorer:
             self.items = self.model.item_vectors()
 
     def scores(self, examples: Examples) -> np.ndarray:
+        return self.score(examples.history, examples.region, examples.time)
+
+    def score(self, history: np.ndarray, region: np.ndarray, time: np.ndarray) -> np.ndarray:
+        """(B, n_items) scores of users (right-aligned histories, -1 padded) at their times:
+        the one scoring path of evaluation, ``fedq recommend`` and the regional service."""
         with torch.no_grad():
             users = self.model.user_vectors(
-                self.items, torch.as_tensor(examples.history), torch.as_tensor(examples.region)
+                self.items, torch.as_tensor(history), torch.as_tensor(region)
             )
-            return self.model.logits(self.items, users, torch.as_tensor(examples.time)).numpy()
+            return self.model.logits(self.items, users, torch.as_tensor(time)).numpy()
 
 
 class PopularityScorer:

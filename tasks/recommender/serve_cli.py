@@ -12,7 +12,7 @@ from typing import Any
 import click
 
 from cli.export import load_model
-from cli.options import data_option, redis_options
+from cli.options import data_option, model_file_option, redis_options
 from shared.json_text import json_text
 
 _data_option = data_option(
@@ -55,13 +55,7 @@ MAX_K = 1000
 @click.option("-k", "k", type=click.IntRange(1, MAX_K), default=10, show_default=True,
               help="How many items (1 to 1000).")  # fmt: skip
 @click.option("--version", type=int, default=None, help="Stored model version [default: current].")
-@click.option(
-    "--model",
-    "model_file",
-    type=click.Path(path_type=Path, exists=True, dir_okay=False),
-    default=None,
-    help="A model written by `fedq export` instead of Redis.",
-)
+@model_file_option("A model written by `fedq export` instead of Redis.")
 @click.option("--json", "as_json", is_flag=True)
 @redis_options
 def recommend(data_dir: Path, region: str | None, user_id: int | None, item_attrs: str | None,

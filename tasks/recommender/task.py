@@ -180,6 +180,12 @@ class RecommenderTask:
             lines.append(f"  {code}: {len(set(d.user_id.tolist()))} users, {len(d)} events")
         return lines
 
+    def service(self, data_dir: Path, region: str, settings: Mapping[str, Any]):
+        """The region's online service (``fedq serve``): /recommend and /reach."""
+        from tasks.recommender.service import RecommenderService
+
+        return RecommenderService(data_dir, region, settings)
+
     def model(self, weights: Weights, shared, settings: Mapping[str, Any]):
         from tasks.recommender.model import build, load_numpy_state
 
