@@ -10,7 +10,14 @@ from pathlib import Path
 
 import click
 
-from cli.options import data_option, open_redis, redis_options, wait_option
+from cli.options import (
+    data_option,
+    metrics_options,
+    open_redis,
+    redis_options,
+    serve_metrics,
+    wait_option,
+)
 from cli.settings_options import settings_options
 from shared.errors import FedqError
 from shared.json_text import json_text
@@ -62,20 +69,26 @@ def baseline(root: Path, task_name: str, mode: str, json_out: Path | None, epoch
 @click.command()
 @data_option("Data directory (only its public part is read).", required=True)
 @settings_options
+@metrics_options
 @redis_options
 @wait_option
-def coordinator(data_dir: Path, settings, wait: float, redis_url: str | None,
-                namespace: str) -> None:  # fmt: skip
+def coordinator(data_dir: Path, settings, metrics_port: int | None, metrics_host: str,
+                wait: float, redis_url: str | None, namespace: str) -> None:  # fmt: skip
     """Initialise the federation (if new) and dispatch round jobs until a target is reached."""
     import time
 
     from cli.options import StopFlag
     from coordinator import service
+    from shared.jobs import region_queue
+    from shared.telemetry import CoordinatorMetrics
 
     connection, keys = open_redis(redis_url, namespace, wait, lambda m: click.echo(m, err=True),
                                   user=lambda users: users.coordinator)  # fmt: skip
     started = time.time()
     fed = service.initialise(connection, keys, data_dir, settings)
+    queues = {r: region_queue(connection, keys, r).key for r in fed.regions}
+    serve_metrics(CoordinatorMetrics(connection, keys, fed.regions, queues), metrics_port,
+                  metrics_host, "coordinator")  # fmt: skip
     if fed.created_at < started:
         click.echo("joining the existing federation (its settings are in force)", err=True)
     reason = service.coordinate(connection, keys, fed, StopFlag(),
@@ -86,19 +99,25 @@ def coordinator(data_dir: Path, settings, wait: float, redis_url: str | None,
 @click.command()
 @click.option("--consumer", default=None,
               help="Consumer name in the streams' group [default: one per process].")  # fmt: skip
+@metrics_options
 @wait_option
 @redis_options
-def aggregator(consumer: str | None, wait: float, redis_url: str | None, namespace: str) -> None:
+def aggregator(consumer: str | None, metrics_port: int | None, metrics_host: str, wait: float,
+               redis_url: str | None, namespace: str) -> None:  # fmt: skip
     """Consume updates and apply them to the global model (the model's only writer)."""
     from cli.options import StopFlag
     from coordinator import service
     from shared import federation
+    from shared.telemetry import AggregatorMetrics
 
+    metrics = AggregatorMetrics()
+    serve_metrics(metrics, metrics_port, metrics_host, "aggregator")
     connection, keys = open_redis(redis_url, namespace, wait, lambda m: click.echo(m, err=True),
                                   user=lambda users: users.aggregator)  # fmt: skip
     fed = federation.wait_for(connection, keys, wait, lambda m: click.echo(m, err=True))
     counters = service.aggregate(connection, keys, fed, StopFlag(), consumer,
-                                 say=lambda m: click.echo(m, err=True))  # fmt: skip
+                                 say=lambda m: click.echo(m, err=True),
+                                 metrics=metrics)  # fmt: skip
     click.echo(
         f"aggregator stopped: {counters.versions} versions, {counters.applied} applied, "
         f"{counters.rejected} rejected, {counters.duplicates} duplicates"

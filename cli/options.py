@@ -78,6 +78,28 @@ def model_file_option(help: str) -> Callable[[Callable[..., Any]], Callable[...,
                         type=click.Path(path_type=Path, exists=True, dir_okay=False))  # fmt: skip
 
 
+def metrics_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """``--metrics-port`` (off by default; 0: a free port) and ``--metrics-host``: where a role
+    serves its Prometheus metrics (``shared.telemetry``)."""
+    f = click.option("--metrics-host", default="127.0.0.1", show_default=True,
+                     help="Address of the metrics endpoint (with --metrics-port).")(f)  # fmt: skip
+    return click.option("--metrics-port", type=click.IntRange(0, 65535), default=None,
+                        help="Serve Prometheus metrics at http://HOST:PORT/metrics (0: a free "
+                             "port, printed) [default: off].")(f)  # fmt: skip
+
+
+def serve_metrics(metrics: Any, port: int | None, host: str, role: str) -> None:
+    """Start ``metrics``' endpoint if a port was given, and say where (one line)."""
+    if port is None:
+        return
+    try:
+        server = metrics.serve(port, host)
+    except OSError as exc:
+        raise FedqError(f"{role}: cannot serve metrics on {host}:{port}: {exc}") from None
+    click.echo(f"{role}: Prometheus metrics on http://{host}:{server.server_port}/metrics",
+               err=True)  # fmt: skip
+
+
 wait_option = click.option(
     "--wait",
     type=float,

@@ -27,6 +27,10 @@ from cli.options import data_option, model_file_option, open_redis, redis_option
 @click.option("--swap-every", type=click.FloatRange(min=0), default=0.0, show_default=True,
               help="At most one model swap per this many seconds (0: every new "
                    "version).")  # fmt: skip
+@click.option("--only-evaluated", is_flag=True,
+              help="Swap in only versions every region evaluated whose validation headline did "
+                   "not fall from the evaluated version before (the federation's --eval-every "
+                   "says how often there is one).")  # fmt: skip
 @click.option("--poll", type=click.FloatRange(min=0.05), default=5.0, show_default=True,
               help="Seconds between looks at the version when no commit wakes the "
                    "service.")  # fmt: skip
@@ -39,7 +43,7 @@ from cli.options import data_option, model_file_option, open_redis, redis_option
 @wait_option
 @redis_options
 def serve(region: str, data_dir: Path, host: str, port: int, model_file: Path | None,
-          swap_every: float, poll: float, task_name: str | None, wait: float,
+          swap_every: float, only_evaluated: bool, poll: float, task_name: str | None, wait: float,
           redis_url: str | None, namespace: str) -> None:  # fmt: skip
     """Serve REGION's recommendations from the newest model over HTTP (/docs lists the API)."""
     import time
@@ -48,12 +52,15 @@ def serve(region: str, data_dir: Path, host: str, port: int, model_file: Path | 
     import uvicorn
 
     from serving.app import FixedModel, ServiceInfo, create_app
-    from serving.follower import ModelFollower, Served, SwapPolicy
+    from serving.follower import EvaluationGate, ModelFollower, Served, SwapPolicy
 
     def say(message: str) -> None:
         click.echo(message, err=True)
 
     torch.set_num_threads(1)  # a request is a few small products: threads only contend
+    if model_file is not None and (only_evaluated or swap_every):
+        raise click.UsageError("--model serves one file: --only-evaluated and --swap-every "
+                               "are for following the federation")  # fmt: skip
     if model_file is not None:
         from cli.export import load_model
 
@@ -67,10 +74,13 @@ def serve(region: str, data_dir: Path, host: str, port: int, model_file: Path | 
         connection, keys = open_redis(redis_url, namespace, wait, say,
                                       user=lambda users: users.worker(region),
                                       socket_timeout=poll + 5)  # fmt: skip
-        task, settings, template = _task_of_federation(connection, keys, data_dir, task_name)
+        fed, task, settings, template = _task_of_federation(connection, keys, data_dir,
+                                                             task_name)  # fmt: skip
         service = task.service(data_dir, region, settings)
-        source = ModelFollower(connection, keys, template, service.build,
-                               SwapPolicy(min_interval=swap_every), say)  # fmt: skip
+        policy = SwapPolicy(min_interval=swap_every, evaluated=only_evaluated)
+        gate = EvaluationGate(connection, keys, fed.regions, fed.metrics)
+        source = ModelFollower(connection, keys, template, service.build, policy, say,
+                               gate=gate)  # fmt: skip
         follow, origin = (lambda stop: source.run(stop, interval=poll)), "redis"
     app = create_app(source, ServiceInfo(task.name, region, origin),
                      service.router(lambda: source.served), follow)  # fmt: skip
@@ -120,7 +130,7 @@ def _task_of_federation(connection, keys, data_dir: Path, task_name: str | None)
     settings = task.settings(fed.settings.task_settings)
     # the shapes a served model must have come from this host's own copy of the task
     template = task.initial_weights(data_dir, settings, seed=0)
-    return task, settings, template
+    return fed, task, settings, template
 
 
 def _allowed(name: str, task_name: str | None, built_in) -> None:

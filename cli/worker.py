@@ -6,7 +6,14 @@ from pathlib import Path
 
 import click
 
-from cli.options import data_option, open_redis, redis_options, wait_option
+from cli.options import (
+    data_option,
+    metrics_options,
+    open_redis,
+    redis_options,
+    serve_metrics,
+    wait_option,
+)
 
 
 @click.command()
@@ -28,20 +35,25 @@ from cli.options import data_option, open_redis, redis_options, wait_option
               help="This region's own cap on its privacy budget: the worker trains only with "
                    "DP-SGD and its region spends at most this epsilon, whatever the "
                    "federation's settings say.")  # fmt: skip
+@metrics_options
 @wait_option
 @redis_options
 def worker(region: str, data_dir: Path, burst: bool, slowdown: float, task_name: str | None,
-           max_epsilon: float | None, wait: float, redis_url: str | None,
-           namespace: str) -> None:  # fmt: skip
+           max_epsilon: float | None, metrics_port: int | None, metrics_host: str, wait: float,
+           redis_url: str | None, namespace: str) -> None:  # fmt: skip
     """Run an RQ worker on REGION's queue, training on the region's own data."""
+    from shared.telemetry import WorkerMetrics
     from worker import process
+
+    metrics = WorkerMetrics(region)
+    serve_metrics(metrics, metrics_port, metrics_host, f"worker {region}")
 
     connection, keys = open_redis(redis_url, namespace, wait, lambda m: click.echo(m, err=True),
                                    user=lambda users: users.worker(region),
                                    socket_timeout=process.RQ_SOCKET_TIMEOUT)  # fmt: skip
     process.run(connection, keys, region, data_dir, burst=burst, slowdown=slowdown, wait=wait,
                 say=lambda m: click.echo(m, err=True), task=task_name,
-                max_epsilon=max_epsilon)  # fmt: skip
+                max_epsilon=max_epsilon, metrics=metrics)  # fmt: skip
 
 
 def _finite_cap(value: float | None) -> float | None:

@@ -35,6 +35,7 @@ from shared.jobs import issued_jobs, job_of, job_region, parse_issued
 from shared.keys import AGGREGATOR_GROUP, Keys
 from shared.lease import FencedBatch, Lease
 from shared.store import ModelStore
+from shared.telemetry import AggregatorMetrics
 
 READ_COUNT = 16
 
@@ -75,8 +76,10 @@ class Aggregator:
         consumer: str = "aggregator",
         region_keys: dict[str, bytes] | None = None,
         lease: Lease | None = None,
+        metrics: AggregatorMetrics | None = None,
     ) -> None:
         self.r = connection
+        self.metrics = metrics or AggregatorMetrics()  # aggregate() passes one that outlives it
         self.lease = lease  # every write is fenced by it (None: a lone aggregator, tests)
         self.keys = keys
         self.fed = fed
@@ -99,6 +102,7 @@ class Aggregator:
         if model is None:
             raise LookupError("no model in Redis: the coordinator initialises it")
         self.version = model.version
+        self.metrics.version.set(self.version)
         self.weights: Weights = {k: np.array(v) for k, v in model.weights.items()}
         self._ensure_group()
 
@@ -308,6 +312,7 @@ class Aggregator:
         self._settle_entry(batch.add("HSET", self.keys.applied_jobs, job_id, raw_id), entry_id)
         self._remember([job_id])
         self.counters.results += 1
+        self.metrics.results.labels(region).inc()
 
     def _check_signature(
         self, fields: dict[bytes, bytes], payload: bytes, region: str
@@ -335,7 +340,9 @@ class Aggregator:
 
     def _commit(self, outcome: Outcome) -> None:
         """The outcome's new version, written by the commit script (``coordinator/commit.py``)."""
+        started = time.perf_counter()
         self.committer.commit(self.version, outcome, self.strategy.name, self._lease_value())
+        self._observe_commit(outcome, time.perf_counter() - started)
         jobs = [p.update.header.job_id for p in outcome.applied]
         if self.version in self._base_cache or len(self._base_cache) > 4:
             self._base_cache.pop(min(self._base_cache), None)
@@ -345,6 +352,18 @@ class Aggregator:
         self.counters.applied += len(jobs)
         self.counters.versions += 1
         self._remember(jobs)
+
+    def _observe_commit(self, outcome: Outcome, seconds: float) -> None:
+        m, now = self.metrics, time.time()
+        m.commit_seconds.observe(seconds)
+        m.versions.inc()
+        m.version.set(self.version + 1)
+        for p in outcome.applied:
+            h = p.update.header
+            m.applied.labels(h.region).inc()
+            m.staleness.observe(max(0, self.version - h.base_version))
+            if h.created_at > 0:
+                m.update_age.observe(max(0.0, now - h.created_at))
 
     def _reject(self, pending: Pending, reason: RejectReason, detail: str) -> None:
         h = pending.update.header
@@ -369,6 +388,7 @@ class Aggregator:
         batch = FencedBatch().add("HSET", self.keys.rejected, update_id, reason.value)
         self._settle_entry(batch.add(*streams.xadd_command(self.keys.rejections, fields)), entry_id)
         self.counters.rejected += 1
+        self.metrics.rejected.labels(reason.value).inc()
         self.counters.by_reason[reason.value] = self.counters.by_reason.get(reason.value, 0) + 1
 
     def _drop_duplicate(self, entry_id: str, update_id: str) -> None:
@@ -379,6 +399,7 @@ class Aggregator:
                 "a copy of an update already settled: dropped", version=self.version)))  # fmt: skip
         self._settle_entry(batch, entry_id)
         self.counters.duplicates += 1
+        self.metrics.duplicates.inc()
 
     def _lease_value(self) -> str:
         """What the commit script compares the lease with ('' for a lone aggregator)."""

@@ -24,6 +24,7 @@ from shared.resilience import REDIS_DOWN, Outage
 from shared.settings import FederationSettings
 from shared.store import ModelStore
 from shared.streams import CommitWatch
+from shared.telemetry import AggregatorMetrics
 from tasks.api import load_task, require_private
 
 
@@ -132,6 +133,7 @@ def aggregate(
     should_stop: Callable[[], bool],
     consumer: str | None = None,
     say: Callable[[str], None] | None = None,
+    metrics: AggregatorMetrics | None = None,
 ) -> Counters:
     """Aggregate until ``should_stop``; after a Redis outage, start over from what Redis holds.
 
@@ -152,7 +154,8 @@ def aggregate(
             try:
                 if lease.value is None and not lease.hold(should_stop, say):
                     break
-                aggregator = Aggregator(connection, keys, fed, consumer, lease=lease)
+                aggregator = Aggregator(connection, keys, fed, consumer, lease=lease,
+                                        metrics=metrics)  # fmt: skip
                 outage.recovered()
                 aggregator.run(lambda: should_stop() or lease.lost.is_set())
                 lease.check()

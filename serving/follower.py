@@ -22,10 +22,12 @@ import redis
 
 from shared.aggregation import tensor_problem
 from shared.codec import DecodeError, Weights, decode_model
+from shared.evaluations import parse_accepted
 from shared.keys import Keys
 from shared.resilience import REDIS_DOWN, Outage
 from shared.store import ModelStore
 from shared.streams import CommitWatch
+from tasks.api import MetricSchema
 
 T = TypeVar("T")
 
@@ -42,13 +44,88 @@ class Served(Generic[T]):
 @dataclass(frozen=True)
 class SwapPolicy:
     """Which new versions replace the served one: every one (``min_interval`` 0), or at most one
-    swap per ``min_interval`` seconds (the newest version when the interval is up)."""
+    swap per ``min_interval`` seconds (the newest version when the interval is up); with
+    ``evaluated``, only versions every region evaluated whose federated validation headline did
+    not fall from the evaluated version before them (``EvaluationGate``)."""
 
     min_interval: float = 0.0
+    evaluated: bool = False
 
     def __post_init__(self) -> None:
         if self.min_interval < 0:
             raise ValueError(f"min_interval must be >= 0, got {self.min_interval}")
+
+
+HELD_BLOBS = 8  # candidate blobs an evaluation gate keeps while their evaluations run
+
+
+class EvaluationGate:
+    """The federation's evaluations as a swap policy sees them.
+
+    A version's blob is kept past the store's window only until its evaluations end (the pin),
+    and the last result often arrives after that: the gate copies each pinned version's blob as
+    soon as it sees the pin, and reads the accepted results (the metrics stream, written only by
+    the aggregator and re-checked here) incrementally. A version is a candidate once every region
+    reported it; it may be served if its validation headline, regions combined, is at least the
+    one of the evaluated version before it (the first evaluated version may always be served).
+    """
+
+    def __init__(self, connection: redis.Redis, keys: Keys, regions: tuple[str, ...],
+                 schema: MetricSchema) -> None:  # fmt: skip
+        self.r, self.keys, self.regions, self.schema = connection, keys, regions, schema
+        self.blobs: dict[int, bytes] = {}
+        self.validation: dict[int, dict[str, dict[str, float]]] = {}  # version -> region -> figures
+        self._last = b"0-0"
+
+    def look(self, newer_than: int) -> None:
+        """Copy new pinned blobs past ``newer_than`` and read the new accepted results."""
+        for raw in self.r.hkeys(self.keys.pinned):
+            version = int(raw)
+            if version > newer_than and version not in self.blobs:
+                blob = self.r.get(self.keys.model(version))
+                if blob is not None:
+                    self.blobs[version] = blob
+        for version in sorted(self.blobs)[:-HELD_BLOBS]:
+            del self.blobs[version]
+        for entry_id, fields in self.r.xrange(self.keys.metrics, f"({self._last.decode()}", "+"):
+            self._last = entry_id
+            record = parse_accepted(fields, self.schema)
+            if record is not None:
+                self.validation.setdefault(record["version"], {})[record["region"]] = record[
+                    "validation"
+                ]
+
+    def headline(self, version: int) -> float | None:
+        """The version's validation headline, regions combined (None until all reported)."""
+        by_region = self.validation.get(version, {})
+        if set(by_region) < set(self.regions):
+            return None
+        return self.schema.combine({r: by_region[r] for r in self.regions})[self.schema.headline]
+
+    def newest(self, newer_than: int) -> tuple[int, str | None] | None:
+        """The newest fully evaluated version past ``newer_than``: (version, None) if it may be
+        served, (version, why not) if its evaluation fell; None if there is none."""
+        complete = sorted(v for v in self.validation if self.headline(v) is not None)
+        newer = [v for v in complete if v > newer_than]
+        if not newer:
+            return None
+        version = newer[-1]
+        before = [v for v in complete if v < version]
+        score = self.headline(version)
+        previous = self.headline(before[-1]) if before else None
+        if previous is not None and score < previous:
+            name = self.schema.label(self.schema.headline)
+            return version, (f"its validation {name} fell to {score:.4f} from {previous:.4f} "
+                             f"at version {before[-1]}")  # fmt: skip
+        return version, None
+
+    def take(self, version: int) -> bytes | None:
+        """The version's blob: the copy held since its pin, or the store's if still there."""
+        for v in [v for v in self.blobs if v <= version]:
+            blob = self.blobs.pop(v)
+            if v == version:
+                return blob
+        return self.r.get(self.keys.model(version))
 
 
 class ModelFollower(Generic[T]):
@@ -61,7 +138,11 @@ class ModelFollower(Generic[T]):
         policy: SwapPolicy = SwapPolicy(),
         say: Callable[[str], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        gate: EvaluationGate | None = None,
     ) -> None:
+        if policy.evaluated and gate is None:
+            raise ValueError("a policy of evaluated versions needs the federation's evaluations")
+        self.gate = gate if policy.evaluated else None
         self.store = ModelStore(connection, keys)
         self.r, self.keys = connection, keys
         self.template = template
@@ -71,6 +152,7 @@ class ModelFollower(Generic[T]):
         self.clock = clock
         self.served: Served[T] | None = None
         self.refused: dict[int, str] = {}  # version -> why its blob was not served
+        self.held_back: dict[int, str] = {}  # version -> why the policy passed it over
         self.swaps = 0
         self.redis_ok = True
         self._swapped_at = -float("inf")
@@ -78,8 +160,10 @@ class ModelFollower(Generic[T]):
     def check(self) -> bool:
         """One look at the federation's version: serve the newest one the policy lets in (True
         if the served model changed). Redis errors propagate; ``run`` rides them out."""
-        version = self.store.current_version()
         served = self.served
+        if self.gate is not None and served is not None:
+            return self._check_evaluated(served)
+        version = self.store.current_version()
         if version is None or version in self.refused:
             return False
         if served is not None and version <= served.version:
@@ -89,6 +173,34 @@ class ModelFollower(Generic[T]):
         blob = self.store.read_raw(version)
         if blob is None:  # left the window between the two reads: the next look finds a newer
             return False
+        return self._swap(version, blob)
+
+    def _check_evaluated(self, served: Served[T]) -> bool:
+        """The evaluated policy once a model serves (the first one is the newest there is: a
+        service is ready before the first evaluation ends)."""
+        gate = self.gate
+        assert gate is not None
+        gate.look(served.version)
+        found = gate.newest(served.version)
+        if found is None or found[0] in self.refused or found[0] in self.held_back:
+            return False
+        version, why_not = found
+        if why_not is not None:
+            self.held_back[version] = why_not
+            gate.take(version)  # its blob is not needed any more
+            self.say(f"service: passed over version {version}: {why_not}; still serving "
+                     f"version {served.version}")  # fmt: skip
+            return False
+        if self.clock() - self._swapped_at < self.policy.min_interval:
+            return False
+        blob = gate.take(version)
+        if blob is None:
+            self.held_back[version] = "its blob left Redis before the service could copy it"
+            return False
+        return self._swap(version, blob)
+
+    def _swap(self, version: int, blob: bytes) -> bool:
+        served = self.served
         built, problem = self._build(version, blob)
         if problem is not None:
             self.refused[version] = problem

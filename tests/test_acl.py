@@ -13,6 +13,7 @@ import redis
 from redis.exceptions import NoPermissionError
 
 from coordinator import service
+from serving.follower import EvaluationGate
 from shared.acl import Users, role_rules
 from shared.auth import ACL_FILE, init_keys, init_users, load_password
 from shared.keys import Keys
@@ -73,6 +74,12 @@ def acl_server(redis7_binary, tmp_path_factory):
     server.stop()
 
 
+def admin_fed(admin: redis.Redis):
+    from shared.federation import read
+
+    return read(admin, K)
+
+
 def _login(server: RedisServer, keys_dir: Path, user: str) -> redis.Redis:
     return redis.Redis.from_url(server.url, username=user,
                                 password=load_password(keys_dir, user))  # fmt: skip
@@ -90,6 +97,12 @@ def test_a_workers_user_cannot_write_the_model_or_another_regions_keys(acl_serve
     worker.xadd(K.update_stream("cn"), {"u": b"x", "id": "probe"})
     worker.set(K.data_size("cn"), 5)
     worker.lpush("rq:queue:acl:region:cn", "x")
+    # what the region's service (fedq serve) reads to follow the federation
+    admin.hset(K.pinned, 0, "[]")
+    gate = EvaluationGate(worker, K, ("cn",), admin_fed(admin).metrics)
+    gate.look(-1)
+    assert gate.blobs.keys() == {0}
+    assert worker.xread({K.applies: "0-0"}, block=10) is not None
     refused = [
         ("SET", K.version, "9"), ("DEL", K.model(0)), ("EXPIRE", K.model(0), "1"),
         ("RENAME", K.model(0), K.model(1)), ("HSET", K.model_info(0), "source", "x"),

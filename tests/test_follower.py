@@ -12,8 +12,10 @@ import redis
 
 from coordinator import service
 from coordinator.aggregator import Aggregator
-from serving.follower import ModelFollower, SwapPolicy
+from serving.follower import EvaluationGate, ModelFollower, SwapPolicy
+from shared import streams
 from shared.codec import Model, encode_model
+from shared.evaluations import encode_result
 from shared.keys import Keys
 from shared.redis_server import RedisServer
 from shared.settings import FederationSettings
@@ -128,3 +130,57 @@ def test_running_it_follows_each_commit_and_rides_out_an_outage(toy_data, tmp_pa
         server.stop()
     thread.join(timeout=40)
     assert not thread.is_alive()
+
+
+def _evaluated(r, fed, version: int, headline: float, regions=None) -> None:
+    """Every region's accepted result for ``version`` (what the aggregator writes), each with
+    the validation headline ``headline``."""
+    schema = fed.metrics
+    for region in regions or fed.regions:
+        figures = {m.name: (100.0 if m.is_count else 0.5) for m in schema.metrics}
+        figures[schema.headline] = headline
+        record = {"version": version, "region": region, "job_id": f"{region}-e{version}-x",
+                  "at": 1.0, "test": figures,
+                  "validation": {n: figures[n] for n in schema.validation}}  # fmt: skip
+        r.xadd(K.metrics, streams.accepted_entry(version, region, encode_result(record)))
+
+
+def _gated(r, aggregator) -> ModelFollower:
+    fed = aggregator.fed
+    gate = EvaluationGate(r, K, fed.regions, fed.metrics)
+    return _follower(r, aggregator, policy=SwapPolicy(evaluated=True), gate=gate)
+
+
+def test_the_evaluated_policy_serves_only_versions_whose_evaluation_did_not_fall(r, toy_data):
+    aggregator = _federation(r, toy_data)
+    follower = _gated(r, aggregator)
+    assert follower.check() and follower.served.version == 0  # ready before any evaluation
+    fed = aggregator.fed
+    _commit(r, aggregator, 0.01)
+    r.hset(K.pinned, 1, "[]")  # the coordinator scheduled its evaluation
+    assert not follower.check()  # not evaluated yet: version 1 is held, 0 serves
+    _commit(r, aggregator, 0.02)
+    r.delete(K.model(1))  # the blob left Redis before the last result: the held copy serves
+    _evaluated(r, fed, 1, 0.60, regions=fed.regions[:-1])
+    assert not follower.check()  # one region has not reported
+    _evaluated(r, fed, 1, 0.60, regions=fed.regions[-1:])
+    assert follower.check() and follower.served.version == 1
+    expected = ModelStore(r, K).read(2).weights  # version 1's blob is gone: compare the shapes
+    assert set(follower.served.model) == set(expected)
+    for i, headline in [(3, 0.55), (4, 0.62)]:
+        while aggregator.version < i:
+            _commit(r, aggregator, 0.01)
+        r.hset(K.pinned, i, "[]")
+        follower.check()
+        _evaluated(r, fed, i, headline)
+        if i == 3:  # fell from 0.60: passed over, version 1 keeps serving
+            assert not follower.check() and follower.served.version == 1
+            assert "fell to 0.5500 from 0.6000 at version 1" in follower.held_back[3]
+    # 0.62 against 0.55 before it: did not fall
+    assert follower.check() and follower.served.version == 4
+
+
+def test_the_evaluated_policy_needs_the_evaluations(r, toy_data):
+    aggregator = _federation(r, toy_data)
+    with pytest.raises(ValueError, match="needs the federation's evaluations"):
+        _follower(r, aggregator, policy=SwapPolicy(evaluated=True))

@@ -319,3 +319,38 @@ def test_a_task_without_a_service_is_refused(toy_data, tmp_path, redis_server):
                           env=_serve_env(redis_server.url, "toyserve"))  # fmt: skip
     assert done.returncode == 1 and "task 'toy' has no online service" in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_only_evaluated_versions_are_served_with_only_evaluated(small_data, redis_server,
+                                                               tmp_path):  # fmt: skip
+    from shared.evaluations import accepted_results
+    from shared.federation import read
+
+    keys = Keys("serveeval")
+    r = redis.Redis.from_url(redis_server.url)
+    for key in r.scan_iter("serveeval:*"):
+        r.delete(key)
+    settings = FederationSettings(eval_every=4, target_versions=12, inflight_per_region=1)
+    fed = service.initialise(r, keys, small_data, settings)
+    with Fleet(redis_server.url, "serveeval", small_data) as fleet:
+        args = ["--region", "cn", "--data", str(small_data), "--poll", "0.5", "--only-evaluated"]
+        proc, url = start_service(args, fleet.env, tmp_path / "serve.log")
+        fleet.procs.append(proc)
+        first = _ready(url)["model_version"]
+        fleet.aggregator()
+        fleet.coordinator()
+        for region in fed.regions:
+            fleet.worker(region)
+        served = []
+
+        def evaluated_served() -> bool:
+            served.append(_ready(url)["model_version"])
+            return served[-1] >= 4
+
+        assert wait_until(evaluated_served, 240, poll=0.2), (served[-5:], proc.poll())
+        assert wait_until(lambda: r.exists(keys.done), 240)
+        served.append(_ready(url)["model_version"])
+        results = accepted_results(r, keys, read(r, keys))
+        complete = {v for v, by in results.items() if set(by) == set(fed.regions)}
+        assert first == 0 and set(served) - {first} <= complete, (served, sorted(complete))
+        assert r.get(keys.version) and int(r.get(keys.version)) >= 12

@@ -17,6 +17,7 @@ from shared.federation import Federation
 from shared.keys import Keys
 from shared.privacy import DPSGD, RegionPrivacy
 from shared.store import ModelCache, ModelStore
+from shared.telemetry import WorkerMetrics
 from tasks.api import Task
 
 
@@ -37,6 +38,7 @@ class WorkerContext:
     signing_key: bytes | None = None  # the region's secret, when the federation signs updates
     privacy: RegionPrivacy | None = None  # DP-SGD's plan for this region (shared/privacy.py)
     privacy_job: DPSGD | None = None  # the mechanism the running job reserved from the budget
+    metrics: WorkerMetrics | None = None  # its Prometheus series (shared/telemetry.py)
 
 
 _current: WorkerContext | None = None

@@ -37,6 +37,7 @@ from shared.jobs import SERIALIZER, TASKS, TRAIN_TASK, JobSpec, region_queue
 from shared.keys import Keys
 from shared.resilience import REDIS_DOWN, Outage, retry_redis
 from shared.store import ModelCache, ModelStore
+from shared.telemetry import WorkerMetrics
 from tasks.api import BUILT_IN, load_task, require_private
 from worker.context import WorkerContext, install
 
@@ -172,6 +173,7 @@ class FedqWorker(SimpleWorker):
         refusal = (problem, JOB_REFUSED) if problem is not None else self._spend_privacy(job)
         if refusal is not None:
             self._refuse(job, queue, *refusal)
+            self._count(job, "refused")
             return
         self.fedq_job_id = job.id
         super().execute_job(job, queue)
@@ -215,7 +217,22 @@ class FedqWorker(SimpleWorker):
             self.increment_failed_job_count(pipe)
             pipe.execute()
 
+    def _count(self, job: Job, outcome: str) -> None:
+        ctx = self.fedq_context
+        if ctx is None or ctx.metrics is None:
+            return
+        try:
+            kind = TASKS.get(job.func_name, "other")
+        except Exception:  # noqa: BLE001 - a refused job's data may not even decode
+            kind = "other"
+        ctx.metrics.job_ended(kind, outcome)
+
+    def handle_job_success(self, job: Job, queue: Queue, *args, **kwargs) -> None:
+        super().handle_job_success(job, queue, *args, **kwargs)
+        self._count(job, "done")
+
     def handle_job_failure(self, job: Job, queue: Queue, *args, **kwargs) -> None:
+        self._count(job, "failed")
         # RQ puts a failed job with retries left back on its queue (same id); fedq counts it
         if self.fedq_keys is not None and job.should_retry and self._stopped_job_id != job.id:
             with contextlib.suppress(redis.RedisError):
@@ -365,6 +382,7 @@ def run(
     wait: float = 60.0,
     say=None,
     max_epsilon: float | None = None,
+    metrics: WorkerMetrics | None = None,
 ) -> bool:
     """Work the region's queue until SIGTERM (or, with ``burst``, until it is empty).
 
@@ -384,6 +402,7 @@ def run(
     )
     if say is not None:
         context.say = say
+    context.metrics = metrics
     queue = region_queue(connection, keys, region)
     ttl = context.federation.settings.worker_ttl
     alive = retry_redis(lambda: keep_alive(connection, keys, context.worker_id, ttl), outage)

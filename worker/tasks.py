@@ -64,6 +64,9 @@ def train(spec: dict[str, Any]) -> dict[str, Any]:
     # the update is held until Redis takes it (a copy sent twice is dropped as a duplicate);
     # the audit count goes in the same MULTI, so it counts exactly the copies published
     _publish(ctx, lambda: _publish_update(ctx, update_id, payload))
+    if ctx.metrics is not None:
+        ctx.metrics.job_done("train", time.perf_counter() - started, result.n_samples,
+                             result.seconds)  # fmt: skip
     return {
         "update_id": update_id,
         "base_version": model.version,
@@ -75,6 +78,7 @@ def train(spec: dict[str, Any]) -> dict[str, Any]:
 
 def evaluate(spec: dict[str, Any]) -> dict[str, Any]:
     ctx = current()
+    started = time.perf_counter()
     job = _spec(spec, ctx, "evaluate")
     if job.version is None:
         raise ValueError("an evaluate job names the version to score")
@@ -97,6 +101,8 @@ def evaluate(spec: dict[str, Any]) -> dict[str, Any]:
     fields = streams.result_entry(payload, new_update_id(job_id), ctx.region, _sig(ctx, payload))
     stream, cap = ctx.keys.evaluation_stream(ctx.region), streams.RESULTS_MAXLEN
     _publish(ctx, lambda: ctx.connection.xadd(stream, fields, maxlen=cap, approximate=True))
+    if ctx.metrics is not None:
+        ctx.metrics.job_done("evaluate", time.perf_counter() - started)
     return {"version": job.version, "region": ctx.region,
             schema.headline: test[schema.headline]}  # fmt: skip
 
