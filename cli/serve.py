@@ -9,6 +9,7 @@ no Redis at all.
 
 from __future__ import annotations
 
+import gc
 import socket
 from pathlib import Path
 
@@ -84,6 +85,10 @@ def serve(region: str, data_dir: Path, host: str, port: int, model_file: Path | 
         follow, origin = (lambda stop: source.run(stop, interval=poll)), "redis"
     app = create_app(source, ServiceInfo(task.name, region, origin),
                      service.router(lambda: source.served), follow)  # fmt: skip
+    # the data, the catalogue and torch are long-lived: keep them out of the collector's full
+    # passes, which otherwise stalled a request in a hundred for ~100 ms (measured)
+    gc.collect()
+    gc.freeze()
     try:
         listener = socket.create_server((host, port), backlog=1024)
     except OSError as exc:

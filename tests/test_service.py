@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import threading
 
 import httpx
 import numpy as np
@@ -56,6 +57,14 @@ def test_the_served_version_follows_the_federation(live):
     r, url, _moving, _proc = live
     store = ModelStore(r, KEYS)
     seen = set()
+    answers: list[tuple[int, int | None]] = []  # requests made while the versions swap
+    stop = threading.Event()
+
+    def ask() -> None:
+        with httpx.Client(timeout=10) as client:
+            while not stop.is_set():
+                got = client.post(url + "/recommend", json={"recent_items": [3, 1, 4], "k": 10})
+                answers.append((got.status_code, got.json().get("model_version")))
 
     def caught_up() -> bool:
         ready = _ready(url)
@@ -63,8 +72,19 @@ def test_the_served_version_follows_the_federation(live):
         current = store.current_version()
         return current >= 12 and ready["model_version"] == current
 
-    assert wait_until(caught_up, 240, poll=0.3)
+    askers = [threading.Thread(target=ask) for _ in range(4)]
+    for t in askers:
+        t.start()
+    try:
+        assert wait_until(caught_up, 240, poll=0.3)
+    finally:
+        stop.set()
+        for t in askers:
+            t.join(30)
     assert len(seen) >= 3  # it swapped while the federation moved, not only at the end
+    # no request failed across the swaps, and they were answered by several versions
+    assert answers and all(status == 200 for status, _ in answers)
+    assert len({version for _, version in answers}) >= 2
     ready = _ready(url)
     assert ready["ready"] and ready["redis"] == "ok" and ready["swaps"] >= 3
     answer = _recommend(url, shopper=_shopper(r, url), k=5)
