@@ -102,22 +102,23 @@ class EvaluationGate:
             return None
         return self.schema.combine({r: by_region[r] for r in self.regions})[self.schema.headline]
 
-    def newest(self, newer_than: int) -> tuple[int, str | None] | None:
-        """The newest fully evaluated version past ``newer_than``: (version, None) if it may be
-        served, (version, why not) if its evaluation fell; None if there is none."""
+    def newest(self, newer_than: int) -> tuple[int | None, dict[int, str]]:
+        """The newest fully evaluated version past ``newer_than`` whose evaluation did not fall
+        (None if none), and why each newer one that fell may not be served."""
         complete = sorted(v for v in self.validation if self.headline(v) is not None)
-        newer = [v for v in complete if v > newer_than]
-        if not newer:
-            return None
-        version = newer[-1]
-        before = [v for v in complete if v < version]
-        score = self.headline(version)
-        previous = self.headline(before[-1]) if before else None
-        if previous is not None and score < previous:
-            name = self.schema.label(self.schema.headline)
-            return version, (f"its validation {name} fell to {score:.4f} from {previous:.4f} "
-                             f"at version {before[-1]}")  # fmt: skip
-        return version, None
+        fell: dict[int, str] = {}
+        name = self.schema.label(self.schema.headline)
+        for i in range(len(complete) - 1, -1, -1):
+            version = complete[i]
+            if version <= newer_than:
+                break
+            score = self.headline(version)
+            previous = self.headline(complete[i - 1]) if i > 0 else None
+            if previous is None or score >= previous:
+                return version, fell
+            fell[version] = (f"its validation {name} fell to {score:.4f} from {previous:.4f} "
+                             f"at version {complete[i - 1]}")  # fmt: skip
+        return None, fell
 
     def take(self, version: int) -> bytes | None:
         """The version's blob: the copy held since its pin, or the store's if still there."""
@@ -181,15 +182,15 @@ class ModelFollower(Generic[T]):
         gate = self.gate
         assert gate is not None
         gate.look(served.version)
-        found = gate.newest(served.version)
-        if found is None or found[0] in self.refused or found[0] in self.held_back:
-            return False
-        version, why_not = found
-        if why_not is not None:
-            self.held_back[version] = why_not
-            gate.take(version)  # its blob is not needed any more
-            self.say(f"service: passed over version {version}: {why_not}; still serving "
-                     f"version {served.version}")  # fmt: skip
+        version, fell = gate.newest(served.version)
+        for passed, why in fell.items():
+            if passed not in self.held_back:
+                self.held_back[passed] = why
+                self.say(f"service: passed over version {passed}: {why}; serving version "
+                         f"{served.version if version is None else version}")  # fmt: skip
+        if version is None or version in self.refused:
+            for passed in fell:
+                gate.take(passed)  # their blobs are not needed any more
             return False
         if self.clock() - self._swapped_at < self.policy.min_interval:
             return False

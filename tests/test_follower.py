@@ -184,3 +184,16 @@ def test_the_evaluated_policy_needs_the_evaluations(r, toy_data):
     aggregator = _federation(r, toy_data)
     with pytest.raises(ValueError, match="needs the federation's evaluations"):
         _follower(r, aggregator, policy=SwapPolicy(evaluated=True))
+
+
+def test_a_fallen_newest_version_does_not_hide_an_older_good_one(r, toy_data):
+    """Both evaluations end between two looks: the newest fell, the one before it did not."""
+    aggregator = _federation(r, toy_data)
+    follower = _gated(r, aggregator)
+    assert follower.check() and follower.served.version == 0
+    for i, headline in [(1, 0.60), (2, 0.50)]:
+        _commit(r, aggregator, 0.01 * i)
+        _evaluated(r, aggregator.fed, i, headline)
+    assert follower.check() and follower.served.version == 1
+    assert "fell to 0.5000 from 0.6000 at version 1" in follower.held_back[2]
+    assert not follower.check()  # nothing newer that did not fall

@@ -3,6 +3,7 @@ coordinator, workers and service processes, spoken to over loopback HTTP."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import threading
@@ -11,6 +12,9 @@ import httpx
 import numpy as np
 import pytest
 import redis
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 
 from coordinator import service
 from harness.serving import start_service
@@ -162,6 +166,9 @@ BAD_REQUESTS = [
     ("/recommend", {"shopper": 10**9}, None, 404, "has no events in region 'cn'"),
     ("/recommend", {"recent_items": [1, 10**6]}, None, 422, "unknown item ids 1000000"),
     ("/recommend", {"recent_items": [-3]}, None, 422, "unknown item ids -3"),
+    ("/recommend", {"recent_items": [10**24]}, None, 422, "recent_items.0: Input should be less"),
+    ("/recommend", {"shopper": 1, "exclude": [-(10**24)]}, None, 422, "exclude.0: Input should"),
+    ("/recommend", {"shopper": 10**24}, None, 404, "has no events"),
     ("/recommend", {"shopper": 1, "exclude": [10**7]}, None, 422, "exclude: unknown item ids"),
     ("/recommend", {"shopper": 1, "k": 0}, None, 422, "k: Input should be greater than"),
     ("/recommend", {"shopper": 1, "k": 1001}, None, 422, "k: Input should be less than"),
@@ -374,3 +381,32 @@ def test_only_evaluated_versions_are_served_with_only_evaluated(small_data, redi
         complete = {v for v, by in results.items() if set(by) == set(fed.regions)}
         assert first == 0 and set(served) - {first} <= complete, (served, sorted(complete))
         assert r.get(keys.version) and int(r.get(keys.version)) >= 12
+
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats() | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner,
+                                                                max_size=4),
+    max_leaves=12,
+)  # fmt: skip
+_fields = {"/recommend": ["shopper", "recent_items", "k", "exclude", "exclude_seen", "at"],
+           "/reach": ["attributes", "price", "k"]}  # fmt: skip
+
+
+@given(path=st.sampled_from(sorted(_fields)), data=st.data())
+@hypothesis_settings(max_examples=200, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])  # fmt: skip
+def test_no_body_a_client_can_send_makes_the_service_fail(live, path, data):
+    """Hostile bodies: the known fields with any JSON values, or any JSON at all."""
+    _r, url, _moving, proc = live
+    names = _fields[path]
+    body = data.draw(st.one_of(
+        st.dictionaries(st.sampled_from(names), _json, max_size=len(names)),
+        _json,
+    ))  # fmt: skip
+    sent = httpx.post(url + path, content=json.dumps(body, allow_nan=True).encode(),
+                      headers={"content-type": "application/json"})  # fmt: skip
+    assert sent.status_code < 500, (body, sent.text)
+    assert isinstance(sent.json()["detail" if sent.status_code >= 400 else "model_version"],
+                      str if sent.status_code >= 400 else int)  # fmt: skip
+    assert proc.poll() is None

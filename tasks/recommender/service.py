@@ -29,7 +29,9 @@ from tasks.recommender.serve_cli import MAX_K
 MAX_ITEMS = 5000  # ids in one request's recent_items or exclude
 LATEST_TIME = 2**62  # "at" must fit the model's int64 clock
 
-ItemIds = Annotated[list[StrictInt], Field(max_length=MAX_ITEMS)]
+# ids beyond 32 bits are no catalogue's: refused by the schema before numpy sees them
+ItemId = Annotated[StrictInt, Field(ge=-(2**31), le=2**31 - 1)]
+ItemIds = Annotated[list[ItemId], Field(max_length=MAX_ITEMS)]
 
 
 class RecommendRequest(BaseModel):
