@@ -85,8 +85,8 @@ def serve(region: str, data_dir: Path, host: str, port: int, model_file: Path | 
         follow, origin = (lambda stop: source.run(stop, interval=poll)), "redis"
     app = create_app(source, ServiceInfo(task.name, region, origin),
                      service.router(lambda: source.served), follow)  # fmt: skip
-    # the data, the catalogue and torch are long-lived: keep them out of the collector's full
-    # passes, which otherwise stalled a request in a hundred for ~100 ms (measured)
+    # the region's data, the task's public files and torch live as long as the process: keep
+    # them out of the collector's full passes, which stalled 1 request in 100 for ~100 ms
     gc.collect()
     gc.freeze()
     try:
