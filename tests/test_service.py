@@ -410,3 +410,25 @@ def test_no_body_a_client_can_send_makes_the_service_fail(live, path, data):
     assert isinstance(sent.json()["detail" if sent.status_code >= 400 else "model_version"],
                       str if sent.status_code >= 400 else int)  # fmt: skip
     assert proc.poll() is None
+
+
+def test_fedq_recommend_and_the_service_give_the_same_top_k(live, small_data, redis_server):
+    """The batch path (the CLI) and the online one rank through the same code."""
+    r, url, _moving, _proc = live
+    store = ModelStore(r, KEYS)
+    assert wait_until(lambda: _ready(url)["model_version"] == store.current_version(), 60)
+    user = _shopper(r, url)
+    online = _recommend(url, shopper=user, k=10).json()
+    batch = subprocess.run([*FEDQ, "recommend", "--data", str(small_data), "--region", "cn",
+                            "--user", str(user), "-k", "10", "--json",
+                            "--version", str(online["model_version"])],
+                           capture_output=True, text=True, timeout=120,
+                           env=_serve_env(redis_server.url, NS))  # fmt: skip
+    assert batch.returncode == 0, batch.stderr
+    offline = json.loads(batch.stdout)
+    assert offline["model_version"] == online["model_version"]
+    assert [x["item_id"] for x in offline["recommendations"]] == [
+        x["item_id"] for x in online["items"]
+    ]
+    np.testing.assert_allclose([x["score"] for x in offline["recommendations"]],
+                               [x["score"] for x in online["items"]], atol=1e-4)  # fmt: skip
