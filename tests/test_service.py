@@ -432,3 +432,42 @@ def test_fedq_recommend_and_the_service_give_the_same_top_k(live, small_data, re
     ]
     np.testing.assert_allclose([x["score"] for x in offline["recommendations"]],
                                [x["score"] for x in online["items"]], atol=1e-4)  # fmt: skip
+
+
+def test_not_ready_until_a_model_that_passed_is_loaded(small_data, redis_server, tmp_path):
+    keys = Keys("notready")
+    r = redis.Redis.from_url(redis_server.url)
+    for key in r.scan_iter("notready:*"):
+        r.delete(key)
+    service.initialise(r, keys, small_data, FederationSettings(eval_every=0))
+    good = ModelStore(r, keys).read(0).weights
+    r.set(keys.model(0), b"\x00not a model")  # the only version there is: broken
+    procs: list[subprocess.Popen] = []
+    try:
+        args = ["--region", "cn", "--data", str(small_data), "--poll", "0.3"]
+        proc, url = start_service(args, _serve_env(redis_server.url, "notready"),
+                                  tmp_path / "serve.log")  # fmt: skip
+        procs.append(proc)
+        assert wait_until(lambda: "0" in _ready(url)["refused_versions"], 30)
+        ready = httpx.get(url + "/readyz")
+        assert ready.status_code == 503 and ready.json()["ready"] is False
+        refused = _recommend(url, recent_items=[1])
+        assert refused.status_code == 503 and "no model loaded yet" in refused.json()["detail"]
+        assert httpx.get(url + "/healthz").status_code == 200  # alive, only not ready
+        r.set(keys.model(1), encode_model(Model(1, good)))
+        r.set(keys.version, 1)
+        assert wait_until(lambda: httpx.get(url + "/readyz").status_code == 200, 30)
+        assert _recommend(url, recent_items=[1]).json()["model_version"] == 1
+    finally:
+        stop_processes(procs)
+
+
+def test_the_service_leaves_no_raw_shopper_data_in_redis(live, small_data):
+    """After every request above (shoppers by id, histories, times), Redis holds no event
+    timestamp and no item sequence of the data: the service reads and writes nothing there."""
+    from tests.privacy_scan import assert_no_raw_data
+
+    r, url, _moving, _proc = live
+    for user in range(0, 50):
+        _recommend(url, shopper=user, k=20)
+    assert_no_raw_data(r, small_data)
