@@ -30,15 +30,22 @@ NS = "serve"
 KEYS = Keys(NS)
 
 
+def _federation(redis_server, namespace: str, data, **settings):
+    """A new federation under ``namespace`` of the session's Redis: (admin connection, keys,
+    the record)."""
+    keys = Keys(namespace)
+    r = redis.Redis.from_url(redis_server.url)
+    for key in r.scan_iter(f"{namespace}:*"):
+        r.delete(key)
+    return r, keys, service.initialise(r, keys, data, FederationSettings(**settings))
+
+
 @pytest.fixture(scope="module")
 def live(small_data, redis_server, tmp_path_factory):
     """A federation (cn and us train, 12 versions) with cn's service following it from the
     start: yields (admin connection, service URL, the coordinator and workers, the service)."""
-    r = redis.Redis.from_url(redis_server.url)
-    for key in r.scan_iter(f"{NS}:*"):
-        r.delete(key)
-    settings = FederationSettings(eval_every=0, target_versions=12, inflight_per_region=1)
-    service.initialise(r, KEYS, small_data, settings)
+    r, _keys, _fed = _federation(redis_server, NS, small_data, eval_every=0, target_versions=12,
+                                 inflight_per_region=1)  # fmt: skip
     log = tmp_path_factory.mktemp("serve") / "serve.log"
     with Fleet(redis_server.url, NS, small_data) as fleet:
         proc, url = start_service(["--region", "cn", "--data", str(small_data), "--poll", "1"],
@@ -291,11 +298,7 @@ def test_redis_gone_keeps_the_last_model_serving_and_says_so(small_data, tmp_pat
 
 
 def test_an_exported_model_is_served_without_redis(small_data, tmp_path, redis_server):
-    keys = Keys("exported")
-    r = redis.Redis.from_url(redis_server.url)
-    for key in r.scan_iter("exported:*"):
-        r.delete(key)
-    service.initialise(r, keys, small_data, FederationSettings(eval_every=0))
+    _federation(redis_server, "exported", small_data, eval_every=0)
     out = tmp_path / "model.npz"
     subprocess.run([*FEDQ, "export", "--out", str(out)], env=_serve_env(redis_server.url,
                    "exported"), check=True, capture_output=True)  # fmt: skip
@@ -336,11 +339,7 @@ def test_a_service_that_cannot_start_says_why_in_one_line(small_data, tmp_path, 
 
 
 def test_a_task_without_a_service_is_refused(toy_data, tmp_path, redis_server):
-    keys = Keys("toyserve")
-    r = redis.Redis.from_url(redis_server.url)
-    for key in r.scan_iter("toyserve:*"):
-        r.delete(key)
-    service.initialise(r, keys, toy_data, FederationSettings(task="toy", eval_every=0))
+    _federation(redis_server, "toyserve", toy_data, task="toy", eval_every=0)
     done = subprocess.run([*FEDQ, "serve", "--data", str(toy_data), "--region", "cn"],
                           capture_output=True, text=True, timeout=120,
                           env=_serve_env(redis_server.url, "toyserve"))  # fmt: skip
@@ -353,12 +352,8 @@ def test_only_evaluated_versions_are_served_with_only_evaluated(small_data, redi
     from shared.evaluations import accepted_results
     from shared.federation import read
 
-    keys = Keys("serveeval")
-    r = redis.Redis.from_url(redis_server.url)
-    for key in r.scan_iter("serveeval:*"):
-        r.delete(key)
-    settings = FederationSettings(eval_every=4, target_versions=12, inflight_per_region=1)
-    fed = service.initialise(r, keys, small_data, settings)
+    r, keys, fed = _federation(redis_server, "serveeval", small_data, eval_every=4,
+                               target_versions=12, inflight_per_region=1)  # fmt: skip
     with Fleet(redis_server.url, "serveeval", small_data) as fleet:
         args = ["--region", "cn", "--data", str(small_data), "--poll", "0.5", "--only-evaluated"]
         proc, url = start_service(args, fleet.env, tmp_path / "serve.log")
@@ -435,11 +430,7 @@ def test_fedq_recommend_and_the_service_give_the_same_top_k(live, small_data, re
 
 
 def test_not_ready_until_a_model_that_passed_is_loaded(small_data, redis_server, tmp_path):
-    keys = Keys("notready")
-    r = redis.Redis.from_url(redis_server.url)
-    for key in r.scan_iter("notready:*"):
-        r.delete(key)
-    service.initialise(r, keys, small_data, FederationSettings(eval_every=0))
+    r, keys, _fed = _federation(redis_server, "notready", small_data, eval_every=0)
     good = ModelStore(r, keys).read(0).weights
     r.set(keys.model(0), b"\x00not a model")  # the only version there is: broken
     procs: list[subprocess.Popen] = []
