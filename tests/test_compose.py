@@ -19,6 +19,11 @@ SERVICES = COMPOSE["services"]
 FEDQ_SERVICES = [name for name in SERVICES if name != "redis"]
 
 
+def _defaults(volume: str) -> str:
+    """A volume as compose reads it with no variable set: ``${VAR:-default}`` is ``default``."""
+    return re.sub(r"\$\{[A-Z_]+:-([^}]*)\}", r"\1", volume)
+
+
 def _seconds(text: str) -> float:
     units = {"s": 1, "m": 60, "h": 3600}
     return sum(int(n) * units[u] for n, u in re.findall(r"(\d+)([smh])", text))
@@ -51,7 +56,7 @@ def test_workers_scale_outlast_a_job_and_see_only_their_region(name):
     assert service["deploy"]["replicas"] >= 2
     assert _seconds(service["stop_grace_period"]) > FederationSettings().job_timeout
     assert service["command"][service["command"].index("--region") + 1] == region
-    mounted = {v.split(":")[0] for v in service["volumes"]}
+    mounted = {_defaults(v).split(":")[0] for v in service["volumes"]}
     assert mounted == {"./data/meta.json", "./data/catalogue.csv", f"./data/{region}"}
 
 
@@ -77,7 +82,7 @@ SECURE = yaml.safe_load((ROOT / "compose.secure.yaml").read_text())["services"]
 
 def _mounts(service: dict) -> dict[str, str]:
     """Container path -> host path of a service's bind mounts."""
-    pairs = (v.split(":")[:2] for v in service.get("volumes", []))
+    pairs = (_defaults(v).split(":")[:2] for v in service.get("volumes", []))
     return {target: source for source, target in pairs}
 
 
@@ -95,6 +100,9 @@ def test_secure_override_gives_each_service_only_its_own_secrets():
                 f"./keys/{region}.key",
                 f"./keys/users/fedq-worker-{region}.password",
             }
+        elif name.startswith("service-"):  # logs in as its region's worker user, signs nothing
+            region = name.removeprefix("service-")
+            assert mounted == {f"./keys/users/fedq-worker-{region}.password"}, name
         else:
             assert mounted == secrets | {f"./keys/users/fedq-{name}.password"}, name
     assert "--aclfile" in SECURE["redis"]["command"]
@@ -143,6 +151,8 @@ def test_secure_override_runs_a_federation_with_only_the_mounted_files(
             args = [str(ROOT / "fedq.toml") if a == "/config/fedq.toml" else a for a in args]
             if name == "coordinator":
                 args += ["--target-versions", "8", "--eval-every", "8"]
+            if name.startswith("service-"):  # loopback and a free port here
+                args = [{"0.0.0.0": "127.0.0.1", "8000": "0"}.get(a, a) for a in args]
             env = {**os.environ, "FEDQ_REDIS_URL": server.url, "FEDQ_KEYS": str(given(name)),
                    "FEDQ_NAMESPACE": "fedq"}  # fmt: skip
             procs.append(
