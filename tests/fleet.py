@@ -6,22 +6,11 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
 
-from shared.processes import stop_processes
+from shared.processes import stop_processes, wait_until  # noqa: F401 (tests import it here)
 
 FEDQ = [sys.executable, "-m", "cli"]
-
-
-def wait_until(predicate: Callable[[], object], timeout: float, poll: float = 0.2) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(poll)
-    return False
 
 
 class Fleet:

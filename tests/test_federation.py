@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import re
 import subprocess
 import sys
 import time
@@ -182,7 +183,8 @@ def test_rq_info_shows_fedq_queues_and_workers(small_data, redis_server, tmp_pat
                              text=True, timeout=60)  # fmt: skip
         assert out.returncode == 0, out.stderr
         assert "info:region:jp" in out.stdout
-        assert f"jp.{os.uname().nodename}.{worker.pid}" in out.stdout
+        assert re.search(rf"jp\.{re.escape(os.uname().nodename)}-[0-9a-f]{{6}}\.{worker.pid} ",
+                         out.stdout), out.stdout  # fmt: skip
     finally:
         worker.terminate()
         worker.wait(timeout=30)

@@ -53,12 +53,12 @@ def test_a_region_without_workers_expires_its_jobs_and_resumes_when_one_joins(
         assert wait_until(lambda: _jp_updates(r, keys) >= 2, 120)
         # a second cn worker joins mid-run and takes jobs too
         late = fleet.worker("cn")
-        name = f"cn.{socket.gethostname()}.{late.pid}"
         cn = region_queue(r, keys, "cn")
 
         def late_worked() -> bool:
-            w = Worker.find_by_key(Worker.redis_worker_namespace_prefix + name, connection=r,
-                                   serializer=SERIALIZER)  # fmt: skip
+            w = next((w for w in Worker.all(queue=cn, serializer=SERIALIZER)
+                      if w.name.startswith(f"cn.{socket.gethostname()}-")
+                      and w.name.endswith(f".{late.pid}")), None)  # fmt: skip
             return w is not None and w.successful_job_count > 0
 
         assert wait_until(late_worked, 120)

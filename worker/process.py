@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import secrets
 import signal
 import socket
 import threading
@@ -248,8 +249,15 @@ class FedqWorker(SimpleWorker):
         streams.add_rejection(self.connection, self.fedq_keys, fields)
 
 
+_INSTANCE = secrets.token_hex(3)  # this process's start
+
+
 def worker_name(region: str) -> str:
-    return f"{region}.{socket.gethostname()}.{os.getpid()}"
+    """``<region>.<host>-<instance>.<pid>``: the region first (ACL patterns), the pid last. The
+    instance tells apart two starts with the same host name and pid: a container restarted
+    after a crash is the same host running pid 1 again, and RQ refuses a worker whose name
+    is still registered (the dead one's key lives until its TTL), so it crash-looped."""
+    return f"{region}.{socket.gethostname()}-{_INSTANCE}.{os.getpid()}"
 
 
 def prepare(
