@@ -1,7 +1,8 @@
 """Prometheus metrics of the federation's roles: every series named and defined once, here.
 
-Each role (aggregator, coordinator, worker) serves its own on ``--metrics-port`` (env
-``FEDQ_METRICS_PORT``; off by default) in Prometheus' text format, from a registry of its own
+Each role (aggregator, coordinator, worker) serves its own on ``--metrics-port`` (off by default;
+no environment variable, since one would give every process of a host the same port) in
+Prometheus' text format, from a registry of its own
 (so tests can run several roles in one process). The aggregator and the worker count what they
 do as they do it; the coordinator's figures are the federation's state in Redis (in flight,
 queued, dispatched), read at each scrape, so a restarted or standby coordinator shows the same
