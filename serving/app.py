@@ -46,6 +46,7 @@ class ModelSource(Protocol):
     swaps: int
     refused: dict[int, str]
     redis_ok: bool
+    problem: str | None  # why the last look at the federation failed (not an outage)
 
 
 @dataclass
@@ -55,6 +56,7 @@ class FixedModel:
     served: Served | None
     swaps: int = 0
     redis_ok: bool = True
+    problem: str | None = None
 
     def __post_init__(self) -> None:
         self.refused: dict[int, str] = {}
@@ -112,6 +114,7 @@ def create_app(
             "source": info.source,
             "redis": "ok" if source.redis_ok else "unreachable: serving the last model loaded",
             "swaps": source.swaps,
+            "following": source.problem or "ok",
             "refused_versions": {str(v): why for v, why in sorted(source.refused.items())[-5:]},
         }
         return JSONResponse(body, status_code=200 if served is not None else 503)

@@ -80,8 +80,8 @@ class EvaluationGate:
     def look(self, newer_than: int) -> None:
         """Copy new pinned blobs past ``newer_than`` and read the new accepted results."""
         for raw in self.r.hkeys(self.keys.pinned):
-            version = int(raw)
-            if version > newer_than and version not in self.blobs:
+            version = _as_version(raw)
+            if version is not None and version > newer_than and version not in self.blobs:
                 blob = self.r.get(self.keys.model(version))
                 if blob is not None:
                     self.blobs[version] = blob
@@ -156,6 +156,7 @@ class ModelFollower(Generic[T]):
         self.held_back: dict[int, str] = {}  # version -> why the policy passed it over
         self.swaps = 0
         self.redis_ok = True
+        self.problem: str | None = None  # why the last look failed, if it did (not an outage)
         self._swapped_at = -float("inf")
 
     def check(self) -> bool:
@@ -243,3 +244,22 @@ class ModelFollower(Generic[T]):
             except REDIS_DOWN as exc:
                 self.redis_ok = False
                 stop.wait(outage.failed(exc))
+            except Exception as exc:  # noqa: BLE001 - e.g. a version counter that is no number
+                # the follower never dies: the served model stays, the problem is said, and the
+                # next look (after the interval) tries again
+                problem = f"{type(exc).__name__}: {str(exc)[:200]}"
+                if problem != self.problem:  # said once, not at every look
+                    served = "nothing" if self.served is None else f"version {self.served.version}"
+                    self.say(f"service: cannot follow the federation ({problem}); still "
+                             f"serving {served}")  # fmt: skip
+                self.problem = problem
+                stop.wait(interval)
+            else:
+                self.problem = None
+
+
+def _as_version(raw: bytes) -> int | None:
+    try:
+        return int(raw)
+    except ValueError:
+        return None

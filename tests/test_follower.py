@@ -197,3 +197,29 @@ def test_a_fallen_newest_version_does_not_hide_an_older_good_one(r, toy_data):
     assert follower.check() and follower.served.version == 1
     assert "fell to 0.5000 from 0.6000 at version 1" in follower.held_back[2]
     assert not follower.check()  # nothing newer that did not fall
+
+
+def test_garbage_in_the_version_counter_never_stops_the_follower(r, toy_data):
+    """Whoever could write the counter (an admin's slip, a compromised coordinator) makes the
+    follower say so and keep serving; once it is a number again, following goes on."""
+    aggregator = _federation(r, toy_data)
+    said: list[str] = []
+    follower = _follower(r, aggregator, say=said.append)
+    stop = threading.Event()
+    thread = threading.Thread(target=follower.run, args=(stop, 0.1))
+    thread.start()
+    try:
+        assert wait_until(lambda: follower.served is not None, 10)
+        r.set(K.version, b"not-a-number")
+        r.hset(K.pinned, b"garbage", b"[]")
+        assert wait_until(lambda: follower.problem is not None, 10)
+        assert thread.is_alive() and follower.served.version == 0
+        assert sum("cannot follow the federation" in m for m in said) == 1  # said once
+        r.set(K.version, 0)
+        r.hdel(K.pinned, b"garbage")
+        version = _commit(r, aggregator, 0.01)
+        assert wait_until(lambda: follower.served.version == version, 10)
+        assert follower.problem is None
+    finally:
+        stop.set()
+        thread.join(10)
