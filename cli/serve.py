@@ -72,7 +72,8 @@ def serve(region: str, data_dir: Path, host: str, port: int, model_file: Path | 
         follow, origin = None, str(model_file)
     else:
         # the follower blocks on the commits for up to --poll seconds: the socket must wait longer
-        connection, keys = open_redis(redis_url, namespace, wait, say,
+        # a service follows a federation that exists: no URL is an error, not an empty server
+        connection, keys = open_redis(redis_url, namespace, wait, say, start_embedded=False,
                                       user=lambda users: users.worker(region),
                                       socket_timeout=poll + 5)  # fmt: skip
         fed, task, settings, template = _task_of_federation(connection, keys, data_dir,

@@ -321,6 +321,7 @@ def test_an_exported_model_is_served_without_redis(small_data, tmp_path, redis_s
         (["--region", "atlantis"], "unknown region 'atlantis'"),
         (["--region", "cn", "--model", "{tmp}/nothing.npz"], "does not exist"),
         (["--region", "cn", "--port", "70000"], "70000 is not in the range"),
+        (["--region", "cn", "--no-url"], "no Redis to look at"),
     ],
 )
 def test_a_service_that_cannot_start_says_why_in_one_line(small_data, tmp_path, redis_server,
@@ -331,6 +332,10 @@ def test_a_service_that_cannot_start_says_why_in_one_line(small_data, tmp_path, 
         service.initialise(r, keys, small_data, FederationSettings(eval_every=0))
     args = [a.replace("{tmp}", str(tmp_path)) for a in args]
     env = _serve_env(redis_server.url, "refuse")
+    if "--no-url" in args:  # no URL, no embedded server running: never an empty one started
+        args.remove("--no-url")
+        env = {k: v for k, v in env.items() if k != "FEDQ_REDIS_URL"}
+        env["FEDQ_HOME"] = str(tmp_path / "home")
     done = subprocess.run([*FEDQ, "serve", "--data", str(small_data), *args], capture_output=True,
                           text=True, timeout=120, env=env)  # fmt: skip
     errors = [line for line in done.stderr.splitlines() if line.startswith("Error:")]
