@@ -47,6 +47,10 @@ class RunOptions:
     final_timeout: float = 600.0
     acl: bool = False  # its Redis (>= 7) runs with ACL users; every role logs in as its own
     standbys: int = 0  # hot standby coordinators and aggregators besides the active ones
+    redis_host: str = "127.0.0.1"  # where its own Redis listens (the WAN harness: the hub's)
+    # the command prefix that starts a role on its host (kind, region or None): the WAN harness
+    # puts each region's workers in that region's network namespace
+    placement: Callable[[str, str | None], list[str]] | None = None
 
 
 @dataclass
@@ -56,6 +60,7 @@ class Role:
     args: list[str]
     process: subprocess.Popen
     peak_rss_mb: float = 0.0
+    region: str | None = None  # a worker's
 
     def sample_rss(self) -> None:
         self.peak_rss_mb = max(self.peak_rss_mb, _peak_rss_mb(self.process.pid))
@@ -90,7 +95,7 @@ def run_federation(
         env[KEYS_ENV] = str((out / "keys").resolve())
     if options.redis_url is None:
         shutil.rmtree(out / "redis", ignore_errors=True)  # a reused run directory starts afresh
-        server = RedisServer(out / "redis")
+        server = RedisServer(out / "redis", host=options.redis_host)
         if options.acl:
             server.acl_file, server.admin = _run_users(out / "keys", options)
         server.start()
@@ -117,22 +122,34 @@ def run_federation(
             init_keys(out / "keys", fed.regions)
         if on_start is not None:
             on_start(url, connection)
-        roles.append(_spawn("aggregator", "aggregator", ["aggregator"], env, out))
+
+        def spawn(name: str, kind: str, args: list[str], region: str | None = None) -> Role:
+            prefix = options.placement(kind, region) if options.placement else []
+            return _spawn(name, kind, args, env, out, prefix, region)
+
+        roles.append(spawn("aggregator", "aggregator", ["aggregator"]))
         for i in range(options.standbys):  # a hot standby: takes over if the active one dies
-            roles.append(_spawn(f"aggregator-standby{i}", "aggregator", ["aggregator"], env, out))
+            roles.append(spawn(f"aggregator-standby{i}", "aggregator", ["aggregator"]))
         for region in fed.regions:
             slow = options.slowdown.get(region, 1.0)
             for k in range(options.workers_per_region):
                 args = ["worker", "--region", region, "--data", str(options.data_dir),
                         "--slowdown", str(slow), "--task", fed.settings.task]  # fmt: skip
-                roles.append(_spawn(f"worker-{region}-{k}", "worker", args, env, out))
+                roles.append(spawn(f"worker-{region}-{k}", "worker", args, region))
         coordinate = ["coordinator", "--data", str(options.data_dir)]
-        roles.append(_spawn("coordinator", "coordinator", coordinate, env, out))
+        roles.append(spawn("coordinator", "coordinator", coordinate))
         for i in range(options.standbys):
-            roles.append(_spawn(f"coordinator-standby{i}", "coordinator", coordinate, env, out))
-        final_version = _watch(connection, keys, fed, roles, options, progress,
-                               disturb, lambda role: _spawn(role.name, role.kind, role.args, env,
-                                                            out))  # fmt: skip
+            roles.append(spawn(f"coordinator-standby{i}", "coordinator", coordinate))
+        final_version = _watch(
+            connection,
+            keys,
+            fed,
+            roles,
+            options,
+            progress,
+            disturb,
+            lambda role: spawn(role.name, role.kind, role.args, role.region),
+        )
         seconds = time.time() - started
         for role in roles:
             role.sample_rss()
@@ -169,13 +186,15 @@ def _run_users(directory: Path, options: RunOptions) -> tuple[Path, tuple[str, s
     return directory / ACL_FILE, (admin, load_password(directory, admin) or "")
 
 
-def _spawn(name: str, kind: str, args: list[str], env: dict, out: Path) -> Role:
+def _spawn(name: str, kind: str, args: list[str], env: dict, out: Path, prefix: list[str],
+           region: str | None) -> Role:  # fmt: skip
     log = open(out / "logs" / f"{name}.log", "ab")  # noqa: SIM115 (the child owns it)
     process = subprocess.Popen(
-        [sys.executable, "-m", "cli", *args], env=env, stdout=log, stderr=subprocess.STDOUT
-    )
+        [*prefix, sys.executable, "-m", "cli", *args], env=env, stdout=log,
+        stderr=subprocess.STDOUT,
+    )  # fmt: skip
     log.close()
-    return Role(name, kind, args, process)
+    return Role(name, kind, args, process, region=region)
 
 
 def _watch(

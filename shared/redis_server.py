@@ -112,13 +112,14 @@ class RedisServer:
     tls: TlsFiles | None = None
     binary: str | None = None
     process: subprocess.Popen | None = None
+    host: str = "127.0.0.1"  # the address it binds and its URL names (another in a netns harness)
 
     @property
     def url(self) -> str:
         auth = f":{self.password}@" if self.password else ""
         if self.tls:
-            return f"rediss://{auth}127.0.0.1:{self.port}/0?ssl_ca_certs={self.tls.ca.resolve()}"
-        return f"redis://{auth}127.0.0.1:{self.port}/0"
+            return f"rediss://{auth}{self.host}:{self.port}/0?ssl_ca_certs={self.tls.ca.resolve()}"
+        return f"redis://{auth}{self.host}:{self.port}/0"
 
     def client(self, **kwargs: object) -> redis.Redis:
         """A client with the admin's credentials (if any)."""
@@ -130,7 +131,7 @@ class RedisServer:
         self.directory.mkdir(parents=True, exist_ok=True)
         lines = [
             f"port {0 if self.tls else self.port}",
-            "bind 127.0.0.1",
+            f"bind {self.host}",
             "protected-mode yes",
             f"dir {_quoted(self.directory.resolve())}",
             "appendonly yes",
