@@ -107,21 +107,18 @@ class Committer:
         blob = encode_model(Model(new_version, outcome.new_weights, {}))
         staged = self.keys.staged_model(new_version, self.consumer)
         crash_point("aggregator.before_commit")
-        with self.r.pipeline(transaction=False) as pipe:
-            pipe.set(staged, blob, ex=STAGED_TTL)
-            self._script(
-                keys=[self.keys.version, self.keys.model_info(new_version), self.keys.applied,
-                      self.keys.applies,
-                      self.keys.model(old) if old >= 0 else self.keys.model(-1),
-                      staged, self.keys.model(new_version), self.keys.applied_jobs,
-                      self.keys.lease("aggregator"), self.keys.pinned],
-                args=[version, new_version, AGGREGATOR_GROUP, old if old >= 0 else -1,
-                      len(ids), *ids, *jobs, len(entries), *entries,
-                      len(info), *streams.flat(info), len(applies), *streams.flat(applies),
-                      lease_value],
-                client=pipe,
-            )  # fmt: skip
-            _, done = pipe.execute()
+        script_keys = [
+            self.keys.version, self.keys.model_info(new_version), self.keys.applied,
+            self.keys.applies, self.keys.model(old) if old >= 0 else self.keys.model(-1),
+            staged, self.keys.model(new_version), self.keys.applied_jobs,
+            self.keys.lease("aggregator"), self.keys.pinned,
+        ]  # fmt: skip
+        script_args = [
+            version, new_version, AGGREGATOR_GROUP, old if old >= 0 else -1,
+            len(ids), *ids, *jobs, len(entries), *entries,
+            len(info), *streams.flat(info), len(applies), *streams.flat(applies), lease_value,
+        ]  # fmt: skip
+        done = self._stage_and_run(staged, blob, script_keys, script_args)
         crash_point("aggregator.after_commit")
         if done == -1:
             raise StaleWriter("this aggregator lost its lease: another one is active")
@@ -131,3 +128,20 @@ class Committer:
                 f"the model version moved to {current!r} under this aggregator "
                 f"(expected {version}): is a second aggregator writing?"
             )
+
+    def _stage_and_run(self, staged: str, blob: bytes, keys: list, args: list) -> object:
+        """The staged blob and the script in one round trip: EVALSHA straight in the pipeline,
+        not a Script object, whose pipeline first asks SCRIPT EXISTS in a round trip of its own
+        on every commit. If Redis lost its script cache (a restart, SCRIPT
+        FLUSH), the script ran nowhere: load it and send both again (the SET is idempotent)."""
+        for attempt in (1, 2):
+            with self.r.pipeline(transaction=False) as pipe:
+                pipe.set(staged, blob, ex=STAGED_TTL)
+                pipe.evalsha(self._script.sha, len(keys), *keys, *args)
+                try:
+                    return pipe.execute()[1]
+                except redis.exceptions.NoScriptError:
+                    if attempt == 2:
+                        raise
+                    self.r.script_load(COMMIT_SCRIPT)
+        raise AssertionError("unreachable")

@@ -7,8 +7,10 @@ the rejection reason and a detail, or None.
 
 from __future__ import annotations
 
+import math
+
 from shared import auth, streams
-from shared.aggregation import clip_to_norm, tensor_problem
+from shared.aggregation import clip_to_norm, l2_norm, tensor_problem
 from shared.codec import RejectReason, Weights
 
 MAX_UPDATE_BYTES = 64 * 1024 * 1024
@@ -20,12 +22,18 @@ def delta_problem(
     """(problem, clipped norm): the delta must have the model's tensors and shapes, finite
     values, and an L2 norm within ``bound`` (0: none); with ``norm_action`` "clip" a longer
     delta is scaled down to the bound in place, and its old norm returned."""
-    problem = tensor_problem(delta, weights)
+    problem = tensor_problem(delta, weights, finite=False)
+    # one pass for both: a NaN or an infinity makes the sum of squares non-finite, so only a
+    # non-finite norm needs the element-wise look (which also tells a finite overflow apart)
+    norm = l2_norm(delta) if problem is None else math.nan
+    if problem is None and not math.isfinite(norm):
+        problem = tensor_problem(delta, weights)
+        norm = math.inf
     if problem is not None:
         kind, detail = problem
         return (RejectReason.SHAPE if kind == "shape" else RejectReason.NON_FINITE, detail), None
     if bound:
-        clipped, norm = clip_to_norm(delta, bound)
+        clipped, norm = clip_to_norm(delta, bound, norm)
         if clipped is not delta:
             if norm_action == "reject":
                 return (RejectReason.NORM, f"L2 norm {norm:.4g} > bound {bound:g}"), None

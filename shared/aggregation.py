@@ -137,9 +137,12 @@ def l2_norm(tensors: Weights) -> float:
     return float(math.sqrt(sum(float(np.vdot(t, t)) for t in tensors.values())))
 
 
-def clip_to_norm(tensors: Weights, bound: float) -> tuple[Weights, float]:
-    """``tensors`` scaled down to L2 norm ``bound`` if above it; returns them and the old norm."""
-    norm = l2_norm(tensors)
+def clip_to_norm(
+    tensors: Weights, bound: float, norm: float | None = None
+) -> tuple[Weights, float]:
+    """``tensors`` scaled down to L2 norm ``bound`` if above it; returns them and the old norm
+    (``norm``: already measured)."""
+    norm = l2_norm(tensors) if norm is None else norm
     if norm <= bound:
         return tensors, norm
     scale = bound / norm
@@ -158,9 +161,9 @@ def _same_keys(*dicts: Weights) -> None:
                 raise ValueError(f"{name}: shape {d[name].shape}, expected {t.shape}")
 
 
-def tensor_problem(tensors: Weights, like: Weights) -> tuple[str, str] | None:
-    """(kind, detail) if ``tensors`` lack or add a tensor of ``like``, differ in a shape, or hold
-    NaN or infinities; None if they fit. kind is "shape" or "non_finite"."""
+def tensor_problem(tensors: Weights, like: Weights, finite: bool = True) -> tuple[str, str] | None:
+    """(kind, detail) if ``tensors`` lack or add a tensor of ``like``, differ in a shape, or
+    (``finite``) hold NaN or infinities; None if they fit. kind is "shape" or "non_finite"."""
     if tensors.keys() != like.keys():
         missing = sorted(set(like) - set(tensors))
         extra = sorted(set(tensors) - set(like))
@@ -170,6 +173,6 @@ def tensor_problem(tensors: Weights, like: Weights) -> tuple[str, str] | None:
             return "shape", f"{name}: {np.shape(t)}, expected {np.shape(like[name])}"
         # one pass without a temporary: a NaN or inf makes the sum non-finite (a finite sum
         # that overflowed is re-checked element by element before rejecting)
-        if not np.isfinite(np.sum(t, dtype=np.float64)) and not np.isfinite(t).all():
+        if finite and not np.isfinite(np.sum(t, dtype=np.float64)) and not np.isfinite(t).all():
             return "non_finite", f"{name} has non-finite values (NaN or infinite)"
     return None

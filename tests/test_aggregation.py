@@ -75,3 +75,33 @@ def test_shape_and_name_mismatches_are_errors():
         agg.fedasync_apply(w, w, {"x": np.zeros(3)}, 0.5)
     with pytest.raises(ValueError, match="missing"):
         agg.add(w, {"y": np.zeros(2)})
+
+
+def test_delta_problem_names_each_fault_from_one_pass() -> None:
+    """One norm pass tells a clean delta; NaN, infinity, a huge finite delta and a wrong shape
+    are each named as before (the element-wise look runs only for a non-finite norm)."""
+    from coordinator.validation import delta_problem
+    from shared.codec import RejectReason
+
+    like = {"w": np.zeros((4, 3), np.float32), "b": np.zeros(3, np.float32)}
+
+    def delta(fill: float, at: tuple = (0, 0)) -> dict:
+        d = {"w": np.full((4, 3), 0.1, np.float32), "b": np.full(3, 0.1, np.float32)}
+        d["w"][at] = fill
+        return d
+
+    assert delta_problem(delta(0.1), like, 50.0, "reject") == (None, None)
+    for bad in (np.nan, np.inf, -np.inf):
+        (reason, _), _ = delta_problem(delta(bad), like, 50.0, "reject")
+        assert reason is RejectReason.NON_FINITE
+    huge = delta(3e38)  # finite, but its square overflows float32
+    assert delta_problem(huge, like, 0.0, "reject") == (None, None)  # no bound: accepted
+    (reason, detail), _ = delta_problem(delta(3e38), like, 50.0, "reject")
+    assert reason is RejectReason.NORM and "inf" in detail
+    (reason, _), _ = delta_problem({"w": np.zeros((3, 4), np.float32), "b": like["b"]}, like,
+                                   50.0, "reject")  # fmt: skip
+    assert reason is RejectReason.SHAPE
+    clipped = delta(100.0)
+    problem, norm = delta_problem(clipped, like, 50.0, "clip")
+    assert problem is None and norm > 50
+    assert np.sqrt(sum(float(np.vdot(t, t)) for t in clipped.values())) == pytest.approx(50.0)

@@ -191,6 +191,19 @@ def test_an_update_published_twice_is_applied_once(r, toy_data):
     assert r.xlen(KEYS.update_stream("cn")) == 0
 
 
+def test_a_commit_after_redis_lost_its_scripts_loads_the_script_and_commits_once(r, toy_data):
+    fed = _fed(r, toy_data)
+    agg = Aggregator(r, KEYS, fed)
+    _publish(r, "cn", 0, _delta(agg, 0.1))
+    _drain(agg)
+    r.script_flush()  # what a restarted Redis without the script cache looks like to the commit
+    second = _publish(r, "cn", 1, _delta(agg, 0.1))
+    _drain(agg)
+    assert agg.version == 2 and int(r.get(KEYS.version)) == 2
+    assert r.sismember(KEYS.applied, second)
+    assert r.xlen(KEYS.update_stream("cn")) == 0 and not r.keys(f"{KEYS.namespace}:staged:*")
+
+
 def test_buffered_mode_flushes_every_k_and_scales_by_staleness(r, toy_data):
     fed = _fed(r, toy_data, mode="buffered", buffer_size=2, server_lr=1.0,
                sample_weighting=False)  # fmt: skip
