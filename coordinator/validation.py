@@ -24,11 +24,12 @@ def delta_problem(
     delta is scaled down to the bound in place, and its old norm returned."""
     problem = tensor_problem(delta, weights, finite=False)
     # one pass for both: a NaN or an infinity makes the sum of squares non-finite, so only a
-    # non-finite norm needs the element-wise look (which also tells a finite overflow apart)
+    # non-finite norm needs the element-wise look; finite values whose float32 squares
+    # overflowed get their true norm in float64 (so a clip scales them, not zeroes them)
     norm = l2_norm(delta) if problem is None else math.nan
     if problem is None and not math.isfinite(norm):
         problem = tensor_problem(delta, weights)
-        norm = math.inf
+        norm = l2_norm(delta, wide=True)
     if problem is not None:
         kind, detail = problem
         return (RejectReason.SHAPE if kind == "shape" else RejectReason.NON_FINITE, detail), None

@@ -97,7 +97,11 @@ def test_delta_problem_names_each_fault_from_one_pass() -> None:
     huge = delta(3e38)  # finite, but its square overflows float32
     assert delta_problem(huge, like, 0.0, "reject") == (None, None)  # no bound: accepted
     (reason, detail), _ = delta_problem(delta(3e38), like, 50.0, "reject")
-    assert reason is RejectReason.NORM and "inf" in detail
+    assert reason is RejectReason.NORM and "3e+38" in detail  # its true norm, not inf
+    clipped_huge = delta(3e38)
+    assert delta_problem(clipped_huge, like, 50.0, "clip")[0] is None
+    assert np.linalg.norm(clipped_huge["w"].astype(np.float64)) == pytest.approx(50.0, rel=1e-5)
+    assert clipped_huge["w"][0, 0] > 0  # scaled to the bound, not zeroed
     (reason, _), _ = delta_problem({"w": np.zeros((3, 4), np.float32), "b": like["b"]}, like,
                                    50.0, "reject")  # fmt: skip
     assert reason is RejectReason.SHAPE
