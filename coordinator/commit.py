@@ -132,8 +132,8 @@ class Committer:
     def _stage_and_run(self, staged: str, blob: bytes, keys: list, args: list) -> object:
         """The staged blob and the script in one round trip: EVALSHA straight in the pipeline,
         not a Script object, whose pipeline first asks SCRIPT EXISTS in a round trip of its own
-        on every commit. If Redis lost its script cache (a restart, SCRIPT
-        FLUSH), the script ran nowhere: load it and send both again (the SET is idempotent)."""
+        on every commit. If Redis lost its script cache (a restart, SCRIPT FLUSH), the script
+        ran nowhere: load it and send both again (the SET is idempotent)."""
         for attempt in (1, 2):
             with self.r.pipeline(transaction=False) as pipe:
                 pipe.set(staged, blob, ex=STAGED_TTL)

@@ -29,7 +29,7 @@ def delta_problem(
     norm = l2_norm(delta) if problem is None else math.nan
     if problem is None and not math.isfinite(norm):
         problem = tensor_problem(delta, weights)
-        norm = l2_norm(delta, wide=True)
+        norm = l2_norm(delta, wide=True) if problem is None else norm
     if problem is not None:
         kind, detail = problem
         return (RejectReason.SHAPE if kind == "shape" else RejectReason.NON_FINITE, detail), None

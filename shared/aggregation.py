@@ -136,16 +136,9 @@ def subtract(new: Weights, base: Weights) -> dict[str, np.ndarray]:
 def l2_norm(tensors: Weights, wide: bool = False) -> float:
     """In the tensors' own precision (float32: fast, but squares above ~1.8e19 overflow to
     inf), or ``wide`` in float64 (a copy of each tensor: for the rare finite overflow)."""
-    if wide:
-        return float(
-            math.sqrt(
-                sum(
-                    float(np.vdot(w, w))
-                    for w in (np.asarray(t, dtype=np.float64) for t in tensors.values())
-                )
-            )
-        )
-    return float(math.sqrt(sum(float(np.vdot(t, t)) for t in tensors.values())))
+    dtype = np.float64 if wide else None  # None: no copy
+    squares = (float(np.vdot(a, a)) for a in (np.asarray(t, dtype=dtype) for t in tensors.values()))
+    return float(math.sqrt(sum(squares)))
 
 
 def clip_to_norm(
