@@ -153,6 +153,21 @@ def aggregator(consumer: str | None, metrics_port: int | None, metrics_host: str
     help="Run directory (logs, redis data, report) [default: runs/<mode>-<time>].",
 )
 @click.option("--redis-url", default=None, help="Use this Redis instead of starting one.")
+@click.option(
+    "--redis-maxmemory",
+    metavar="SIZE",
+    default=None,
+    help="Memory cap of the run's own Redis (2gb, 512mb, bytes; 0: none); at the cap it "
+    "refuses writes, which the roles retry [default: env FEDQ_REDIS_MAXMEMORY, else 2 GiB or "
+    "a quarter of the machine's memory, whichever is smaller].",
+)
+@click.option(
+    "--redis-patience",
+    type=click.FloatRange(min=0),
+    default=None,
+    metavar="SECONDS",
+    help="How long the run waits through a Redis outage before it gives up [default: 300].",
+)
 @click.option("--namespace", default="fedq", show_default=True)
 @click.option(
     "--baselines/--no-baselines",
@@ -166,7 +181,8 @@ def aggregator(consumer: str | None, metrics_port: int | None, metrics_host: str
 @settings_options
 def run_cmd(data_dir: Path | None, generate: bool, workers_per_region: int | None,
             slowdown: tuple[str, ...],
-            json_out: Path | None, out_dir: Path | None, redis_url: str | None, namespace: str,
+            json_out: Path | None, out_dir: Path | None, redis_url: str | None,
+            redis_maxmemory: str | None, redis_patience: float | None, namespace: str,
             baselines: bool, acl: bool | None,
             settings) -> None:  # fmt: skip
     """Run a whole federation here: Redis, aggregator, coordinator and workers, then report.
@@ -179,6 +195,7 @@ def run_cmd(data_dir: Path | None, generate: bool, workers_per_region: int | Non
     from cli.progress import bar
     from harness.run import RunOptions, run_federation
     from reporting.report import compare_table, ensure_baselines
+    from shared.redis_server import resolve_maxmemory
     from tasks.api import load_task
 
     if workers_per_region is not None and workers_per_region < 1:
@@ -206,6 +223,14 @@ def run_cmd(data_dir: Path | None, generate: bool, workers_per_region: int | Non
     out_dir = out_dir or Path("runs") / f"{settings.mode}-{time.strftime('%Y%m%d-%H%M%S')}"
     options = RunOptions(data_dir, settings, workers_per_region, slow, out_dir, redis_url,
                          namespace, acl=acl)  # fmt: skip
+    if redis_maxmemory is not None:
+        if redis_url is not None:
+            raise click.UsageError(
+                "--redis-maxmemory caps the run's own Redis: without --redis-url"
+            )
+        options = dataclasses.replace(options, redis_maxmemory=resolve_maxmemory(redis_maxmemory))
+    if redis_patience is not None:
+        options = dataclasses.replace(options, redis_patience=redis_patience)
     say = lambda m: click.echo(m, err=True)  # noqa: E731
     _interrupt_on_sigterm()  # so the run's cleanup stops every process it started
     with bar("federating") as update:

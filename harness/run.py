@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import redis
 
@@ -28,11 +29,49 @@ from shared.errors import FedqError
 from shared.evaluations import accepted_results
 from shared.keys import Keys
 from shared.processes import stop_processes
-from shared.redis_server import RedisServer, redact
+from shared.redis_server import RedisServer, redact, resolve_maxmemory
+from shared.resilience import REDIS_DOWN, Outage, retry_redis
 from shared.settings import FederationSettings
 
 Say = Callable[[str], None]
 STOP_GRACE = 30.0
+# how long fedq run waits through a Redis outage (its roles wait for ever): long enough for an
+# operator to restart a crashed server on its AOF, short enough that a Redis gone for good
+# ends the run with a line rather than a hang
+REDIS_PATIENCE = 300.0
+T = TypeVar("T")
+
+
+class RedisGone(FedqError):
+    """Redis stayed unreachable (or refused writes) for longer than the run's patience."""
+
+
+class Patient:
+    """fedq run's own Redis calls, retried through an outage like its roles' (backoff, one line
+    when it starts, one per 10 s, one when Redis is back) for at most ``patience`` seconds.
+
+    ``fedq run`` is the federation's supervisor: when it exited on the first refused connection
+    ("Error 111") it stopped every role that was riding the outage out and shut down the
+    restarted server, so an outage its roles survive ended the run."""
+
+    def __init__(self, say: Say, url: str, patience: float) -> None:
+        self.outage = Outage(say, "fedq run")
+        self.url = url
+        self.patience = patience
+
+    def __call__(self, action: Callable[[], T]) -> T:
+        try:
+            return retry_redis(action, self.outage, should_stop=self._exhausted)
+        except REDIS_DOWN as exc:
+            brief = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
+            raise RedisGone(
+                f"Redis at {redact(self.url)} unreachable for more than "
+                f"{self.patience:.0f}s ({brief}): giving up"
+            ) from None
+
+    def _exhausted(self) -> bool:
+        since = self.outage.since
+        return since is not None and time.monotonic() - since >= self.patience
 
 
 @dataclass(frozen=True)
@@ -48,6 +87,8 @@ class RunOptions:
     acl: bool = False  # its Redis (>= 7) runs with ACL users; every role logs in as its own
     standbys: int = 0  # hot standby coordinators and aggregators besides the active ones
     redis_host: str = "127.0.0.1"  # where its own Redis listens (the WAN harness: the hub's)
+    redis_patience: float = REDIS_PATIENCE  # seconds it waits through a Redis outage
+    redis_maxmemory: int | None = None  # its own Redis's cap in bytes [default_maxmemory()]
     # the command prefix that starts a role on its host (kind, region or None): the WAN harness
     # puts each region's workers in that region's network namespace
     placement: Callable[[str, str | None], list[str]] | None = None
@@ -95,7 +136,10 @@ def run_federation(
         env[KEYS_ENV] = str((out / "keys").resolve())
     if options.redis_url is None:
         shutil.rmtree(out / "redis", ignore_errors=True)  # a reused run directory starts afresh
-        server = RedisServer(out / "redis", host=options.redis_host)
+        maxmemory = options.redis_maxmemory
+        if maxmemory is None:
+            maxmemory = resolve_maxmemory()
+        server = RedisServer(out / "redis", host=options.redis_host, maxmemory=maxmemory)
         if options.acl:
             server.acl_file, server.admin = _run_users(out / "keys", options)
         server.start()
@@ -108,8 +152,22 @@ def run_federation(
         url = options.redis_url
     env["FEDQ_REDIS_URL"] = url
     roles: list[Role] = []
+    patient = Patient(say, url, options.redis_patience)
+    seen: dict = {}  # the last progress it showed: the report of a run Redis left for good
+
+    def shown(state: dict) -> None:
+        seen.update(state)
+        progress(state)
+
+    began = time.time()
     try:
-        connection = server.client() if server is not None else redis.Redis.from_url(url)
+        # a timeout, so a server that hangs (stopped, swapping) is an outage, not a hang
+        timeouts = {"socket_timeout": 30.0, "socket_connect_timeout": 5.0}
+        connection = (
+            server.client(**timeouts)
+            if server is not None
+            else redis.Redis.from_url(url, **timeouts)
+        )
         keys = Keys(options.namespace)
         if connection.exists(keys.config):
             raise FedqError(
@@ -146,14 +204,15 @@ def run_federation(
             fed,
             roles,
             options,
-            progress,
+            shown,
             disturb,
             lambda role: spawn(role.name, role.kind, role.args, role.region),
+            patient,
         )
         seconds = time.time() - started
         for role in roles:
             role.sample_rss()
-        report = collect(connection, keys, fed)
+        report = patient(lambda: collect(connection, keys, fed))
         final = next((p for p in report["curve"] if p["version"] == final_version), None)
         if final is None:
             raise FedqError(f"no complete evaluation of the final version {final_version}")
@@ -169,6 +228,18 @@ def run_federation(
         if on_finish is not None:
             on_finish(connection)
         return report
+    except RedisGone as exc:
+        # what it knew before Redis went: the federation's own record is in Redis's AOF
+        for role in roles:
+            role.sample_rss()
+        partial = {
+            "error": str(exc),
+            "seconds": round(time.time() - began, 2),
+            "progress": seen,
+            "peak_rss_mb": _peak_by_kind(roles),
+        }
+        (out / "report.json").write_text(json.dumps(partial, indent=2) + "\n")
+        raise RedisGone(f"{exc}; what it saw is in {out / 'report.json'}") from None
     finally:
         stop_roles(roles)
         if server is not None:
@@ -206,8 +277,12 @@ def _watch(
     progress: Callable[[dict], None],
     disturb: Disturb | None,
     respawn: Callable[[Role], Role],
+    patient: Callable[[Callable[[], T]], T] = lambda action: action(),
 ) -> int:
-    """Poll until the final version is evaluated everywhere; fail fast if a role dies."""
+    """Poll until the final version is evaluated everywhere; fail fast if a role dies.
+
+    Every Redis read goes through ``patient``: through an outage the poll waits (the roles
+    wait too) instead of ending the run."""
     final_version: int | None = None
     final_deadline: float | None = None
     last_sample = 0.0
@@ -217,8 +292,9 @@ def _watch(
             for role in roles:
                 role.sample_rss()
             last_sample = now
-        version = int(connection.get(keys.version) or 0)
-        done = connection.get(keys.done)
+        version, done = patient(
+            lambda: (int(connection.get(keys.version) or 0), connection.get(keys.done))
+        )
         if disturb is not None:
             disturb(roles, respawn, version, done is not None)
         coordinators = [role for role in roles if role.kind == "coordinator"]
@@ -228,12 +304,15 @@ def _watch(
                 continue
             tail = _log_tail(options.out_dir / "logs" / f"{role.name}.log")
             raise FedqError(f"{role.name} exited with code {code}: {tail}")
+        applied, rejected = patient(
+            lambda: (connection.scard(keys.applied), connection.hlen(keys.rejected))
+        )
         progress(
             {
                 "version": version,
                 "target": fed.settings.target_versions,
-                "applied": connection.scard(keys.applied),
-                "rejected": connection.hlen(keys.rejected),
+                "applied": applied,
+                "rejected": rejected,
                 "done": done.decode() if done else None,
             }
         )
@@ -241,10 +320,11 @@ def _watch(
         # evaluation (standbys follow it)
         if final_version is None and any(c.process.poll() == 0 for c in coordinators):
             # read again: the hook may have taken a while, and the final drain moved it
-            final_version = int(connection.get(keys.version) or 0)
+            final_version = int(patient(lambda: connection.get(keys.version)) or 0)
             final_deadline = now + options.final_timeout
         if final_version is not None:
-            reported = accepted_results(connection, keys, fed).get(final_version, {})
+            results = patient(lambda: accepted_results(connection, keys, fed))
+            reported = results.get(final_version, {})
             if set(fed.regions) <= set(reported):
                 return final_version
             if final_deadline is not None and now > final_deadline:

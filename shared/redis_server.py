@@ -13,6 +13,12 @@ needs Redis 7 (or Valkey) or newer; for TLS use a server built with it
 
 ``RedisServer`` is the same thing as an object the caller owns (tests start one per session on a
 free port and stop it afterwards).
+
+Memory: the server runs with ``maxmemory-policy noeviction`` (an evicted key would be a lost
+update, model blob or job), and the servers ``fedq run`` and ``FEDQ_HOME`` start are capped
+(``maxmemory``, ``default_maxmemory``: a region flooding its stream grew an uncapped one to
+2 GB). At the cap Redis refuses writes that would grow it ("OOM command not allowed"); the
+roles retry those like an outage (``shared.resilience``) while reads and deletes go on.
 """
 
 from __future__ import annotations
@@ -38,6 +44,11 @@ from shared.files import write_private
 
 HOME_ENV = "FEDQ_HOME"
 URL_ENV = "FEDQ_REDIS_URL"
+MAXMEMORY_ENV = "FEDQ_REDIS_MAXMEMORY"
+GIB = 1024**3
+MAXMEMORY_CAP = 2 * GIB
+_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1024, "kib": 1024, "m": 1000**2, "mb": 1024**2,
+          "mib": 1024**2, "g": 1000**3, "gb": GIB, "gib": GIB}  # fmt: skip
 
 
 class RedisUnavailable(FedqError):
@@ -74,6 +85,42 @@ def server_version(binary: str) -> tuple[int, ...]:
     if not match:
         raise RedisUnavailable(f"{binary} --version printed no version: {out.stdout.strip()!r}")
     return tuple(int(x) for x in match.groups())
+
+
+def default_maxmemory() -> int:
+    """2 GiB or a quarter of the machine's memory, whichever is smaller.
+
+    A federation's Redis holds a window of model versions, the updates in flight and the
+    bookkeeping: the default recommender run stays far below 2 GiB. A quarter leaves the roles
+    (a worker holds its region's data and torch) and the AOF rewrite's copy-on-write fork room
+    on a small machine."""
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError):
+        return MAXMEMORY_CAP
+    return max(64 * 1024**2, min(MAXMEMORY_CAP, total // 4))
+
+
+def parse_size(text: str, what: str = "maxmemory") -> int:
+    """Bytes from ``2gb``, ``512MiB``, ``1500000`` (Redis's units: ``kb``/``mb``/``gb`` are
+    powers of 1024, ``k``/``m``/``g`` of 1000); ``0`` is no cap. One-line error otherwise."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", text)
+    unit = match.group(2).lower() if match else ""
+    if not match or unit not in _UNITS:
+        raise FedqError(f"{what} {text!r}: write a size such as 2gb, 512mb or a number of bytes")
+    size = int(float(match.group(1)) * _UNITS[unit])
+    if 0 < size < 1024**2:
+        raise FedqError(f"{what} {text!r}: below 1 MB Redis could not even hold the federation "
+                        "record (0 means no cap)")  # fmt: skip
+    return size
+
+
+def resolve_maxmemory(text: str | None = None) -> int:
+    """``text``, else ``FEDQ_REDIS_MAXMEMORY``, else ``default_maxmemory()``."""
+    if text is not None:
+        return parse_size(text, "--redis-maxmemory")
+    env = os.environ.get(MAXMEMORY_ENV, "").strip()
+    return parse_size(env, MAXMEMORY_ENV) if env else default_maxmemory()
 
 
 def free_port() -> int:
@@ -113,6 +160,7 @@ class RedisServer:
     binary: str | None = None
     process: subprocess.Popen | None = None
     host: str = "127.0.0.1"  # the address it binds and its URL names (another in a netns harness)
+    maxmemory: int = 0  # bytes; 0: no cap (the tests' servers; fedq run passes its own)
 
     @property
     def url(self) -> str:
@@ -141,6 +189,10 @@ class RedisServer:
             # fork and a rewrite every ~18 versions, 200 in a default run
             "auto-aof-rewrite-min-size 512mb",
             'save ""',
+            # at the cap, refuse writes (the roles retry them) rather than evict: an evicted
+            # key is a lost update, model or job
+            f"maxmemory {self.maxmemory}",
+            "maxmemory-policy noeviction",
             "daemonize no",
             f"logfile {_quoted((self.directory / 'redis.log').resolve())}",
             "databases 16",
@@ -200,7 +252,14 @@ class RedisServer:
             return False
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Ask for a clean shutdown (AOF flushed); kill only our own process if it will not go."""
+        """Ask for a clean shutdown (AOF flushed); kill only our own process if it will not go.
+
+        A process of ours that has already exited is only reaped: whatever answers on its port
+        now was started by somebody else (an operator restarting it on the same AOF after a
+        crash) and is not ours to shut down."""
+        if self.process is not None and self.process.poll() is not None:
+            self.process = None
+            return
         with contextlib.suppress(redis.RedisError, OSError):
             self.client(socket_timeout=2).shutdown(nosave=True)
         if self.process is not None:
@@ -294,7 +353,7 @@ def ensure_embedded(home: Path | None = None, acl: EmbeddedAcl | None = None) ->
             )
         (directory / "admin").unlink(missing_ok=True)
         acl_path.unlink(missing_ok=True)
-        server = RedisServer(directory)
+        server = RedisServer(directory, maxmemory=resolve_maxmemory())
         if acl is not None:
             write_private(acl_path, acl.text)
             server.acl_file, server.admin = acl_path, acl.admin

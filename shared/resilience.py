@@ -5,6 +5,12 @@ Redis cannot be reached: it waits ``base`` seconds, doubling up to ``cap``, and 
 when the outage starts, one every ``interval`` seconds while it lasts, and one when Redis is
 back. Nothing a process holds is dropped meanwhile: an aggregator's unsettled updates stay
 pending in the stream, a worker holds its finished update until it is published.
+
+A Redis at its memory cap (``maxmemory`` with ``noeviction``, as fedq runs it) answers every
+write that would grow it with "OOM command not allowed": that is an outage of writes, not a
+bad request, and waiting is the cure (the aggregator settles and deletes what is queued, an
+operator raises the cap), so it is retried the same way; dropping the write would lose an
+update, and raising would restart a role into the same refusal.
 """
 
 from __future__ import annotations
@@ -15,7 +21,14 @@ from typing import TypeVar
 
 import redis
 
-REDIS_DOWN = (redis.ConnectionError, redis.TimeoutError, ConnectionError, TimeoutError)
+# Redis cannot take the call now: unreachable, or refusing writes at its memory cap
+REDIS_DOWN = (
+    redis.ConnectionError,
+    redis.TimeoutError,
+    ConnectionError,
+    TimeoutError,
+    redis.exceptions.OutOfMemoryError,
+)
 T = TypeVar("T")
 
 
@@ -38,6 +51,7 @@ class Outage:
         self.since: float | None = None
         self.retries = 0
         self._told_at = 0.0
+        self._full = False  # this outage is Redis refusing writes (at maxmemory), not away
 
     @property
     def down(self) -> bool:
@@ -48,10 +62,13 @@ class Outage:
         now = self.clock()
         if self.since is None:
             self.since, self.retries = now, 0
-            self.say(f"{self.who}: Redis unreachable ({_brief(exc)}); retrying with backoff")
+            self._full = isinstance(exc, redis.exceptions.OutOfMemoryError)
+            what = "Redis refuses writes: out of memory" if self._full else "Redis unreachable"
+            self.say(f"{self.who}: {what} ({_brief(exc)}); retrying with backoff")
             self._told_at = now
         elif now - self._told_at >= self.interval:
-            self.say(f"{self.who}: Redis still unreachable after {now - self.since:.0f}s "
+            what = "Redis still refuses writes" if self._full else "Redis still unreachable"
+            self.say(f"{self.who}: {what} after {now - self.since:.0f}s "
                      f"({self.retries} retries)")  # fmt: skip
             self._told_at = now
         self.retries += 1
@@ -59,7 +76,8 @@ class Outage:
 
     def recovered(self) -> None:
         if self.since is not None:
-            self.say(f"{self.who}: Redis reachable again after {self.clock() - self.since:.1f}s")
+            what = "Redis takes writes again" if self._full else "Redis reachable again"
+            self.say(f"{self.who}: {what} after {self.clock() - self.since:.1f}s")
             self.since = None
 
 
