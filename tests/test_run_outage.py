@@ -92,3 +92,30 @@ def test_fedq_run_rides_out_a_kill_9_of_its_redis_and_writes_its_report(toy_data
             run.wait(timeout=60)
         if restarted is not None:
             restarted.stop()
+
+
+def test_fedq_run_gives_up_on_a_redis_gone_for_good_in_one_line_with_a_report(toy_data, tmp_path):
+    server = RedisServer(tmp_path / "redis").start()
+    out, log = tmp_path / "run", tmp_path / "run.log"
+    run = _start_run(["--data", str(toy_data), *TOY_RUN, "--target-versions", "5000",
+                      "--redis-url", server.url, "--redis-patience", "3", "--out", str(out)],
+                     log)  # fmt: skip
+    try:
+        assert wait_until(lambda: _version(server.client()) >= 10, 90), log.read_text()
+        server.process.send_signal(signal.SIGKILL)  # gone, and nobody restarts it
+        server.process.wait()
+        code = run.wait(timeout=120)
+        text = log.read_text()
+        assert code == 1, text
+        assert "Traceback" not in text, text
+        assert text.count("fedq run: Redis unreachable") == 1, text
+        last = text.strip().splitlines()[-1]
+        assert last.startswith(f"Error: Redis at {server.url} unreachable for more than 3s"), last
+        assert str(out / "report.json") in last, last
+        report = json.loads((out / "report.json").read_text())
+        assert "giving up" in report["error"] and report["progress"]["version"] > 0, report
+    finally:
+        if run.poll() is None:
+            run.terminate()
+            run.wait(timeout=60)
+        server.stop()
