@@ -32,6 +32,10 @@ def _seconds(text: str) -> float:
 def test_redis_keeps_data_and_reports_health():
     redis = SERVICES["redis"]
     assert "--appendonly" in redis["command"] and "yes" in redis["command"]
+    # capped, and never evicting (an evicted key is a lost update or model): here and secured
+    for command in (redis["command"], SECURE["redis"]["command"]):
+        assert command[command.index("--maxmemory-policy") + 1] == "noeviction", command
+        assert command[command.index("--maxmemory") + 1] == "2gb", command
     assert redis["healthcheck"]["test"][-1] == "ping"
     assert any(v.endswith(":/data") for v in redis["volumes"])
 

@@ -69,6 +69,8 @@ def test_fedq_run_rides_out_a_kill_9_of_its_redis_and_writes_its_report(toy_data
         assert wait_until(lambda: load_password(out / "keys", admin), 30)
         login = (admin, load_password(out / "keys", admin) or "")
         client = redis.Redis(port=port, username=login[0], password=login[1], socket_timeout=5)
+        assert client.config_get("maxmemory")["maxmemory"] == str(resolve_maxmemory())
+        assert client.config_get("maxmemory-policy")["maxmemory-policy"] == "noeviction"
         assert wait_until(lambda: _version(client) >= 15, 90), log.read_text()
         os.kill(pid, signal.SIGKILL)  # the run's own server, a grandchild of this test
         assert wait_until(lambda: "fedq run: Redis unreachable" in log.read_text(), 30)
