@@ -54,6 +54,7 @@ def serve(region: str, data_dir: Path, host: str, port: int, model_file: Path | 
 
     from serving.app import FixedModel, ServiceInfo, create_app
     from serving.follower import EvaluationGate, ModelFollower, Served, SwapPolicy
+    from serving.guard import GuardedHttpToolsProtocol
 
     def say(message: str) -> None:
         click.echo(message, err=True)
@@ -97,8 +98,11 @@ def serve(region: str, data_dir: Path, host: str, port: int, model_file: Path | 
     bound = listener.getsockname()[1]
     say(f"fedq serve: region {region}, task {task.name}, model from {origin}, on "
         f"http://{host}:{bound} (API at /docs)")  # fmt: skip
+    # httptools, with a bound on a request head's size and time (serving/guard.py): without
+    # it a 20 MB header was read in full and slow-header clients held connections at will
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on",
-                            timeout_graceful_shutdown=10)  # fmt: skip
+                            timeout_graceful_shutdown=10,
+                            http=GuardedHttpToolsProtocol)  # fmt: skip
     uvicorn.Server(config).run(sockets=[listener])
 
 
