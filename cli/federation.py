@@ -256,6 +256,8 @@ def run_cmd(data_dir: Path | None, generate: bool, workers_per_region: int | Non
         m: {"overall": b["overall"], "regions": b["regions"]} for m, b in base.items()
     }
     compare_table(report, base)
+    for line in report.get("problems", []):  # what the table leaves out, said plainly
+        say(f"WARNING: {line}")
     text = json.dumps(report, indent=2) + "\n"
     (out_dir / "report.json").write_text(text)
     from reporting.plots import write_report

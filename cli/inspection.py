@@ -17,6 +17,7 @@ from typing import Any
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from cli import views
@@ -106,6 +107,14 @@ def _status_view(s: dict[str, Any]) -> Table:
         f" duplicates {u['duplicates']}, waiting {u['waiting']}; jobs retried"
         f" {s['jobs']['retried']}\nstaleness p50 {_cell(st['p50'])}, p90 {_cell(st['p90'])},"
         f" max {_cell(st['max'])}"
+        + "".join(
+            f"\n{'BROKEN' if f['broken'] else 'FAILING'}: {escape(f['line'])}" for f in s["failing"]
+        )
+        + (
+            f"\nTASK BROKEN (every region fails so): {escape(s['task_broken'])}"
+            if s["task_broken"]
+            else ""
+        )
     )
     rows = []
     for region, d in s["regions"].items():
@@ -113,6 +122,8 @@ def _status_view(s: dict[str, Any]) -> Table:
         rows.append({"region": region, **{k: d[k] for k in ("queued", "started", "failed")},
                      "live workers": d["live_workers"],
                      "last update (s ago)": d["last_update_age_s"],
+                     "failing": ", ".join(f"{k} x{f['count']}" for k, f in d["failing"].items())
+                     or None,
                      "eval version": ev.get("version"),
                      **{k: _metric(v) for k, v in ev.items() if k != "version"},
                      **_privacy_cells(d["privacy"])})  # fmt: skip

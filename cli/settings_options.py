@@ -61,6 +61,12 @@ FLAGS: dict[str, tuple[str, Any, str]] = {
     "--max-inflight": ("max_inflight", int, "train jobs in flight over all regions (0: no bound)"),
     "--worker-ttl": ("worker_ttl", float, "seconds of silence after which a worker is gone"),
     "--max-retries": ("max_retries", int, "re-runs of a train job whose worker died or failed"),
+    "--max-failures": (
+        "max_failures",
+        int,
+        "a region's jobs failing the same way this many times in a row: the region is left out, "
+        "and a run whose every region fails so stops (0: never)",
+    ),
     "--eval-every": ("eval_every", int, "versions between federated evaluations"),
     "--target-versions": ("target_versions", int, "stop at this many versions (0: none)"),
     "--time-budget": ("time_budget", float, "stop after this many seconds (0: none)"),

@@ -18,7 +18,7 @@ from rq.job import Job
 from rq.registry import FailedJobRegistry
 from rq.worker import Worker
 
-from shared import federation
+from shared import failures, federation
 from shared.errors import FedqError
 from shared.evaluations import accepted_results
 from shared.jobs import SERIALIZER, TRAIN_TASK, region_queue
@@ -177,6 +177,10 @@ def status(r: redis.Redis, keys: Keys, now: float | None = None) -> dict[str, An
     q_by_region = {q["region"]: q for q in queues(r, keys)}
     live = Counter(w["region"] for w in workers(r, keys) if w["alive"])
     latest = _latest_evaluation(r, keys, fed)
+    found = failures.read(r, keys, fed.regions)
+    streaks = failures.worst(found)
+    broken = failures.broken(found, fed.settings.max_failures)
+    task = failures.broken_task(found, fed.regions, fed.settings.max_failures)
     return {
         "namespace": keys.namespace,
         "mode": fed.settings.mode,
@@ -191,6 +195,19 @@ def status(r: redis.Redis, keys: Keys, now: float | None = None) -> dict[str, An
             "per_second": round(len(recent) / RATE_WINDOW, 2),
         },
         "jobs": {"retried": counts["jobs_retried"], "abandoned": counts["jobs_abandoned"]},
+        # every job failure streak in one line each, longest first; ``broken``: it reached
+        # max_failures (the region gets no share of the train jobs, its evaluations are not
+        # waited for); ``task_broken``: every region fails the same way
+        "failing": [
+            {
+                "region": f.region,
+                **f.to_json(),
+                "line": f.line(),
+                "broken": (f.region, f.kind) in broken,
+            }
+            for f in sorted(streaks.values(), key=lambda f: (-f.count, f.region, f.kind))
+        ],
+        "task_broken": task.line() if task is not None else None,
         "staleness": {
             "p50": _quantile(staleness, 0.5),
             "p90": _quantile(staleness, 0.9),
@@ -207,6 +224,11 @@ def status(r: redis.Redis, keys: Keys, now: float | None = None) -> dict[str, An
                 if region in last_by_region
                 else None,
                 "latest_evaluation": latest.get(region),
+                "failing": {
+                    kind: streaks[(region, kind)].to_json()
+                    for kind in failures.KINDS
+                    if (region, kind) in streaks
+                },
                 "privacy": budget_view(r, keys, region) if fed.settings.dp_clip else None,
             }
             for region in fed.regions

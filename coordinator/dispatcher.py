@@ -20,7 +20,7 @@ import redis
 from rq import Retry
 from rq.job import Job
 
-from shared import auth
+from shared import auth, failures
 from shared.abandoned import PARKED_AFTER, parked, settle_abandoned, sweep_dead_workers, unpark
 from shared.evaluations import latest_validation
 from shared.federation import Federation
@@ -42,6 +42,8 @@ FINAL_STATES = {b"finished", b"failed", b"stopped", b"canceled"}
 ROUND_GRACE = 2.0  # seconds after a round's deadline the aggregator gets to close it
 RESULT_TTL = 3600
 PIN_CHECK = 1.0  # seconds between looks at pinned versions' evaluation jobs
+FAILURE_CHECK = 1.0  # seconds between looks at the regions' failure streaks
+PROBE_EVERY = 30.0  # seconds between the train jobs a broken region is still given (one each)
 FAILURE_TTL = 86_400
 
 
@@ -67,6 +69,10 @@ class Dispatcher:
         self._seen_started: set[str] = set()  # in-flight jobs seen running at least once
         self._parked_since: dict[str, float] = {}  # taken from the queue, not started: since
         self._open_regions: list[str] | None = None  # this tick's regions within their budget
+        self.fold = failures.Fold(connection, keys, fed.regions)
+        self._failures_at = 0.0
+        self.broken: dict[str, failures.Failure] = {}  # region -> why its train jobs fail
+        self._probed_at: dict[str, float] = {}  # broken region -> when it was last given a job
         self.region_keys = (
             auth.load_keys(auth.key_dir(keys.namespace), fed.regions)
             if fed.settings.signed_updates else None
@@ -90,6 +96,8 @@ class Dispatcher:
         else:
             self._async()
         self._evaluations(version)
+        if self.clock() - self._failures_at >= FAILURE_CHECK:
+            self.check_failures()
         if self.clock() - self._unpinned_at >= PIN_CHECK:
             self._release_pins()
             self._unpinned_at = self.clock()
@@ -131,7 +139,7 @@ class Dispatcher:
             if status == b"started" or now - at < self.s.stall_after
         )
         free = self.s.max_inflight - busy if self.s.max_inflight else 10**9
-        open_regions = [r for r in self._within_budget()
+        open_regions = [r for r in self._dispatchable(active)
                         if len(active[r]) < self.s.inflight_per_region]  # fmt: skip
         if free <= 0 or not open_regions or self._aggregator_behind():
             return
@@ -141,9 +149,41 @@ class Dispatcher:
             job_id = self._enqueue_train(region, None)
             counts[region] = counts.get(region, 0) + 1
             active[region][job_id] = (b"queued", now)
-            if len(active[region]) >= self.s.inflight_per_region:
+            if len(active[region]) >= self.s.inflight_per_region or region in self.broken:
                 open_regions.remove(region)
             free -= 1
+
+    def check_failures(self) -> None:
+        """Fold the aggregator's latest rejections into the regions' failure streaks and note
+        the regions whose train jobs failed the same way ``max_failures`` times in a row."""
+        self.fold.run()
+        found = failures.read(self.r, self.keys, self.fed.regions)
+        broken = failures.broken(found, self.s.max_failures)
+        now = self.clock()
+        for region in list(self.broken):
+            if (region, "train") not in broken:  # a job of it succeeded: it is back
+                del self.broken[region]
+                self._probed_at.pop(region, None)
+        for (region, kind), failure in broken.items():
+            if kind == "train":
+                self._probed_at.setdefault(region, now)
+                self.broken[region] = failure
+        self._failures_at = now
+
+    def _dispatchable(self, active: dict[str, dict] | None = None) -> list[str]:
+        """The regions that get train jobs: those within their privacy budget, but a region
+        whose train jobs keep failing the same way gets one job every ``PROBE_EVERY`` seconds
+        (and none while one is in flight), not its share: its failures took the others' slots
+        and filled its workers' logs, and only a job that runs can tell it was fixed."""
+        now = self.clock()
+        out = []
+        for region in self._within_budget():
+            if region in self.broken:
+                if (active or {}).get(region) or now - self._probed_at[region] < PROBE_EVERY:
+                    continue
+                self._probed_at[region] = now
+            out.append(region)
+        return out
 
     def _within_budget(self) -> list[str]:
         """The regions that can take another job: in a DP federation, those whose privacy
@@ -320,7 +360,7 @@ class Dispatcher:
         self._start_round(number + 1, version, now)
 
     def _start_round(self, number: int, version: int, now: float) -> None:
-        regions = self._within_budget()
+        regions = self._dispatchable()
         batch = FencedBatch()
         for region in self.fed.regions:
             batch.add("DEL", self.keys.inflight(region))

@@ -9,6 +9,7 @@ final metrics beside the local-only and centralized baselines, with the learning
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -23,6 +24,7 @@ from typing import TypeVar
 import redis
 
 from coordinator import service
+from harness.verdict import RunFailed, TaskBroken, Verdict, problems
 from reporting.history import collect
 from shared.auth import ACL_FILE, KEYS_ENV, init_keys, init_users, load_password
 from shared.errors import FedqError
@@ -198,6 +200,7 @@ def run_federation(
         roles.append(spawn("coordinator", "coordinator", coordinate))
         for i in range(options.standbys):
             roles.append(spawn(f"coordinator-standby{i}", "coordinator", coordinate))
+        verdict = Verdict(connection, keys, fed, say)
         final_version = _watch(
             connection,
             keys,
@@ -208,26 +211,46 @@ def run_federation(
             disturb,
             lambda role: spawn(role.name, role.kind, role.args, role.region),
             patient,
+            verdict,
         )
         seconds = time.time() - started
         for role in roles:
             role.sample_rss()
-        report = patient(lambda: collect(connection, keys, fed))
+        # the regions whose final result will not come are left out of every point (named)
+        evaluated = [r for r in fed.regions if r not in verdict.missing]
+        report = patient(lambda: collect(connection, keys, fed, evaluated))
         final = next((p for p in report["curve"] if p["version"] == final_version), None)
-        if final is None:
-            raise FedqError(f"no complete evaluation of the final version {final_version}")
         report.update({
             "workers_per_region": options.workers_per_region,
             "slowdown": options.slowdown,
             "seconds": round(seconds, 2),
             "versions": final_version,
-            "final": {"overall": final["metrics"], "regions": final["regions"]},
+            "final": {"overall": final["metrics"], "regions": final["regions"]} if final else None,
+            "missing": verdict.missing,
             "peak_rss_mb": _peak_by_kind(roles),
         })  # fmt: skip
+        report["problems"] = problems(report, verdict, verdict.missing)
         (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+        if final is None or not report["updates"]["applied"] or not final_version:
+            raise RunFailed(f"{report['problems'][0]}; report: {out / 'report.json'}")
         if on_finish is not None:
             on_finish(connection)
         return report
+    except TaskBroken as exc:
+        # what it has: the curve so far, the failures, and why it stopped
+        report = patient(lambda: collect(connection, keys, fed))
+        version = patient(lambda: int(connection.get(keys.version) or 0))
+        report.update(
+            seconds=round(time.time() - began, 2),
+            error=str(exc),
+            versions=version,
+            final=None,
+            missing={},
+            peak_rss_mb=_peak_by_kind(roles),
+        )
+        report["problems"] = problems(report, verdict, {}, stopped=str(exc))
+        (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+        raise TaskBroken(f"{exc}; report: {out / 'report.json'}") from None
     except RedisGone as exc:
         # what it knew before Redis went: the federation's own record is in Redis's AOF
         for role in roles:
@@ -278,11 +301,15 @@ def _watch(
     disturb: Disturb | None,
     respawn: Callable[[Role], Role],
     patient: Callable[[Callable[[], T]], T] = lambda action: action(),
+    verdict: Verdict | None = None,
 ) -> int:
     """Poll until the final version is evaluated everywhere; fail fast if a role dies.
 
     Every Redis read goes through ``patient``: through an outage the poll waits (the roles
-    wait too) instead of ending the run."""
+    wait too) instead of ending the run. ``verdict`` says each new failure of the regions'
+    jobs, raises ``TaskBroken`` when every region fails the same way, and after the target
+    names the regions whose final result will not come (``verdict.missing``): the run waits
+    for the others only, and at ``final_timeout`` names those still missing."""
     final_version: int | None = None
     final_deadline: float | None = None
     last_sample = 0.0
@@ -322,14 +349,29 @@ def _watch(
             # read again: the hook may have taken a while, and the final drain moved it
             final_version = int(patient(lambda: connection.get(keys.version)) or 0)
             final_deadline = now + options.final_timeout
+        if verdict is not None:
+            patient(verdict.poll)
         if final_version is not None:
             results = patient(lambda: accepted_results(connection, keys, fed))
             reported = results.get(final_version, {})
             if set(fed.regions) <= set(reported):
                 return final_version
+            if verdict is not None:
+                look = functools.partial(verdict.final_missing, final_version, set(reported))
+                verdict.missing = patient(look)
+                if set(fed.regions) <= set(reported) | set(verdict.missing):
+                    return final_version
             if final_deadline is not None and now > final_deadline:
                 missing = sorted(set(fed.regions) - set(reported))
-                raise FedqError(f"final evaluation of version {final_version} missing {missing}")
+                if verdict is None:
+                    raise FedqError(
+                        f"final evaluation of version {final_version} missing {missing}"
+                    )
+                for region in missing:
+                    verdict.missing.setdefault(
+                        region, f"no result within {options.final_timeout:.0f}s of the target"
+                    )
+                return final_version
         time.sleep(0.5)
 
 

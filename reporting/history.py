@@ -9,6 +9,7 @@ its own figures (wall time, peak memory); ``fedq report`` collects from a live R
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from typing import Any
 
 import redis
@@ -20,8 +21,11 @@ from shared.privacy import budget_view
 from shared.streams import applied_updates, update_counts
 
 
-def collect(connection: redis.Redis, keys: Keys, fed: Federation) -> dict[str, Any]:
-    curve = learning_curve(connection, keys, fed)
+def collect(
+    connection: redis.Redis, keys: Keys, fed: Federation, regions: Iterable[str] | None = None
+) -> dict[str, Any]:
+    """The report's body; its curve's points need every one of ``regions`` (default: all)."""
+    curve = learning_curve(connection, keys, fed, regions)
     log = [
         [round(u["at"] - fed.created_at, 3), u["version"], u["region"], u["staleness"]]
         for u in applied_updates(connection, keys)

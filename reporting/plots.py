@@ -123,6 +123,7 @@ def summary_markdown(reports: list[dict[str, Any]], baselines: dict[str, Any]) -
             f"{' ' + str(u['rejected_by_reason']) if u.get('rejected_by_reason') else ''}, "
             f"{u.get('duplicates', 0)} duplicates dropped, "
             f"{u.get('jobs_retried', 0)} jobs retried",
+            *(f"- **{line}**" for line in rep.get("problems", [])),
             "",
         ]
         if final is None:

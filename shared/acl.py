@@ -7,7 +7,8 @@ as its role's user (``Keys``' patterns make the rules exact):
   expire or delete a model), works its own region's RQ queue, registries and jobs (job ids carry
   the region), keeps its own alive key and data-size count, and may only *append* to the shared
   streams (``XADD`` on updates, metrics, rejections) and count (``HINCRBY``/``INCR``) on the
-  audit counters, through selectors that allow one command on one key each. It cannot touch
+  audit counters, through selectors that allow one command on one key each; it keeps its own
+  region's failure streaks (``Keys.failures``). It cannot touch
   another region's queue, jobs, workers or keys, nor another region's workers' command channels.
 - ``<ns>-aggregator``: the namespace's keys (it writes models); none of RQ's.
 - ``<ns>-coordinator``: the namespace's keys and RQ's (it enqueues jobs in every region and
@@ -83,6 +84,7 @@ def worker_rules(keys: Keys, region: str, rq_prefix: str = "rq") -> list[str]:
         f"~{keys.alive(region + '.*')}",
         f"~{keys.data_size(region)}",
         f"~{keys.privacy(region)}",  # its budget: no other role may write it
+        f"~{keys.failures(region)}",  # its jobs' failures in a row (shared/failures.py)
     ]
     readable = [f"%R~{keys.config}", f"%R~{ns}:model:*", f"%R~{keys.done}", f"%R~{keys.round}",
                 f"%R~{keys.data_sizes}",  # counts: a DP worker plans its share of the jobs

@@ -214,6 +214,19 @@ class Keys:
         """Counter: started jobs whose worker died, given up by the dispatcher."""
         return self._k("abandoned")
 
+    def failures(self, region: str) -> str:
+        """Hash: ``<source>:<kind>`` -> the region's jobs of that kind that failed the same way
+        in a row (JSON: cause, count, at, job; ``shared.failures``). Written by the region's
+        workers (``job``: the job raised) and the coordinator (``rejected``: the aggregator
+        refused the job's output); one per region, so a region's ACL user writes only its own."""
+        return self._k("failures", check_name("region", region))
+
+    @property
+    def failures_folded(self) -> str:
+        """Hash: stream -> the last entry of it the coordinator folded into the ``rejected``
+        failure streaks (the rejections, applies and metrics streams)."""
+        return self._k("failures-folded")
+
     @property
     def retried(self) -> str:
         """Counter: train jobs re-queued (same id) after their worker died or failed them."""

@@ -66,6 +66,9 @@ class FederationSettings:
     worker_ttl: float = 10.0  # a worker silent this long is gone: its started job is retried
     max_retries: int = 2  # times a train job is re-run after its worker died or failed it
     queue_ttl: float = 300.0  # a queued job nobody starts within this expires
+    # jobs of a region failing the same way in a row (raised, or output rejected) before the
+    # region is left out; every region so: the task is broken and fedq run stops (0: never)
+    max_failures: int = 5
     eval_every: int = 600  # versions between federated evaluations (0: only the final one)
     # stop at whichever comes first (0: no such target)
     target_versions: int = 3600
@@ -109,8 +112,8 @@ class FederationSettings:
             problems.append("job_timeout and queue_ttl must be >= 1 second, round_deadline > 0")
         if min(self.stall_after, self.time_budget, self.eval_every, self.target_versions) < 0:
             problems.append("stall_after, time_budget, eval_every and target_versions >= 0")
-        if self.worker_ttl < 2 or self.max_retries < 0:
-            problems.append("worker_ttl must be >= 2 seconds and max_retries >= 0")
+        if self.worker_ttl < 2 or self.max_retries < 0 or self.max_failures < 0:
+            problems.append("worker_ttl must be >= 2 seconds, max_retries and max_failures >= 0")
         if self.encoding not in ENCODINGS:
             problems.append(f"encoding {self.encoding!r} (choose {', '.join(ENCODINGS)})")
         if not isinstance(self.task_settings, dict) or not isinstance(self.task, str):

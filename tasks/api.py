@@ -91,15 +91,18 @@ class MetricSchema:
 
     def check(self, raw: Any, part: str) -> Metrics:
         """The figures of a ``part`` ("test" or "validation") result, each a finite number in
-        its range; ValueError naming the first problem."""
+        its range; ValueError naming the first problem. Every count must be there; any other
+        figure may be absent: it is undefined for the region (a small region's test split with
+        no example of what it measures), and an absent figure counts for nothing when regions
+        are combined (``combine``), where a NaN would have made the whole result unsendable."""
         if not isinstance(raw, dict):
             raise ValueError(f"{part!r} is not an object")
         names = self.names(part)
-        missing = [n for n in names if n not in raw]
+        missing = [n for n in names if n not in raw and self.metric(n).is_count]
         if missing:
             raise ValueError(f"{part!r} lacks {missing[:4]}")
         out = {}
-        for name in names:
+        for name in (n for n in names if n in raw):
             value, m = raw[name], self.metric(name)
             if not isinstance(value, int | float) or isinstance(value, bool):
                 raise ValueError(f"{part}.{name} is not a number")
@@ -112,7 +115,8 @@ class MetricSchema:
 
     def combine(self, per_region: Mapping[str, Metrics]) -> Metrics:
         """Regions combined: counts add up, every other figure is the mean weighted by its
-        count (regions without a finite figure or with weight 0 are left out; NaN if none)."""
+        count (regions without the figure, without a finite one or with weight 0 are left out;
+        NaN if none has it: reports show it as "-")."""
         out: Metrics = {}
         for m in self.metrics:
             present = {r: v[m.name] for r, v in per_region.items() if m.name in v}

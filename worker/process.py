@@ -31,9 +31,10 @@ from rq.results import Result
 from rq.utils import now
 from rq.worker import SimpleWorker
 
-from shared import federation, streams
+from shared import failures, federation, streams
 from shared.abandoned import forget_worker, settle_abandoned, unpark
 from shared.errors import FedqError
+from shared.failures import Failure
 from shared.jobs import SERIALIZER, TASKS, TRAIN_TASK, JobSpec, region_queue
 from shared.keys import Keys
 from shared.resilience import REDIS_DOWN, Outage, retry_redis
@@ -231,6 +232,43 @@ class FedqWorker(SimpleWorker):
     def handle_job_success(self, job: Job, queue: Queue, *args, **kwargs) -> None:
         super().handle_job_success(job, queue, *args, **kwargs)
         self._count(job, "done")
+
+    def handle_exception(self, job: Job, *exc_info) -> None:
+        """A job that raised: count it in its region's failure streak (``shared.failures``:
+        ``fedq status`` and ``fedq run`` show it, with its cause, at once). The first failure
+        of a streak is logged with its traceback, the same failure again in one line: a broken
+        task filled a log with thousands of identical tracebacks."""
+        failure = self._record_failure(job, exc_info[1])
+        if failure is None or failure.count == 1:
+            super().handle_exception(job, *exc_info)
+        else:
+            self.log.error(
+                "Worker %s: job %s failed the same way again (%d in a row): %s",
+                self.name,
+                job.id,
+                failure.count,
+                failure.cause,
+            )
+
+    def _record_failure(self, job: Job, exc: BaseException | None) -> Failure | None:
+        """None for what is not the job's failure: a stop (SIGTERM), Redis going away."""
+        ctx = self.fedq_context
+        if ctx is None or exc is None or self._stopped_job_id == job.id:
+            return None
+        if isinstance(exc, (SystemExit, KeyboardInterrupt, StopRequested, *REDIS_DOWN)):
+            return None
+        try:
+            kind = TASKS.get(job.func_name, "other")
+        except Exception:  # noqa: BLE001 - a job whose data does not decode was refused
+            return None
+        if kind not in failures.KINDS:
+            return None
+        try:
+            return failures.record(
+                self.connection, ctx.keys, ctx.region, kind, failures.cause_of(exc), job.id
+            )
+        except redis.RedisError:
+            return None
 
     def handle_job_failure(self, job: Job, queue: Queue, *args, **kwargs) -> None:
         self._count(job, "failed")

@@ -8,21 +8,22 @@ publishes an update (the delta from its base version, msgpack) on its region's u
 
 from __future__ import annotations
 
+import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
 from rq import get_current_job
 
-from shared import streams
+from shared import failures, streams
 from shared.aggregation import subtract, tensor_problem
 from shared.auth import sign
 from shared.codec import Update, UpdateHeader, encode_update
 from shared.evaluations import encode_result
 from shared.jobs import JobSpec, new_update_id
 from shared.resilience import Outage, retry_redis
-from tasks.api import Step
+from tasks.api import MetricSchema, Step
 from worker.context import WorkerContext, current
 
 
@@ -93,18 +94,48 @@ def evaluate(spec: dict[str, Any]) -> dict[str, Any]:
         "version": job.version,
         "region": ctx.region,
         "job_id": job_id,
-        "test": {k: test[k] for k in schema.names("test")},
-        "validation": {k: validation[k] for k in schema.names("validation")},
+        "test": _figures(schema, test, "test"),
+        "validation": _figures(schema, validation, "validation"),
         "at": time.time(),
     }
     payload = encode_result(record)
     fields = streams.result_entry(payload, new_update_id(job_id), ctx.region, _sig(ctx, payload))
     stream, cap = ctx.keys.evaluation_stream(ctx.region), streams.RESULTS_MAXLEN
-    _publish(ctx, lambda: ctx.connection.xadd(stream, fields, maxlen=cap, approximate=True))
+
+    def send() -> None:
+        with ctx.connection.pipeline(transaction=True) as pipe:
+            pipe.xadd(stream, fields, maxlen=cap, approximate=True)
+            failures.clear_job(pipe, ctx.keys, ctx.region, "evaluate")  # a success ends a streak
+            pipe.execute()
+
+    _publish(ctx, send)
     if ctx.metrics is not None:
         ctx.metrics.job_done("evaluate", time.perf_counter() - started)
-    return {"version": job.version, "region": ctx.region,
-            schema.headline: test[schema.headline]}  # fmt: skip
+    headline = record["test"].get(schema.headline)
+    return {"version": job.version, "region": ctx.region, schema.headline: headline}
+
+
+def _figures(schema: MetricSchema, raw: object, part: str) -> dict[str, float]:
+    """The task's ``part`` figures as they travel, checked here as the aggregator will check
+    them: a value out of its range fails the job with that cause (it would only be rejected,
+    after travelling). A figure that is undefined for this region (NaN or None: a small
+    region's test split with no example of what it measures) is left out of the result, not
+    sent as NaN; a count never is."""
+    if not isinstance(raw, Mapping):
+        raise ValueError(f"the task's evaluate returned {type(raw).__name__}, not its figures")
+    out: dict[str, float] = {}
+    for name in schema.names(part):
+        value = raw.get(name)
+        if isinstance(value, np.generic):
+            value = value.item()
+        undefined = value is None or (isinstance(value, float) and math.isnan(value))
+        if undefined and not schema.metric(name).is_count:
+            continue
+        out[name] = value
+    try:
+        return schema.check(out, part)
+    except ValueError as exc:
+        raise ValueError(f"the task's evaluate returned what it cannot send: {exc}") from None
 
 
 def _check_trained(new: dict[str, np.ndarray], base: dict[str, np.ndarray]) -> None:
@@ -120,6 +151,7 @@ def _publish_update(ctx: WorkerContext, update_id: str, payload: bytes) -> None:
     with ctx.connection.pipeline(transaction=True) as pipe:
         pipe.xadd(ctx.keys.update_stream(ctx.region), fields)
         pipe.hincrby(ctx.keys.published(ctx.region), update_id, 1)
+        failures.clear_job(pipe, ctx.keys, ctx.region, "train")  # a success ends a streak
         pipe.execute()
 
 
