@@ -65,8 +65,9 @@ def test_a_schema_combines_regions_by_each_figures_own_count():
     assert out["share"] == pytest.approx(0.75)
     with pytest.raises(ValueError, match="outside"):
         schema.check({"n": 1.0, "rate": 1.5}, "validation")
-    with pytest.raises(ValueError, match="lacks"):
-        schema.check({"n": 1.0}, "validation")
+    with pytest.raises(ValueError, match="lacks"):  # a count is never undefined
+        schema.check({"rate": 0.5}, "validation")
+    assert schema.check({"n": 1.0}, "validation") == {"n": 1.0}  # a figure undefined here
     with pytest.raises(TaskError, match="unknown metrics"):
         MetricSchema("x", (Metric("n", "n"),), ("n",), "n", ("n",))
 
