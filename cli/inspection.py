@@ -1,4 +1,5 @@
-"""The operator's commands: status, queues, workers, jobs, updates, rejections, models, requeue.
+"""The operator's commands: status, queues, workers, jobs, updates, rejections, models, requeue,
+quarantine.
 
 Each is a thin layer over ``cli.views``: ``--json`` prints the view as it is (the shapes
 are documented in docs/CLI.md), otherwise a table. They never start a Redis: without
@@ -115,6 +116,7 @@ def _status_view(s: dict[str, Any]) -> Table:
             if s["task_broken"]
             else ""
         )
+        + _guard_lines(s["regions"])
     )
     rows = []
     for region, d in s["regions"].items():
@@ -127,7 +129,35 @@ def _status_view(s: dict[str, Any]) -> Table:
                      "eval version": ev.get("version"),
                      **{k: _metric(v) for k, v in ev.items() if k != "version"},
                      **_privacy_cells(d["privacy"])})  # fmt: skip
+        rows[-1].update(_guard_cells(d))
     return _table(title, rows, list(rows[0]) if rows else ["region"])
+
+
+def _guard_lines(regions: dict[str, Any]) -> str:
+    """The status title's lines for regions an operator should look at: quarantined ones and
+    those the guard flags."""
+    quarantined = [r for r, d in regions.items() if d["quarantined"]]
+    flagged = [
+        f"{r} ({d['guard']['suspicion']:.2f})" for r, d in regions.items() if d["guard"]["flagged"]
+    ]
+    out = ""
+    if quarantined:
+        out += f"\nQUARANTINED (no train jobs, updates refused): {', '.join(quarantined)}"
+    if flagged:
+        out += f"\nFLAGGED by the guard (suspicion): {', '.join(flagged)}"
+    return out
+
+
+def _guard_cells(d: dict[str, Any]) -> dict[str, str | int | None]:
+    """A region's suspicion (flagged marked), quarantine, the guard checks that acted on its
+    updates, and its replays."""
+    g = d["guard"]
+    return {
+        "suspicion": f"{g['suspicion']:.2f}" + (" FLAGGED" if g["flagged"] else ""),
+        "quarantined": "yes" if d["quarantined"] else None,
+        "guard acted": ", ".join(f"{k} {v}" for k, v in sorted(g["acted"].items())) or None,
+        "replays": d["replays"] or None,
+    }
 
 
 @click.command()
@@ -205,6 +235,50 @@ def requeue(r, keys, as_json: bool, region: str | None, job_ids: tuple[str, ...]
         click.echo(json_text({"requeued": done}, indent=None))
     else:
         click.echo(f"requeued {len(done)} job(s)" + (f": {', '.join(done)}" if done else ""))
+
+
+@click.command()
+@click.argument("region", required=False)
+@click.option("--release", is_flag=True, help="End REGION's quarantine.")
+@_inspection
+def quarantine(r, keys, as_json: bool, region: str | None, release: bool) -> None:
+    """Quarantine REGION: its updates are refused and the coordinator issues it no train job
+    (its evaluation jobs still run; its figures do not count) until --release. Without REGION,
+    list the quarantined regions with the guard's suspicion of each."""
+    if region is None:
+        if release:
+            raise click.ClickException("--release needs the REGION to release")
+        listed = views.quarantined_regions(r, keys)
+        if as_json:
+            click.echo(json_text({"quarantined": listed}, indent=None))
+        elif not listed:
+            click.echo("no region is quarantined")
+        else:
+            click.echo("quarantined: " + ", ".join(_suspicion_text(q) for q in listed))
+        return
+    done = views.quarantine(r, keys, region, release)
+    if as_json:
+        click.echo(json_text(done, indent=None))
+    elif release:
+        click.echo(
+            f"released {_suspicion_text(done)}: it gets train jobs again and its updates are "
+            "judged as everyone's"
+            if done["changed"]
+            else f"{region} was not quarantined: nothing changed"
+        )
+    else:
+        click.echo(
+            f"quarantined {_suspicion_text(done)}: its updates are refused and it gets no train "
+            f"job until `fedq quarantine {region} --release`"
+            if done["changed"]
+            else f"{region} was already quarantined: nothing changed"
+        )
+
+
+def _suspicion_text(q: dict[str, Any]) -> str:
+    flagged = ", flagged" if q["flagged"] else ""
+    stray = "" if q.get("known", True) else ", not a region of this federation"
+    return f"{q['region']} (suspicion {q['suspicion']:.2f}{flagged}{stray})"
 
 
 def _privacy_cells(budget: dict | None) -> dict[str, str]:

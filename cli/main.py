@@ -37,6 +37,7 @@ COMMANDS = {
     "rejections": "cli.inspection:rejections",
     "models": "cli.inspection:models",
     "requeue": "cli.inspection:requeue",
+    "quarantine": "cli.inspection:quarantine",
     "audit": "cli.federation:audit_cmd",
 }
 

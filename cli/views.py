@@ -1,9 +1,9 @@
 """Read-only views of a running federation, as JSON-ready dicts: what the inspection CLI prints.
 
 Every function reads Redis (fedq's keys and RQ's own registries) and never writes, except
-``requeue_failed``. Shapes are stable and documented in docs/CLI.md; ``--json`` prints them as
-they are, the tables show a subset. Nothing here decodes weights: an update is described by
-its header fields only.
+``requeue_failed`` and ``quarantine``. Shapes are stable and documented in docs/CLI.md;
+``--json`` prints them as they are, the tables show a subset. Nothing here decodes weights: an
+update is described by its header fields only.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from rq.job import Job
 from rq.registry import FailedJobRegistry
 from rq.worker import Worker
 
+from coordinator.guard import region_view
 from shared import failures, federation
 from shared.errors import FedqError
 from shared.evaluations import accepted_results
@@ -181,6 +182,9 @@ def status(r: redis.Redis, keys: Keys, now: float | None = None) -> dict[str, An
     streaks = failures.worst(found)
     broken = failures.broken(found, fed.settings.max_failures)
     task = failures.broken_task(found, fed.regions, fed.settings.max_failures)
+    guard = _guard_views(r, keys, fed.regions)
+    quarantined = _quarantined(r, keys)
+    replays = _replays(r, keys, fed.regions)
     return {
         "namespace": keys.namespace,
         "mode": fed.settings.mode,
@@ -230,10 +234,91 @@ def status(r: redis.Redis, keys: Keys, now: float | None = None) -> dict[str, An
                     if (region, kind) in streaks
                 },
                 "privacy": budget_view(r, keys, region) if fed.settings.dp_clip else None,
+                "guard": guard[region],
+                "quarantined": region in quarantined,
+                "replays": replays[region],
             }
             for region in fed.regions
         },  # fmt: skip
     }
+
+
+def _guard_views(r: redis.Redis, keys: Keys, regions: tuple[str, ...]) -> dict[str, dict]:
+    """Each region's guard record as ``coordinator.guard.region_view`` shows it (an empty
+    record for a region the aggregator has not judged yet)."""
+    raw = r.hmget(keys.guard, list(regions)) if regions else []
+    return {region: region_view(value) for region, value in zip(regions, raw, strict=True)}
+
+
+def _quarantined(r: redis.Redis, keys: Keys) -> set[str]:
+    return {m.decode(errors="replace") for m in r.smembers(keys.quarantined)}
+
+
+def _replays(r: redis.Redis, keys: Keys, regions: tuple[str, ...]) -> Counter[str]:
+    """Per region, the copies of its updates dropped as duplicates beyond those its workers
+    published: replays (its workers count every copy they send in the MULTI that sends it).
+
+    Only ids with a duplicate can have such a copy. The duplicates are read first and the
+    rest after, in one MULTI: a copy published and dropped in between is then counted as
+    published and not as dropped, so a federation at work never shows a false replay. ``fedq
+    audit`` counts every copy beyond the published count, re-rejected ones too (it reads the
+    whole rejections stream, which a view refreshed every two seconds should not).
+    """
+    dropped = {k.decode(errors="replace"): int(v) for k, v in r.hgetall(keys.duplicates).items()}
+    ids = [i for i in dropped if i.partition("-")[0] in regions]
+    out: Counter[str] = Counter()
+    if not ids:
+        return out
+    with r.pipeline(transaction=True) as pipe:
+        for update_id in ids:
+            pipe.hget(keys.published(update_id.partition("-")[0]), update_id)
+        pipe.smismember(keys.applied, ids)
+        pipe.hmget(keys.rejected, ids)
+        rows = pipe.execute()
+    published, applied, rejected = rows[: len(ids)], rows[-2], rows[-1]
+    for i, update_id in enumerate(ids):
+        if published[i] is None:  # not an update its workers sent (an evaluation result's)
+            continue
+        received = int(applied[i]) + (rejected[i] is not None) + dropped[update_id]
+        out[update_id.partition("-")[0]] += max(0, received - int(published[i]))
+    return out
+
+
+def quarantined_regions(r: redis.Redis, keys: Keys) -> list[dict[str, Any]]:
+    """The regions an operator quarantined, with what the guard makes of them."""
+    regions = _federation(r, keys).regions
+    members = sorted(_quarantined(r, keys))
+    views = _guard_views(r, keys, tuple(members))
+    return [
+        {"region": region, "known": region in regions, **_guard_summary(views[region])}
+        for region in members
+    ]
+
+
+def quarantine(r: redis.Redis, keys: Keys, region: str, release: bool = False) -> dict[str, Any]:
+    """Quarantine ``region`` (``release``: end it): the aggregator refuses its updates and the
+    coordinator issues it no train job while it is in ``Keys.quarantined``. Says whether this
+    call changed anything; a region the federation does not have is an error, except when
+    releasing one that is in the set anyway (a stray member an operator clears)."""
+    regions = _federation(r, keys).regions
+    stray = release and region not in regions and r.sismember(keys.quarantined, region)
+    if region not in regions and not stray:
+        raise FedqError(f"unknown region {region!r}; the federation has: {', '.join(regions)}")
+    if release:
+        changed = bool(r.srem(keys.quarantined, region))
+    else:
+        changed = bool(r.sadd(keys.quarantined, region))
+    view = _guard_views(r, keys, (region,))[region]
+    return {
+        "region": region,
+        "quarantined": not release,
+        "changed": changed,
+        **_guard_summary(view),
+    }
+
+
+def _guard_summary(view: dict[str, Any]) -> dict[str, Any]:
+    return {"suspicion": view["suspicion"], "flagged": view["flagged"]}
 
 
 def requeue_failed(

@@ -8,6 +8,10 @@ once the aggregator has made the new version (or the deadline passed with nothin
 
 All its state is in Redis (in-flight sets, the dispatch counter, the round, the evaluated
 versions), so a restarted dispatcher continues where the last one stopped.
+
+A region an operator quarantined (``fedq quarantine``, ``Keys.quarantined``) gets no train job
+while it is: the aggregator would refuse its updates, so a job would only hold a slot and make
+a sync round wait for an update that cannot count. Its evaluation jobs still go out.
 """
 
 from __future__ import annotations
@@ -69,6 +73,7 @@ class Dispatcher:
         self._seen_started: set[str] = set()  # in-flight jobs seen running at least once
         self._parked_since: dict[str, float] = {}  # taken from the queue, not started: since
         self._open_regions: list[str] | None = None  # this tick's regions within their budget
+        self.quarantined: frozenset[str] = frozenset()  # read once a tick (``Keys.quarantined``)
         self.fold = failures.Fold(connection, keys, fed.regions)
         self._failures_at = 0.0
         self.broken: dict[str, failures.Failure] = {}  # region -> why its train jobs fail
@@ -83,7 +88,11 @@ class Dispatcher:
     def tick(self) -> str | None:
         """Dispatch what is due; returns the reason to stop once a target is reached."""
         self._open_regions = None  # the regions' budgets are read once a tick
-        done = self.r.get(self.keys.done)
+        with self.r.pipeline(transaction=False) as pipe:
+            pipe.get(self.keys.done)
+            pipe.smembers(self.keys.quarantined)
+            done, quarantined = pipe.execute()
+        self.quarantined = frozenset(m.decode(errors="replace") for m in quarantined)
         if done:
             return done.decode()
         version = self.store.current_version() or 0
@@ -171,13 +180,17 @@ class Dispatcher:
         self._failures_at = now
 
     def _dispatchable(self, active: dict[str, dict] | None = None) -> list[str]:
-        """The regions that get train jobs: those within their privacy budget, but a region
-        whose train jobs keep failing the same way gets one job every ``PROBE_EVERY`` seconds
-        (and none while one is in flight), not its share: its failures took the others' slots
-        and filled its workers' logs, and only a job that runs can tell it was fixed."""
+        """The regions that get train jobs: those within their privacy budget and not
+        quarantined (its updates would be refused: a job would only hold a slot, and a sync
+        round would wait for it), but a region whose train jobs keep failing the same way gets
+        one job every ``PROBE_EVERY`` seconds (and none while one is in flight), not its share:
+        its failures took the others' slots and filled its workers' logs, and only a job that
+        runs can tell it was fixed."""
         now = self.clock()
         out = []
         for region in self._within_budget():
+            if region in self.quarantined:
+                continue
             if region in self.broken:
                 if (active or {}).get(region) or now - self._probed_at[region] < PROBE_EVERY:
                     continue
