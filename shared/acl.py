@@ -5,8 +5,9 @@ as its role's user (``Keys``' patterns make the rules exact):
 
 - ``<ns>-worker-<region>``: reads the settings and the models (``%R~``: a worker cannot write,
   expire or delete a model), works its own region's RQ queue, registries and jobs (job ids carry
-  the region), keeps its own alive key and data-size count, and may only *append* to the shared
-  streams (``XADD`` on updates, metrics, rejections) and count (``HINCRBY``/``INCR``) on the
+  the region), keeps its own alive key and data-size count, and may only *append* to its own
+  region's update and evaluation streams (``XADD``; a job it refuses is said there too: the
+  shared rejections stream is the aggregator's alone) and count (``HINCRBY``/``INCR``) on the
   audit counters, through selectors that allow one command on one key each; it keeps its own
   region's failure streaks (``Keys.failures``). It cannot touch
   another region's queue, jobs, workers or keys, nor another region's workers' command channels.
@@ -31,8 +32,10 @@ from shared.keys import Keys, check_name
 
 MIN_REDIS = (7, 0)
 
-# commands no role needs, on top of RQ's @dangerous set: listing key names across regions
-_NO_ROLE = ["-@dangerous", "-scan", "-randomkey"]
+# commands no role needs, on top of RQ's @dangerous set: listing key names across regions, and
+# emptying the script cache (the aggregator's janitor runs by its SHA in the MULTI of its read:
+# a region that flushed it would have the next read go unswept) or the functions
+_NO_ROLE = ["-@dangerous", "-scan", "-randomkey", "-script|flush", "-function"]
 # what every role's connection needs outside its keys (RQ reads the server's version via INFO)
 _EVERY_ROLE = ["+info"]
 
@@ -90,11 +93,11 @@ def worker_rules(keys: Keys, region: str, rq_prefix: str = "rq") -> list[str]:
                 f"%R~{keys.data_sizes}",  # counts: a DP worker plans its share of the jobs
                 # the region's service (fedq serve) follows the commits and the evaluations
                 f"%R~{keys.applies}", f"%R~{keys.pinned}", f"%R~{keys.metrics}",
+                f"%R~{keys.quarantined}",  # whose evaluation figures count
                 f"%R~{rq_prefix}:suspended", f"%R~{rq_prefix}:queues",
                 f"%R~{rq_prefix}:rl-keys"]  # fmt: skip
     append_only = [
-        f"(~{keys.update_stream(region)} ~{keys.evaluation_stream(region)} ~{keys.rejections} "
-        "-@all +xadd)",
+        f"(~{keys.update_stream(region)} ~{keys.evaluation_stream(region)} -@all +xadd)",
         f"(~{keys.published(region)} -@all +hincrby)",
         f"(~{keys.retried} ~{keys.abandoned} -@all +incr +incrby)",
     ]

@@ -13,7 +13,10 @@ are the same when they differ only in numbers and ids):
   ``clear_job`` inside the MULTI that publishes a job's output (a success ends the streak);
 - the coordinator folds the aggregator's rejections into the ``rejected`` streaks (``Fold``:
   the aggregator stays the model's writer and nothing else), and ends one at the region's next
-  applied update or accepted evaluation result;
+  applied update or accepted evaluation result. Only a rejection the aggregator recorded counts
+  (``Keys.rejected`` holds its id with that reason): an entry on the rejections stream that
+  names a region is otherwise only a claim, and a forged ``shape`` rejection naming another
+  region would make that region look broken;
 - ``fedq status`` and ``fedq run`` read them (``read``). A region whose streak reached the
   federation's ``max_failures`` is ``broken`` (the coordinator stops giving it train jobs,
   ``fedq run`` stops waiting for its evaluations and says so); every region failing the same
@@ -222,9 +225,10 @@ class Fold:
         if not events:
             return 0
         streaks = {(f.region, f.kind): f for f in read_source(self.r, self.keys, self.regions)}
+        recorded = self._recorded([fields for _, name, fields in events if name == "rejections"])
         changed: set[tuple[str, str]] = set()
         for at, name, fields in events:
-            for region, kind, cause, job in self._meaning(name, fields):
+            for region, kind, cause, job in self._meaning(name, fields, recorded):
                 key = (region, kind)
                 last = streaks.get(key)
                 if cause is None:  # a success of the region's kind of job
@@ -256,8 +260,19 @@ class Fold:
             pipe.execute()
         return len(events)
 
-    def _meaning(self, name: str, fields: dict[bytes, bytes]):
-        """(region, kind, cause or None for a success, job id) of one entry."""
+    def _recorded(self, rejections: list[dict[bytes, bytes]]) -> set[tuple[str, str]]:
+        """(id, reason) of the rejections entries the aggregator itself recorded: it writes
+        each rejection's id and reason into ``Keys.rejected`` in the same step (one round trip).
+        """
+        ids = sorted({streams.entry_text(f, streams.ID) for f in rejections})
+        if not ids:
+            return set()
+        reasons = self.r.hmget(self.keys.rejected, ids)
+        return {(i, r.decode(errors="replace")) for i, r in zip(ids, reasons, strict=True) if r}
+
+    def _meaning(self, name: str, fields: dict[bytes, bytes], recorded: set[tuple[str, str]]):
+        """(region, kind, cause or None for a success, job id) of one entry; a rejection only
+        if the aggregator ``recorded`` it."""
         if name == "applies":
             try:
                 updates = json.loads(fields.get(b"updates") or b"[]")
@@ -281,6 +296,8 @@ class Fold:
                 region, kind = job_region(job), "evaluate"
             else:
                 return
+            if (streams.entry_text(fields, streams.ID), reason) not in recorded:
+                return  # not the aggregator's: a claim on the stream, not a rejection
             if region in self.regions:
                 yield region, kind, f"rejected ({reason}): {detail}".splitlines()[0], job
 

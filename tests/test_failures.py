@@ -80,6 +80,40 @@ def test_a_task_is_broken_when_every_region_fails_the_same_way():
     assert failures.broken(other, 0) == {}  # max_failures 0: never
 
 
+def _aggregators(r, keys: Keys, fields: dict) -> None:
+    """A rejection as the aggregator records it: in ``Keys.rejected`` and on the stream."""
+    r.hset(keys.rejected, fields[streams.ID], fields[streams.REASON])
+    streams.add_rejection(r, keys, fields)
+
+
+def test_a_forged_rejection_starts_no_streak(r, toy_data):
+    """Only what the aggregator rejected counts: a "shape" rejection of us's update written
+    onto the stream by anybody else (a worker without ACL users, a stray tool) is a claim."""
+    import numpy as np
+
+    from coordinator import service
+    from coordinator.aggregator import Aggregator
+    from shared.settings import FederationSettings
+    from tests.updates import publish
+
+    keys = Keys("forged")
+    fed = service.initialise(r, keys, toy_data, FederationSettings(task="toy", eval_every=0))
+    agg = Aggregator(r, keys, fed)
+    bad = publish(r, keys, "cn", 0, {k: np.zeros((7,), np.float32) for k in agg.weights})
+    while agg.step(block_ms=50):
+        pass
+    assert r.hget(keys.rejected, bad) == b"shape"  # the aggregator's own: it counts
+    for n in range(5):  # forged: another region's update "rejected" the same way, 5 times
+        forged = streams.rejection_entry(f"us-t{n}-0123456789abcdef.00ff00ff", "shape",
+                                         "tensor w has shape (7,)", region="us")  # fmt: skip
+        streams.add_rejection(r, keys, forged)
+    fold = failures.Fold(r, keys, fed.regions)
+    assert fold.run() == 6
+    got = {(f.region, f.kind): f for f in failures.read(r, keys, fed.regions)}
+    assert set(got) == {("cn", "train")} and got[("cn", "train")].count == 1
+    assert "shape" in got[("cn", "train")].cause
+
+
 def test_the_aggregators_rejections_count_in_a_row_until_the_region_succeeds(r):
     """The coordinator's fold: two non-finite updates of cn in a row, a rejected result of
     us's evaluation, then an applied update of cn ends cn's streak (and only cn's)."""
@@ -89,7 +123,7 @@ def test_the_aggregators_rejections_count_in_a_row_until_the_region_succeeds(r):
         fields = streams.rejection_entry(
             f"cn-t{n}-0123456789abcdef.00ff00ff", "non_finite", f"tensor w has {n} NaN", region="cn"
         )
-        streams.add_rejection(r, keys, fields)
+        _aggregators(r, keys, fields)
     result = streams.rejection_entry(
         "entry:x 1-0",
         "malformed",
@@ -97,7 +131,7 @@ def test_the_aggregators_rejections_count_in_a_row_until_the_region_succeeds(r):
         kind="evaluation",
         claimed="us-e10-0123456789abcdef.0a0b0c0d",
     )
-    streams.add_rejection(r, keys, result)
+    _aggregators(r, keys, result)
     streams.add_rejection(r, keys, streams.rejection_entry("x", "stale", "old", region="cn"))
     assert fold.run() == 4
     got = {(f.region, f.kind): f for f in failures.read(r, keys, ("cn", "us"))}

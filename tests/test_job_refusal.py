@@ -21,6 +21,7 @@ from rq.serializers import DefaultSerializer
 from rq.webhook import Webhook
 
 from coordinator import service
+from coordinator.aggregator import Aggregator
 from shared.jobs import SERIALIZER, TRAIN_TASK, JobSpec
 from shared.keys import Keys
 from shared.settings import FederationSettings
@@ -47,7 +48,7 @@ class _Hits(http.server.BaseHTTPRequestHandler):
 def test_refused_jobs_import_call_request_and_enqueue_nothing(
     small_data, redis_server, r, tmp_path
 ):
-    service.initialise(r, K, small_data, FederationSettings(eval_every=0, target_versions=0))
+    fed = service.initialise(r, K, small_data, FederationSettings(eval_every=0, target_versions=0))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Hits)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     url = f"http://127.0.0.1:{server.server_address[1]}/hook"
@@ -90,6 +91,10 @@ def test_refused_jobs_import_call_request_and_enqueue_nothing(
     assert not any(p.exists() for p in planted)
     assert not (tmp_path / "imported").exists() and not (tmp_path / "called").exists()
     assert _Hits.hits == []
+    # the worker said each refusal on its region's update stream; the aggregator copies them
+    aggregator = Aggregator(r, K, fed)
+    while aggregator.step(block_ms=50):
+        pass
     refusals = {f[b"id"].decode(): f[b"detail"].decode() for _, f in r.xrange(K.rejections)
                 if f[b"reason"] == b"job_refused"}  # fmt: skip
     assert set(refusals) == {pickled.id, *jobs}

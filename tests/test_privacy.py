@@ -11,6 +11,7 @@ import redis
 from rq import Queue
 
 from coordinator import service
+from coordinator.aggregator import Aggregator
 from coordinator.dispatcher import Dispatcher
 from shared.federation import read as read_federation
 from shared.jobs import SERIALIZER, TRAIN_TASK, JobSpec
@@ -64,11 +65,16 @@ def test_a_region_past_its_budget_refuses_its_jobs_and_gets_no_more(
     assert budget.jobs == 2 and budget.exhausted
     assert budget.epsilon == pytest.approx(two) and budget.epsilon <= limit
     assert budget.history == [(job.noise, job.rate, 2 * job.steps)] and budget.delta == delta
+    updates = [f for _, f in r.xrange(K.update_stream("cn")) if b"u" in f]
+    assert len(updates) == 2  # only the jobs within the budget trained
+    # each refusal said on the region's update stream, copied to the rejections by the aggregator
+    aggregator = Aggregator(r, K, read_federation(r, K))
+    while aggregator.step(block_ms=50):
+        pass
     refused = {f[b"id"].decode(): f[b"detail"].decode() for _, f in r.xrange(K.rejections)
                if f[b"reason"] == b"budget_spent"}  # fmt: skip
     assert set(refused) == {"cn-dp2", "cn-dp3", "cn-dp4"}
     assert all("region cn's privacy budget" in d for d in refused.values())
-    assert r.xlen(K.update_stream("cn")) == 2  # only the jobs within the budget trained
     assert set(queue.failed_job_registry.get_job_ids()) == set(refused)
     # the coordinator sends the spent region nothing more; the others get their jobs
     assert exhausted_regions(r, K, ["cn", "us"]) == {"cn"}

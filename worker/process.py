@@ -6,7 +6,8 @@ runs across a fork (a child of a process that already ran a multi-threaded torch
 its first parallel op). torch is held to one thread, since a host runs several workers.
 
 Jobs are JSON (never pickle), and the worker runs only fedq's allowlisted tasks: anything else
-fails without being imported or run, with the reason recorded on the rejections stream.
+fails without being imported or run, with the reason said on the region's update stream (a
+small entry the aggregator copies onto the rejections stream, which workers may not write).
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ from tasks.api import BUILT_IN, load_task, require_private
 from worker.context import WorkerContext, install
 
 # the rejections stream's reasons for a job refused: not a fedq job, or past the budget
-JOB_REFUSED, BUDGET_SPENT = "job_refused", "budget_spent"
+JOB_REFUSED, BUDGET_SPENT = streams.JOB_REFUSED, streams.BUDGET_SPENT
 SIZES_WAIT = 30.0  # seconds a DP worker waits for every region's data size to plan its share
 REFUSED_TTL = 86_400  # seconds a refused job stays in the failed registry, for operators
 # RQ job features fedq never uses: each names code to import, a URL to call or more jobs to run
@@ -279,12 +280,15 @@ class FedqWorker(SimpleWorker):
         super().handle_job_failure(job, queue, *args, **kwargs)
 
     def _record_refusal(self, job: Job, detail: str, reason: str) -> None:
-        if self.fedq_keys is None:
+        """Say why a job was refused on the region's own update stream: the aggregator copies
+        it onto the rejections stream (naming the stream's region), which no worker may append
+        to (a region could flood it, or forge another region's failures there)."""
+        ctx = self.fedq_context
+        if ctx is None:
+            self.log.warning("Worker %s: refused job %s: %s", self.name, job.id, detail)
             return
-        region = self.fedq_context.region if self.fedq_context else ""
-        fields = streams.rejection_entry(job.id, reason, detail, worker=self.name,
-                                         region=region)  # fmt: skip
-        streams.add_rejection(self.connection, self.fedq_keys, fields)
+        fields = streams.refusal_entry(job.id, reason, detail, worker=self.name)
+        self.connection.xadd(ctx.keys.update_stream(ctx.region), fields)
 
 
 _INSTANCE = secrets.token_hex(3)  # this process's start
