@@ -34,6 +34,36 @@ FLAGS: dict[str, tuple[str, Any, str]] = {
     "--round-deadline": ("round_deadline", float, "FedAvg: seconds a round waits"),
     "--max-update-norm": ("max_update_norm", float, "L2 bound on an update (0: none)"),
     "--norm-action": ("norm_action", click.Choice(NORM_ACTIONS), "above the bound: reject or clip"),
+    "--robust/--no-robust": (
+        "robust",
+        None,
+        "judge each update against the regions' recent ones (norm, direction, influence)",
+    ),
+    "--robust-norm-factor": (
+        "robust_norm_factor",
+        float,
+        "scale down deltas longer than this x the regions' median norm",
+    ),
+    "--direction-floor": (
+        "direction_floor",
+        float,
+        "cosine with the recent trajectory at which an update's weight reaches zero",
+    ),
+    "--direction-full": (
+        "direction_full",
+        float,
+        "cosine with the recent trajectory from which an update has its full weight",
+    ),
+    "--influence-slack": (
+        "influence_slack",
+        float,
+        "a region's share of the recent applied weight is held to this x its data share",
+    ),
+    "--max-region-share": (
+        "max_region_share",
+        float,
+        "the largest data share a region's announced size can claim",
+    ),
     "--dp-clip": (
         "dp_clip",
         float,
@@ -71,6 +101,11 @@ FLAGS: dict[str, tuple[str, Any, str]] = {
     "--target-versions": ("target_versions", int, "stop at this many versions (0: none)"),
     "--time-budget": ("time_budget", float, "stop after this many seconds (0: none)"),
     "--target-metric": ("target_metric", float, "stop at this validation headline (0: none)"),
+    "--eval-grace": (
+        "eval_grace",
+        float,
+        "seconds after a version's first evaluation result it counts with two thirds of regions",
+    ),
     "--decay-floor": (
         "decay_floor",
         float,

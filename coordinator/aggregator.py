@@ -18,12 +18,14 @@ import json
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import redis
 
 from coordinator.commit import Committer, StaleWriter
+from coordinator.guard import Guard
+from coordinator.quota import Quota
 from coordinator.strategies import Outcome, Pending, Round, Strategy, make_strategy
 from coordinator.validation import MAX_UPDATE_BYTES, delta_problem, signature_problem
 from shared import auth, streams
@@ -37,8 +39,6 @@ from shared.lease import FencedBatch, Lease
 from shared.store import ModelStore
 from shared.telemetry import AggregatorMetrics
 
-READ_COUNT = 16
-
 MAX_HANDLINGS = 3  # times a process may die handling one entry before it is rejected unread
 
 
@@ -46,6 +46,7 @@ MAX_HANDLINGS = 3  # times a process may die handling one entry before it is rej
 class JobRecord:
     issued: dict | None  # what the coordinator issued for the job, None if nothing
     applied: bool  # an attempt of the job was applied
+    rejected: bool = False  # this very attempt was rejected before (a copy is a replay)
 
 
 @dataclass
@@ -96,6 +97,9 @@ class Aggregator:
         # ids this process settled lately: a second copy in the same read batch is caught too
         self._recent: set[str] = set()
         self._recent_order: deque[str] = deque()
+        self.guard = Guard(fed.settings, fed.regions)
+        self.quarantined: set[str] = set()
+        self._dirty: set[str] = set()  # regions whose guard record is not yet written
         self.streams = {keys.update_stream(r): r for r in fed.regions}
         self.result_streams = {keys.evaluation_stream(r): r for r in fed.regions}
         model = self.store.read_current()
@@ -104,7 +108,11 @@ class Aggregator:
         self.version = model.version
         self.metrics.version.set(self.version)
         self.weights: Weights = {k: np.array(v) for k, v in model.weights.items()}
+        self._start_guard()
         self._ensure_group()
+        # the regions' streams swept of oversized entries and floods before each read, and the
+        # read held to a byte budget (coordinator/quota.py)
+        self.quota = Quota(connection, keys, fed, on_deleted=self._count_deleted)
 
     # --- the loop ---
 
@@ -119,9 +127,8 @@ class Aggregator:
         """Read and settle one batch of new entries; returns how many were read."""
         if self.strategy.uses_rounds:
             self.tick()
-        wanted = dict.fromkeys([*self.streams, *self.result_streams], ">")
-        resp = self.r.xreadgroup(AGGREGATOR_GROUP, self.consumer, wanted, count=READ_COUNT,
-                                 block=block_ms)  # fmt: skip
+        self._refresh_regions()
+        resp = self.quota.read(self.consumer, self.version, self._lease_value(), block_ms)
         batch = streams.in_arrival_order(
             (streams.entry_ref(stream, entry_id), fields)
             for stream, entries in resp or [] for entry_id, fields in entries
@@ -135,6 +142,7 @@ class Aggregator:
     def recover(self) -> None:
         """Settle entries delivered before a crash: ours (pending) and dead consumers' (claimed),
         over every region's stream in the order they arrived, as an uncrashed run saw them."""
+        self.quota.sweep(self.version, self._lease_value())
         held = {ref: f for stream in [*self.streams, *self.result_streams]
                 for ref, f in self._delivered(stream)}  # fmt: skip
         for ref, fields in streams.in_arrival_order(held.items()):
@@ -217,6 +225,10 @@ class Aggregator:
         attempt settles a job; a rejected attempt never blocks a later valid one.
         """
         crash_point("aggregator.handle")
+        refusal = streams.copied_refusal(fields, self.streams[streams.split_ref(entry_id)[0]])
+        if refusal is not None:  # a worker refused a job: said on the rejections stream
+            batch = FencedBatch().add(*streams.xadd_command(self.keys.rejections, refusal))
+            return self._settle_entry(batch, entry_id)
         raw_id = _entry_id_field(fields, entry_id)
         claimed = {streams.CLAIMED: raw_id}
 
@@ -255,15 +267,26 @@ class Aggregator:
         if issued is None or issued.get("kind") != "train" or issued.get("region") != h.region:
             return refuse(RejectReason.UNKNOWN_JOB, f"no train job {h.job_id[:80]!r} was issued")
         # authentic from here: a copy of an attempt of a job already applied, or held by the
-        # strategy, or applied in this very batch, is a duplicate; anything else is judged
-        if record.applied or self.strategy.holds(h.job_id) or h.job_id in self._recent:
+        # strategy, or applied in this very batch, or a copy of this very attempt rejected
+        # before (a replay: judged again, it might pass now), is a duplicate; anything else is
+        # judged
+        seen = record.applied or record.rejected or {h.job_id, raw_id} & self._recent
+        if seen or self.strategy.holds(h.job_id):
             self._drop_duplicate(entry_id, raw_id)
             return
         pending = Pending(entry_id, update)
-        problem = self._validate(pending)
+        if h.region in self.quarantined:
+            detail = f"region {h.region!r} is quarantined (fedq quarantine --release to end it)"
+            self.settle(Outcome().reject(pending, RejectReason.QUARANTINED, detail))
+            return
+        problem, norm = self._validate(pending)
         if problem:
             self.settle(Outcome().reject(pending, *problem))
             return
+        judged = self._judge(pending, norm)
+        if judged is None:
+            return
+        pending = judged
         if self.strategy.uses_rounds:
             self.tick()  # the update may belong to a round opened since the last look
         self.settle(self.strategy.offer(pending, self.version, self.weights, self._base))
@@ -296,7 +319,7 @@ class Aggregator:
         issued = record.issued
         if issued is None or issued.get("kind") != "evaluate" or issued.get("region") != region:
             return refuse(RejectReason.UNKNOWN_JOB, f"no evaluate job {job_id[:80]!r} was issued")
-        if record.applied or job_id in self._recent:
+        if record.applied or record.rejected or job_id in self._recent:
             self._drop_duplicate(entry_id, raw_id)
             return
         try:
@@ -319,8 +342,8 @@ class Aggregator:
     ) -> tuple[RejectReason, str] | None:
         return signature_problem(fields, payload, region, self.region_keys or {})
 
-    def _validate(self, pending: Pending) -> tuple[RejectReason, str] | None:
-        problem, clipped_norm = delta_problem(
+    def _validate(self, pending: Pending) -> tuple[tuple[RejectReason, str] | None, float]:
+        problem, clipped_norm, norm = delta_problem(
             pending.update.delta,
             self.weights,
             self.settings.max_update_norm,
@@ -328,7 +351,58 @@ class Aggregator:
         )
         if clipped_norm is not None:
             self.r.hset(self.keys.clipped, pending.update_id, f"{clipped_norm:.6g}")
-        return problem
+        return problem, norm
+
+    def _judge(self, pending: Pending, norm: float) -> Pending | None:
+        """The guard's verdict applied: the pending update at its new length and weight, or
+        None once it is refused (recorded with the check that refused it)."""
+        if not self.guard.enabled:
+            return pending
+        region = pending.update.header.region
+        verdict = self.guard.judge(region, pending.update.delta, norm)
+        self._dirty.add(region)
+        self.metrics.suspicion.labels(region).set(self.guard.records[region].suspicion)
+        for check, _ in verdict.notes:
+            self.metrics.guarded.labels(region, check).inc()
+        if verdict.refused:
+            self.settle(Outcome().reject(pending, verdict.reason, verdict.detail()))
+            return None
+        if verdict.kept < 1.0:
+            delta, factors = pending.update.delta, verdict.factors()
+            for name, tensor in delta.items():
+                f = factors.get(name, verdict.scale)
+                if f != 1.0:
+                    delta[name] = (tensor * f).astype(tensor.dtype, copy=False)
+        return replace(pending, weight=verdict.weight, guard=verdict.detail())
+
+    def _guard_records(self) -> dict[str, str]:
+        """The guard records judged since the last write (written with the next outcome)."""
+        records = {r: self.guard.record_json(r) for r in sorted(self._dirty)}
+        self._dirty.clear()
+        return records
+
+    def _start_guard(self) -> None:
+        """What an earlier aggregator learned, and the model's recent path as the trajectory."""
+        stored = self.r.hgetall(self.keys.guard)
+        self.guard.load({k.decode(): v for k, v in stored.items()})
+        earlier = self.store.read(max(0, self.version - 8)) if self.version else None
+        self.guard.start_trajectory(self.weights, None if earlier is None else earlier.weights)
+        self._refresh_regions()
+
+    def _refresh_regions(self) -> None:
+        """The operator's quarantine and the regions' announced data sizes: one round trip."""
+        with self.r.pipeline(transaction=False) as pipe:
+            pipe.smembers(self.keys.quarantined)
+            pipe.mget([self.keys.data_size(r) for r in self.fed.regions])
+            quarantined, sizes = pipe.execute()
+        self.quarantined = {q.decode() for q in quarantined}
+        announced = {}
+        for region, raw in zip(self.fed.regions, sizes, strict=True):
+            try:
+                announced[region] = float(raw) if raw is not None else 0.0
+            except ValueError:
+                announced[region] = 0.0  # not a number: the region claims no share
+        self.guard.set_data_sizes(announced)
 
     # --- persisting outcomes ---
 
@@ -336,6 +410,7 @@ class Aggregator:
         for pending, reason, detail in outcome.rejected:
             self._reject(pending, reason, detail)
         if outcome.new_weights is not None:
+            outcome.guard = self._guard_records()
             self._commit(outcome)
 
     def _commit(self, outcome: Outcome) -> None:
@@ -348,7 +423,12 @@ class Aggregator:
             self._base_cache.pop(min(self._base_cache), None)
         self._base_cache[self.version] = self.weights
         self.version += 1
-        self.weights = {k: np.asarray(v, dtype=np.float32) for k, v in outcome.new_weights.items()}
+        old, self.weights = (
+            self.weights,
+            {k: np.asarray(v, dtype=np.float32) for k, v in outcome.new_weights.items()},
+        )
+        if self.guard.enabled:
+            self.guard.applied(outcome.shares, old, self.weights)
         self.counters.applied += len(jobs)
         self.counters.versions += 1
         self._remember(jobs)
@@ -366,6 +446,7 @@ class Aggregator:
                 m.update_age.observe(max(0.0, now - h.created_at))
 
     def _reject(self, pending: Pending, reason: RejectReason, detail: str) -> None:
+        self._remember([pending.update_id])  # a copy later in the same batch is a replay
         h = pending.update.header
         extra = {"region": h.region, "base_version": str(h.base_version), "worker": h.worker_id}
         self._reject_raw(pending.entry_id, pending.update_id, reason, detail, extra)
@@ -386,10 +467,19 @@ class Aggregator:
         fields = streams.rejection_entry(update_id, reason.value, detail, version=self.version,
                                          **(extra or {}))  # fmt: skip
         batch = FencedBatch().add("HSET", self.keys.rejected, update_id, reason.value)
+        records = self._guard_records()
+        if records:
+            batch.add("HSET", self.keys.guard, *streams.flat(records))
         self._settle_entry(batch.add(*streams.xadd_command(self.keys.rejections, fields)), entry_id)
         self.counters.rejected += 1
         self.metrics.rejected.labels(reason.value).inc()
         self.counters.by_reason[reason.value] = self.counters.by_reason.get(reason.value, 0) + 1
+
+    def _count_deleted(self, reason: str, n: int) -> None:
+        """Entries the janitor deleted (recorded by its script): counted like rejections."""
+        self.counters.rejected += n
+        self.metrics.rejected.labels(reason).inc(n)
+        self.counters.by_reason[reason] = self.counters.by_reason.get(reason, 0) + n
 
     def _drop_duplicate(self, entry_id: str, update_id: str) -> None:
         batch = FencedBatch().add("HINCRBY", self.keys.duplicates, update_id, 1)
@@ -435,10 +525,16 @@ class Aggregator:
             issued_jobs(pipe, self.keys, jobs)
             for job_id in jobs:
                 pipe.hexists(self.keys.applied_jobs, job_id or "-")
+            for update_id in update_ids:
+                pipe.hexists(self.keys.rejected, update_id)
             flags = pipe.execute()
         n = len(jobs)
-        return [JobRecord(parse_issued(raw), bool(applied))
-                for raw, applied in zip(flags[:n], flags[n:], strict=True)]  # fmt: skip
+        return [
+            JobRecord(parse_issued(raw), bool(applied), bool(rejected))
+            for raw, applied, rejected in zip(
+                flags[:n], flags[n : 2 * n], flags[2 * n :], strict=True
+            )
+        ]
 
     def _base(self, version: int) -> Weights | None:
         if version in self._base_cache:

@@ -5,7 +5,8 @@ The Lua script below is the only code that moves the model forward. The blob is 
 version, renames the staged blob into place, writes the version's info, bumps the counter,
 records the applied update ids and one attempt per job, acknowledges and deletes their stream
 entries, appends the applies entry (read back by ``shared.streams.applied_updates``) and drops
-the version that left the window unless an evaluation pins it.
+the version that left the window unless an evaluation pins it, and writes the guard's
+records of the regions it judged.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from shared.lease import LostLease
 # this aggregator's own with an expiry: a crash between the two leaves nothing a restarted
 # aggregator could mistake for the new version.
 COMMIT_SCRIPT = """
-local version, info, applied, applies, old, staged, model, applied_jobs, lease, pinned =
+local version, info, applied, applies, old, staged, model, applied_jobs, lease, pinned, guard =
   unpack(KEYS)
 local holder = ARGV[#ARGV]  -- this aggregator's lease value ('' when it runs without one)
 if holder ~= '' and redis.call('GET', lease) ~= holder then
@@ -54,6 +55,7 @@ local n_ids = tonumber(ARGV[i]); local ids = take(n_ids); local jobs = take(n_id
 i = i + 1; local n_entries = tonumber(ARGV[i]); local entries = take(n_entries)
 i = i + 1; local n_info = tonumber(ARGV[i]); local info_pairs = take(2 * n_info)
 i = i + 1; local n_applies = tonumber(ARGV[i]); local applies_pairs = take(2 * n_applies)
+i = i + 1; local n_guard = tonumber(ARGV[i]); local guard_pairs = take(2 * n_guard)
 redis.call('HSET', info, unpack(info_pairs))
 redis.call('SET', version, ARGV[2])
 -- the version leaving the window goes, unless an evaluation scheduled for it is not done yet
@@ -67,6 +69,7 @@ for k = 1, n_entries, 2 do  -- (stream, entry id) pairs: one batch may span regi
   redis.call('XDEL', entries[k], entries[k + 1])
 end
 redis.call('XADD', applies, 'MAXLEN', '~', '1000000', '*', unpack(applies_pairs))
+if n_guard > 0 then redis.call('HSET', guard, unpack(guard_pairs)) end
 return 1
 """
 
@@ -101,7 +104,8 @@ class Committer:
         applies = {"version": new_version, "at": now, "updates": json.dumps([
             {"id": p.update_id, "region": p.update.header.region,
              "base": p.update.header.base_version, "n": p.update.header.n_samples,
-             "loss": round(p.update.header.train_loss, 5)} for p in outcome.applied]),
+             "loss": round(p.update.header.train_loss, 5),
+             **({"guard": p.guard} if p.guard else {})} for p in outcome.applied]),
             **extra}  # fmt: skip
         old = new_version - self.window
         blob = encode_model(Model(new_version, outcome.new_weights, {}))
@@ -111,12 +115,13 @@ class Committer:
             self.keys.version, self.keys.model_info(new_version), self.keys.applied,
             self.keys.applies, self.keys.model(old) if old >= 0 else self.keys.model(-1),
             staged, self.keys.model(new_version), self.keys.applied_jobs,
-            self.keys.lease("aggregator"), self.keys.pinned,
+            self.keys.lease("aggregator"), self.keys.pinned, self.keys.guard,
         ]  # fmt: skip
         script_args = [
             version, new_version, AGGREGATOR_GROUP, old if old >= 0 else -1,
             len(ids), *ids, *jobs, len(entries), *entries,
-            len(info), *streams.flat(info), len(applies), *streams.flat(applies), lease_value,
+            len(info), *streams.flat(info), len(applies), *streams.flat(applies),
+            len(outcome.guard), *streams.flat(outcome.guard), lease_value,
         ]  # fmt: skip
         done = self._stage_and_run(staged, blob, script_keys, script_args)
         crash_point("aggregator.after_commit")

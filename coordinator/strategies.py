@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from shared import aggregation as agg
+from shared import robust
 from shared.codec import RejectReason, Update, Weights
 from shared.settings import FederationSettings
 
@@ -25,6 +26,8 @@ BaseLookup = Callable[[int], Weights | None]
 class Pending:
     entry_id: str
     update: Update
+    weight: float = 1.0  # the guard's factor on its weight in the combination (guard.py)
+    guard: str = ""  # what the guard did to it, if anything (recorded with the applied update)
 
     @property
     def update_id(self) -> str:
@@ -37,6 +40,8 @@ class Outcome:
     applied: list[Pending] = field(default_factory=list)
     rejected: list[tuple[Pending, RejectReason, str]] = field(default_factory=list)
     info: dict[str, Any] = field(default_factory=dict)
+    shares: dict[str, float] = field(default_factory=dict)  # region -> its part of the step
+    guard: dict[str, str] = field(default_factory=dict)  # region -> guard record to persist
 
     def reject(self, pending: Pending, reason: RejectReason, detail: str) -> Outcome:
         self.rejected.append((pending, reason, detail))
@@ -124,9 +129,10 @@ class FedAsync(Strategy):
             self.mean_samples = n if m is None else 0.95 * m + 0.05 * n
             reference = self.mean_samples
         alpha = self.settings.alpha * self.settings.decay(version, self.elapsed())
-        a = agg.mixing_weight(alpha, s, self.fn, h.weight_samples, reference)
+        a = agg.mixing_weight(alpha, s, self.fn, h.weight_samples, reference) * pending.weight
         new = agg.fedasync_apply(weights, base_weights, pending.update.delta, a)
-        return Outcome(new, [pending], info={"staleness": s, "weight": round(a, 6)})
+        info = {"staleness": s, "weight": round(a, 6)}
+        return Outcome(new, [pending], info=info, shares={h.region: a})
 
 
 class FedBuff(Strategy):
@@ -168,9 +174,23 @@ class FedBuff(Strategy):
             n = np.array([p.update.header.weight_samples for p in group], dtype=np.float64)
             scale = n / n.mean()
             deltas = [{k: v * c for k, v in d.items()} for d, c in zip(deltas, scale, strict=True)]
-        new = agg.fedbuff_apply(weights, deltas, staleness, self.settings.server_lr)
+        regions = [p.update.header.region for p in group]
+        if self.settings.robust and len(set(regions)) > 1:
+            pairs = zip(deltas, staleness, strict=True)
+            scaled = [robust.scaled(d, agg.fedbuff_scale(s)) for d, s in pairs]
+            step, shares = _robust_step(scaled, regions, [p.weight for p in group])
+            lr = self.settings.server_lr
+            new = {k: (weights[k] + lr * step[k]).astype(np.float32) for k in weights}
+        else:
+            weighted = [
+                robust.scaled(d, p.weight) if p.weight != 1.0 else d
+                for d, p in zip(deltas, group, strict=True)
+            ]
+            new = agg.fedbuff_apply(weights, weighted, staleness, self.settings.server_lr)
+            shares = _shares(regions, [p.weight for p in group])
         self.buffer = []  # only once the math is done: an exception leaves the buffer whole
-        return Outcome(new, group, info={"staleness": max(staleness), "buffered": len(group)})
+        info = {"staleness": max(staleness), "buffered": len(group)}
+        return Outcome(new, group, info=info, shares=shares)
 
 
 class FedAvg(Strategy):
@@ -228,10 +248,43 @@ class FedAvg(Strategy):
     def _close(self, weights: Weights, why: str) -> Outcome:
         group = list(self.collected.values())
         self.collected = {}
-        models = [agg.add(weights, p.update.delta) for p in group]
-        new = agg.fedavg(models, [p.update.header.weight_samples for p in group])
+        samples = [p.update.header.weight_samples * p.weight for p in group]
+        regions = [p.update.header.region for p in group]
+        if self.settings.robust and len(group) > 1:
+            step, shares = _robust_step([p.update.delta for p in group], regions, samples)
+            new = agg.add(weights, step)
+        else:
+            new = agg.fedavg([agg.add(weights, p.update.delta) for p in group], samples)
+            shares = _shares(regions, samples)
         number = self.round.number if self.round else -1
-        return Outcome(new, group, info={"staleness": 0, "round": number, "closed": why})
+        info = {"staleness": 0, "round": number, "closed": why}
+        return Outcome(new, group, info=info, shares=shares)
+
+
+def _shares(regions: list[str], weights: list[float]) -> dict[str, float]:
+    total = sum(weights) or 1.0
+    out: dict[str, float] = {}
+    for region, w in zip(regions, weights, strict=True):
+        out[region] = out.get(region, 0.0) + w / total
+    return out
+
+
+def _robust_step(
+    deltas: list[Weights], regions: list[str], weights: list[float]
+) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+    """One point per region (the weighted mean of its deltas), combined by centered clipping
+    with ``tau`` twice the points' median distance from their mean: regions that differ as
+    honest non-IID regions do are averaged, one far from the rest moves the step by at most
+    ``tau`` (its weight counts, its distance does not)."""
+    points, mass, shares = [], [], {}
+    for region in dict.fromkeys(regions):
+        mine = [(d, w) for d, r, w in zip(deltas, regions, weights, strict=True) if r == region]
+        total = sum(w for _, w in mine)
+        points.append({k: sum(w * d[k] for d, w in mine) / total for k in mine[0][0]})
+        mass.append(total)
+        shares[region] = total / sum(weights)
+    step, _ = robust.centered_clip(points, mass, tau_factor=2.0)
+    return step, shares
 
 
 def make_strategy(settings: FederationSettings, started: float | None = None) -> Strategy:

@@ -18,10 +18,11 @@ MAX_UPDATE_BYTES = 64 * 1024 * 1024
 
 def delta_problem(
     delta: Weights, weights: Weights, bound: float, norm_action: str
-) -> tuple[tuple[RejectReason, str] | None, float | None]:
-    """(problem, clipped norm): the delta must have the model's tensors and shapes, finite
-    values, and an L2 norm within ``bound`` (0: none); with ``norm_action`` "clip" a longer
-    delta is scaled down to the bound in place, and its old norm returned."""
+) -> tuple[tuple[RejectReason, str] | None, float | None, float]:
+    """(problem, clipped norm, norm): the delta must have the model's tensors and shapes,
+    finite values, and an L2 norm within ``bound`` (0: none); with ``norm_action`` "clip" a
+    longer delta is scaled down to the bound in place, and its old norm returned. ``norm`` is
+    the delta's L2 norm as it goes on (NaN if it has a problem)."""
     problem = tensor_problem(delta, weights, finite=False)
     # one pass for both: a NaN or an infinity makes the sum of squares non-finite, so only a
     # non-finite norm needs the element-wise look; finite values whose float32 squares
@@ -32,15 +33,16 @@ def delta_problem(
         norm = l2_norm(delta, wide=True) if problem is None else norm
     if problem is not None:
         kind, detail = problem
-        return (RejectReason.SHAPE if kind == "shape" else RejectReason.NON_FINITE, detail), None
+        reason = RejectReason.SHAPE if kind == "shape" else RejectReason.NON_FINITE
+        return (reason, detail), None, math.nan
     if bound:
         clipped, norm = clip_to_norm(delta, bound, norm)
         if clipped is not delta:
             if norm_action == "reject":
-                return (RejectReason.NORM, f"L2 norm {norm:.4g} > bound {bound:g}"), None
+                return (RejectReason.NORM, f"L2 norm {norm:.4g} > bound {bound:g}"), None, norm
             delta.update(clipped)  # the update goes on at the bound's length
-            return None, norm
-    return None, None
+            return None, norm, bound
+    return None, None, norm
 
 
 def signature_problem(

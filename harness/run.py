@@ -24,6 +24,7 @@ from typing import TypeVar
 import redis
 
 from coordinator import service
+from coordinator.quota import UPDATE_FACTOR, UPDATE_MARGIN
 from harness.verdict import RunFailed, TaskBroken, Verdict, problems
 from reporting.history import collect
 from shared.auth import ACL_FILE, KEYS_ENV, init_keys, init_users, load_password
@@ -42,6 +43,7 @@ STOP_GRACE = 30.0
 # ends the run with a line rather than a hang
 REDIS_PATIENCE = 300.0
 T = TypeVar("T")
+MIN_BULK = 1024 * 1024  # the smallest proto-max-bulk-len Redis accepts
 
 
 class RedisGone(FedqError):
@@ -177,6 +179,8 @@ def run_federation(
                 "pick another --namespace"
             )
         fed = service.initialise(connection, keys, options.data_dir, options.settings)
+        if server is not None:
+            bound_requests(connection, keys)
         started = time.time()
         if fed.settings.signed_updates:
             init_keys(out / "keys", fed.regions)
@@ -267,6 +271,19 @@ def run_federation(
         stop_roles(roles)
         if server is not None:
             server.stop()
+
+
+def bound_requests(connection: redis.Redis, keys: Keys) -> int:
+    """Its own server refuses any request argument longer than the largest honest entry (an
+    fp32 delta of the model with its header, at least Redis's minimum of 1 MiB): a region
+    flooding its stream with 50 MB entries is refused before a byte is stored or written to the
+    AOF (the aggregator's janitor bounds what is smaller, ``coordinator/quota.py``). Returns
+    the bound."""
+    version = int(connection.get(keys.version) or 0)
+    blob = connection.strlen(keys.model(version))
+    bound = max(MIN_BULK, int(blob * UPDATE_FACTOR) + UPDATE_MARGIN)
+    connection.config_set("proto-max-bulk-len", bound)
+    return bound
 
 
 def _run_users(directory: Path, options: RunOptions) -> tuple[Path, tuple[str, str]]:

@@ -58,11 +58,13 @@ from rq.job import Job  # noqa: E402
 from rq.serializers import DefaultSerializer  # noqa: E402
 from rq.webhook import Webhook  # noqa: E402
 
+from harness import robustness  # noqa: E402
 from harness.audit import audit  # noqa: E402
 from harness.run import Role, RunOptions, run_federation  # noqa: E402
 from shared.acl import Users  # noqa: E402
 from shared.auth import load_key, load_password, sign  # noqa: E402
 from shared.codec import Update, UpdateHeader, encode_update  # noqa: E402
+from shared.errors import FedqError  # noqa: E402
 from shared.jobs import SERIALIZER, TRAIN_TASK, JobSpec, new_job_id, new_update_id  # noqa: E402
 from shared.keys import Keys  # noqa: E402
 from shared.settings import FederationSettings  # noqa: E402
@@ -328,25 +330,178 @@ def _json_ok(proc: subprocess.CompletedProcess) -> bool:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument(
+        "--suite",
+        choices=("protocol", "regions", "all"),
+        default="all",
+        help="protocol: forged and broken input; regions: hostile regions with valid "
+        "credentials (harness/robustness.py)",
+    )
     ap.add_argument("--events", type=int, default=24)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--data", type=Path, default=Path("data"))
-    ap.add_argument("--versions", type=int, default=1200)
+    ap.add_argument("--versions", type=int, default=1200, help="the protocol suite's")
+    ap.add_argument("--region-versions", type=int, default=600, help="the regions suite's")
+    ap.add_argument(
+        "--scenarios",
+        default=",".join(s.name for s in robustness.SCENARIOS),
+        help="the regions suite's, comma-separated",
+    )
     ap.add_argument("--workers-per-region", type=int, default=2)
     ap.add_argument("--out", type=Path, default=Path("runs/attack"))
+    ap.add_argument("--json", type=Path, help="write the regions suite's figures here")
     args = ap.parse_args()
     if not (args.data / "meta.json").exists():
         from tasks.recommender.task import TASK
 
         print(f"generating the built-in data set in {args.data}", flush=True)
         TASK.generate(args.data, seed=0)
+    console = Console()
+    status = 0
+    if args.suite in ("regions", "all"):
+        status |= regions_suite(args, console)
+    if args.suite in ("protocol", "all"):
+        status |= protocol_suite(args, console)
+    return status
+
+
+def regions_suite(args: argparse.Namespace, console: Console) -> int:
+    """Each scenario of ``harness.robustness`` against the clean run of the same settings."""
+    wanted = [n.strip() for n in args.scenarios.split(",") if n.strip()]
+    known = {s.name: s for s in robustness.SCENARIOS}
+    unknown = [n for n in wanted if n not in known]
+    if unknown:
+        console.print(f"unknown scenarios {unknown}; choose from {', '.join(known)}")
+        return 2
+    if "clean" not in wanted:
+        wanted.insert(0, "clean")
+    if any(known[n].stop_on_metric for n in wanted) and "clean-target" not in wanted:
+        wanted.insert(wanted.index("clean") + 1, "clean-target")
+    settings = robustness.suite_settings(args.region_versions, args.seed)
+    results: dict[str, dict] = {}
+    for name in wanted:
+        scenario = known[name]
+        run_settings = settings
+        if scenario.stop_on_metric:
+            target = round(0.9 * (results["clean"]["validation"] or 0.0), 4)
+            run_settings = robustness.with_target(settings, target)
+        goal = (
+            f", target validation {run_settings.target_metric}" if scenario.stop_on_metric else ""
+        )
+        console.print(f"[bold]{name}[/]: up to {run_settings.target_versions} versions{goal}")
+        out = args.out / "regions" / name
+        try:
+            results[name] = robustness.run_scenario(scenario, args.data, run_settings, out, print)
+        except FedqError as exc:  # the run failed: say so, go on with the others
+            console.print(f"  [red]{name} failed: {exc}[/]")
+            if name == "clean":
+                return 1
+            continue
+        console.print(f"  {_summary(results[name])}")
+        if args.json:  # after every run: a long suite's figures survive a later failure
+            args.json.write_text(json.dumps(results, indent=2) + "\n")
+    return _regions_report(console, results)
+
+
+def _summary(r: dict) -> str:
+    flagged = ", ".join(f"{k} at {v}" for k, v in r["flagged_at"].items()) or "none"
+    return (
+        f"HR@10 {r['hr@10']:.4f}, {r['versions']} versions in {r['seconds']:.0f}s, "
+        f"flagged: {flagged}, refused: {r['rejected']}"
+    )
+
+
+def _others_share(r: dict, hostile: set[str]) -> float:
+    shares = [v for k, v in r["promoted_share"].items() if k not in hostile]
+    return sum(shares) / max(1, len(shares))
+
+
+GUARD_REASONS = ("direction", "influence")
+
+
+def _near(version: int, reference: int) -> bool:
+    """Stopped at the same evaluation as the reference, give or take one evaluation's worth of
+    versions (a federation's pace varies from run to run)."""
+    return abs(version - reference) <= max(50, 0.15 * reference)
+
+
+def _regions_report(console: Console, results: dict[str, dict]) -> int:
+    clean = results["clean"]
+    table = Table(title="hostile regions with valid credentials, against the clean run")
+    columns = ("scenario", "HR@10", "x clean", "per region", "promoted", "x clean",
+               "flagged at", "seconds", "x clean", "stopped at", "served")  # fmt: skip
+    for column in columns:
+        table.add_column(column, justify="left" if column == "scenario" else "right")
+    checks = []
+    for name, r in results.items():
+        hostile = set(r["hostile"])
+        share, share_clean = _others_share(r, hostile), _others_share(clean, hostile)
+        ratio = r["hr@10"] / clean["hr@10"] if clean["hr@10"] else float("nan")
+        table.add_row(
+            name,
+            f"{r['hr@10']:.4f}",
+            f"{ratio:.3f}",
+            " ".join(f"{k} {v:.3f}" for k, v in r["hr@10_by_region"].items()),
+            f"{share:.2%}",
+            f"{share / share_clean:.2f}" if share_clean else "-",
+            ", ".join(f"{k} {v}" for k, v in r["flagged_at"].items()) or "-",
+            f"{r['seconds']:.0f}",
+            f"{r['seconds'] / clean['seconds']:.2f}",
+            str(r["versions"]),
+            str(r["served"]),
+        )
+        checks += _checks(name, r, results, ratio, share, share_clean)
+    console.print(table)
+    for text, ok in checks:
+        console.print(f"{'[green]PASS[/]' if ok else '[red]MISS[/]'} {text}")
+    return 0 if all(ok for _, ok in checks) else 1
+
+
+def _checks(name: str, r: dict, results: dict, ratio: float, share: float, share_clean: float):
+    clean = results["clean"]
+    out = []
+    if name in ("negate", "scale", "promote", "drift"):
+        out.append((f"{name}: HR@10 >= 0.95x clean ({ratio:.3f}x)", ratio >= 0.95))
+    if name in ("promote", "drift"):
+        text = f"{name}: promoted share <= 1.25x clean ({share:.2%} vs {share_clean:.2%})"
+        out.append((text, share <= 1.25 * share_clean))
+    if name == "collude":
+        out.append((f"collude: HR@10 >= 0.9x clean ({ratio:.3f}x)", ratio >= 0.9))
+    if name in ("lie", "silent") and "clean-target" in results:
+        base = results["clean-target"]
+        text = (
+            f"{name}: stopped at version {r['versions']} (clean {base['versions']}), "
+            f"--only-evaluated serves {r['served']} (clean {base['served']})"
+        )
+        out.append((text, _near(r["versions"], base["versions"]) and r["served"] is not None))
+    if "flood" in r:
+        f = r["flood"]
+        rate = (f["rate_during"] or 0.0) / f["rate_before"] if f["rate_before"] else 0.0
+        rss = max(
+            r["peak_rss_mb"].get(k, 0.0) / max(clean["peak_rss_mb"].get(k, 1.0), 1.0)
+            for k in r["peak_rss_mb"]
+        )
+        cap = f"Redis peak {r['redis_peak_mb']} MB within its cap {r['redis_cap_mb']} MB"
+        out += [
+            (f"flood: {cap}", r["redis_peak_mb"] <= r["redis_cap_mb"]),
+            (f"flood: rate during it {rate:.2f}x the rate before (>= 0.8)", rate >= 0.8),
+            (f"flood: no role above 2x its clean peak memory ({rss:.2f}x)", rss <= 2.0),
+        ]
+    if name in ("clean", "clean-target"):
+        refused = sum(v for k, v in r["rejected"].items() if k in GUARD_REASONS)
+        total = r["updates"]["applied"] + refused
+        text = f"{name}: {refused} of {total} honest updates refused by the guard (< 1%)"
+        out.append((text, refused < 0.01 * max(total, 1)))
+    return out
+
+
+def protocol_suite(args: argparse.Namespace, console: Console) -> int:
     settings = FederationSettings(target_versions=args.versions, seed=args.seed,
                                   eval_every=300, max_inflight=os.cpu_count() or 2,
                                   signed_updates=True)  # fmt: skip
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Hooks)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     hook_url = f"http://127.0.0.1:{server.server_address[1]}/hook"
-    console = Console()
     reports, audits, attack = {}, {}, None
     try:
         for name in ("undisturbed", "attacked"):

@@ -20,9 +20,10 @@ from typing import Generic, TypeVar
 
 import redis
 
+from shared import consensus
 from shared.aggregation import tensor_problem
 from shared.codec import DecodeError, Weights, decode_model
-from shared.evaluations import parse_accepted
+from shared.evaluations import parse_accepted, quarantined
 from shared.keys import Keys
 from shared.resilience import REDIS_DOWN, Outage
 from shared.store import ModelStore
@@ -45,8 +46,9 @@ class Served(Generic[T]):
 class SwapPolicy:
     """Which new versions replace the served one: every one (``min_interval`` 0), or at most one
     swap per ``min_interval`` seconds (the newest version when the interval is up); with
-    ``evaluated``, only versions every region evaluated whose federated validation headline did
-    not fall from the evaluated version before them (``EvaluationGate``)."""
+    ``evaluated``, only versions the regions evaluated (a quorum of them) whose federated
+    validation headline did not fall from the evaluated version before them
+    (``EvaluationGate``)."""
 
     min_interval: float = 0.0
     evaluated: bool = False
@@ -65,16 +67,28 @@ class EvaluationGate:
     A version's blob is kept past the store's window only until its evaluations end (the pin),
     and the last result often arrives after that: the gate copies each pinned version's blob as
     soon as it sees the pin, and reads the accepted results (the metrics stream, written only by
-    the aggregator and re-checked here) incrementally. A version is a candidate once every region
-    reported it; it may be served if its validation headline, regions combined, is at least the
-    one of the evaluated version before it (the first evaluated version may always be served).
+    the aggregator and re-checked here) incrementally. A version is a candidate once it counts
+    (``shared.consensus.settled``: every region not quarantined reported it, or two thirds did
+    and ``grace`` seconds passed); it may be served unless it fell from the candidate before it
+    (``consensus.fall``: the clamped combination fell and most regions saw their own figure
+    fall), so no single region's figures can hold the service back or push a bad version in.
     """
 
-    def __init__(self, connection: redis.Redis, keys: Keys, regions: tuple[str, ...],
-                 schema: MetricSchema) -> None:  # fmt: skip
+    def __init__(
+        self,
+        connection: redis.Redis,
+        keys: Keys,
+        regions: tuple[str, ...],
+        schema: MetricSchema,
+        grace: float = 60.0,
+    ) -> None:
         self.r, self.keys, self.regions, self.schema = connection, keys, regions, schema
+        self.grace = grace
         self.blobs: dict[int, bytes] = {}
         self.validation: dict[int, dict[str, dict[str, float]]] = {}  # version -> region -> figures
+        self.first_result: dict[int, float] = {}  # version -> when its first result was accepted
+        self.voters: tuple[str, ...] = regions
+        self.now = 0.0  # Redis's clock at the last look
         self._last = b"0-0"
 
     def look(self, newer_than: int) -> None:
@@ -91,33 +105,46 @@ class EvaluationGate:
             self._last = entry_id
             record = parse_accepted(fields, self.schema)
             if record is not None:
-                self.validation.setdefault(record["version"], {})[record["region"]] = record[
-                    "validation"
-                ]
+                version = record["version"]
+                self.validation.setdefault(version, {})[record["region"]] = record["validation"]
+                accepted = int(entry_id.split(b"-")[0]) / 1000.0
+                self.first_result[version] = min(self.first_result.get(version, accepted), accepted)
+        left_out = quarantined(self.r, self.keys)
+        self.voters = tuple(r for r in self.regions if r not in left_out)
+        seconds, micros = self.r.time()
+        self.now = seconds + micros / 1e6
+
+    def counted(self, version: int) -> dict[str, dict[str, float]] | None:
+        """The voters' validation figures of ``version`` once it counts, else None."""
+        by_region = {r: v for r, v in self.validation.get(version, {}).items() if r in self.voters}
+        waited = self.now - self.first_result.get(version, self.now)
+        if not by_region or not consensus.settled(by_region, self.voters, waited, self.grace):
+            return None
+        return by_region
 
     def headline(self, version: int) -> float | None:
-        """The version's validation headline, regions combined (None until all reported)."""
-        by_region = self.validation.get(version, {})
-        if set(by_region) < set(self.regions):
+        """The version's validation headline, regions combined robustly (None until it counts)."""
+        figures = self.counted(version)
+        if figures is None:
             return None
-        return self.schema.combine({r: by_region[r] for r in self.regions})[self.schema.headline]
+        return consensus.robust_combine(self.schema, figures)[self.schema.headline]
 
     def newest(self, newer_than: int) -> tuple[int | None, dict[int, str]]:
-        """The newest fully evaluated version past ``newer_than`` whose evaluation did not fall
-        (None if none), and why each newer one that fell may not be served."""
-        complete = sorted(v for v in self.validation if self.headline(v) is not None)
+        """The newest counted version past ``newer_than`` that did not fall from the counted
+        version before it (None if none), and why each newer one that fell may not be served."""
+        complete = sorted(v for v in self.validation if self.counted(v) is not None)
         fell: dict[int, str] = {}
-        name = self.schema.label(self.schema.headline)
         for i in range(len(complete) - 1, -1, -1):
             version = complete[i]
             if version <= newer_than:
                 break
-            score = self.headline(version)
-            previous = self.headline(complete[i - 1]) if i > 0 else None
-            if previous is None or score >= previous:
+            if i == 0:
                 return version, fell
-            fell[version] = (f"its validation {name} fell to {score:.4f} from {previous:.4f} "
-                             f"at version {complete[i - 1]}")  # fmt: skip
+            previous = complete[i - 1]
+            why = consensus.fall(self.schema, self.counted(previous), self.counted(version))
+            if why is None:
+                return version, fell
+            fell[version] = f"{why} at version {previous}"
         return None, fell
 
     def take(self, version: int) -> bytes | None:

@@ -52,6 +52,10 @@ class RejectReason(StrEnum):
     WRONG_REGION = "wrong_region"  # the header names another region than the one that signed
     UNKNOWN_JOB = "unknown_job"  # no such job was issued to the stream's region
     REPLAYED = "replayed"  # a signed copy of an update already settled (never applied twice)
+    QUOTA = "quota"  # past its region's backlog bound on its stream (coordinator/quota.py)
+    DIRECTION = "direction"  # points against the model's recent trajectory (coordinator/guard.py)
+    INFLUENCE = "influence"  # its region already holds more than its share of the recent weight
+    QUARANTINED = "quarantined"  # an operator quarantined its region
 
 
 class DecodeError(FedqError):

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import redis
 
+from shared import consensus
 from shared.errors import FedqError
 from shared.keys import Keys
 from shared.streams import RESULT
@@ -88,23 +89,37 @@ def accepted_results(
     connection: redis.Redis, keys: Keys, fed: Federation
 ) -> dict[int, dict[str, dict]]:
     """version -> region -> the evaluation record the aggregator accepted (one per job),
-    re-checked against the federation's metric schema: a reader never trusts a stream."""
+    re-checked against the federation's metric schema: a reader never trusts a stream. Each
+    record has ``accepted_at``: when the aggregator accepted it (Redis's clock, seconds)."""
     out: dict[int, dict[str, dict]] = {}
-    for _id, fields in connection.xrange(keys.metrics):
+    for entry_id, fields in connection.xrange(keys.metrics):
         record = parse_accepted(fields, fed.metrics)
         if record is not None:  # anything else is skipped
+            record["accepted_at"] = int(entry_id.split(b"-")[0]) / 1000.0
             out.setdefault(record["version"], {})[record["region"]] = record
     return out
 
 
+def quarantined(connection: redis.Redis, keys: Keys) -> set[str]:
+    """The regions an operator quarantined (``fedq quarantine``)."""
+    return {r.decode() for r in connection.smembers(keys.quarantined)}
+
+
 def latest_validation(connection: redis.Redis, keys: Keys, fed: Federation) -> float | None:
-    """The task's headline on validation, regions combined, at the newest version every region
-    has reported (the stopping rule's ``target_metric``)."""
-    complete = [by for _, by in sorted(accepted_results(connection, keys, fed).items())
-                if set(by) >= set(fed.regions)]  # fmt: skip
-    if not complete:
-        return None
-    last = complete[-1]
-    return fed.metrics.combine({r: last[r]["validation"] for r in fed.regions})[
-        fed.metrics.headline
-    ]
+    """The task's headline on validation at the newest version that counts (a quorum of the
+    regions not quarantined, ``shared.consensus.settled``), regions combined so that no single
+    region's figure decides (``consensus.robust_combine``): the stopping rule's
+    ``target_metric``."""
+    voters = [r for r in fed.regions if r not in quarantined(connection, keys)]
+    seconds, micros = connection.time()
+    now = seconds + micros / 1e6
+    results = accepted_results(connection, keys, fed)
+    for version in sorted(results, reverse=True):
+        by = {r: rec for r, rec in results[version].items() if r in voters}
+        if not by:
+            continue
+        first = min(rec["accepted_at"] for rec in by.values())
+        if consensus.settled(by, voters, now - first, fed.settings.eval_grace):
+            figures = {r: rec["validation"] for r, rec in by.items()}
+            return consensus.robust_combine(fed.metrics, figures)[fed.metrics.headline]
+    return None

@@ -109,6 +109,18 @@ class Keys:
         return self._k("clipped")
 
     @property
+    def guard(self) -> str:
+        """Hash: region -> what the aggregator's guard learned of it (recent norms and
+        cosines, suspicion, the checks that acted; JSON, coordinator/guard.py)."""
+        return self._k("guard")
+
+    @property
+    def quarantined(self) -> str:
+        """Set: regions an operator quarantined (``fedq quarantine``): their updates are
+        refused, no train job is issued to them, their evaluation figures do not count."""
+        return self._k("quarantined")
+
+    @property
     def duplicates(self) -> str:
         """Hash: update id -> how many extra copies of it arrived (acknowledged, not applied)."""
         return self._k("duplicates")

@@ -47,6 +47,17 @@ class FederationSettings:
     # (honest updates of the default model measure about 6-8 at the start, less as lr decays)
     max_update_norm: float = 50.0  # 0: no bound
     norm_action: str = "reject"  # reject | clip
+    # robust aggregation (coordinator/guard.py): each update judged against the regions' recent
+    # ones: its norm scaled down above robust_norm_factor x the median of the regions' median
+    # norms; its weight lowered when its cosine with the model's recent trajectory falls below
+    # direction_full, to zero at direction_floor; a region's share of the recent applied weight
+    # held to influence_slack x its data share (an announced share counts up to max_region_share)
+    robust: bool = True
+    robust_norm_factor: float = 1.5
+    direction_floor: float = -0.1
+    direction_full: float = 0.05
+    influence_slack: float = 1.5
+    max_region_share: float = 0.5
     # differential privacy, DP-SGD inside each region's training (shared/privacy.py): each
     # shopper's gradient clipped to dp_clip (0: off), Gaussian noise of dp_noise x dp_clip per
     # step; dp_noise 0: each region plans it to spend dp_epsilon by the target; dp_epsilon is
@@ -74,6 +85,9 @@ class FederationSettings:
     target_versions: int = 3600
     time_budget: float = 0.0
     target_metric: float = 0.0  # the task's headline on validation (combined) to reach
+    # a version evaluated by two thirds of the regions counts this long after its first result
+    # even if the others stay silent (shared/consensus.py); every region reporting counts at once
+    eval_grace: float = 60.0
     decay_floor: float = 0.1  # local lr and FedAsync alpha decay linearly to this at the target
     seed: int = 0
     encoding: str = "fp32"  # of updates on the wire (shared/codec.py)
@@ -100,6 +114,12 @@ class FederationSettings:
             problems.append("max_staleness, max_inflight >= 0 and inflight_per_region >= 1")
         if self.max_update_norm < 0 or self.norm_action not in NORM_ACTIONS:
             problems.append(f"max_update_norm >= 0 and norm_action in {', '.join(NORM_ACTIONS)}")
+        if self.robust_norm_factor < 1 or self.influence_slack < 1:
+            problems.append("robust_norm_factor and influence_slack must be >= 1")
+        if not -1 <= self.direction_floor < self.direction_full <= 1:
+            problems.append("direction_floor < direction_full, both in [-1, 1]")
+        if not 0 < self.max_region_share <= 1:
+            problems.append(f"max_region_share {self.max_region_share} (must be in (0, 1])")
         if min(self.dp_clip, self.dp_noise, self.dp_epsilon) < 0 or not 0 <= self.dp_delta < 1:
             problems.append("dp_clip, dp_noise, dp_epsilon >= 0 and dp_delta in [0, 1)")
         if (self.dp_noise or self.dp_epsilon) and not self.dp_clip:
@@ -110,8 +130,11 @@ class FederationSettings:
             problems.append("dp_epsilon without dp_noise needs target_versions (to plan for)")
         if min(self.job_timeout, self.queue_ttl) < 1 or self.round_deadline <= 0:
             problems.append("job_timeout and queue_ttl must be >= 1 second, round_deadline > 0")
-        if min(self.stall_after, self.time_budget, self.eval_every, self.target_versions) < 0:
-            problems.append("stall_after, time_budget, eval_every and target_versions >= 0")
+        durations = (self.stall_after, self.time_budget, self.eval_every, self.target_versions)
+        if min(*durations, self.eval_grace) < 0:
+            problems.append(
+                "stall_after, time_budget, eval_every, target_versions and eval_grace >= 0"
+            )
         if self.worker_ttl < 2 or self.max_retries < 0 or self.max_failures < 0:
             problems.append("worker_ttl must be >= 2 seconds, max_retries and max_failures >= 0")
         if self.encoding not in ENCODINGS:

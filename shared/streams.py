@@ -7,8 +7,12 @@
 - ``<ns>:evaluations:<region>``: ``result_entry`` from a region's evaluate jobs; the aggregator
   copies accepted results onto ``<ns>:metrics`` (``accepted_entry``; ``shared/evaluations.py``
   reads it back).
-- ``<ns>:rejections``: ``rejection_entry`` for a rejected update or result (the aggregator) and
-  for a refused job (the worker), one shape and one cap; ``cli/views.py`` and the audit read it.
+- ``<ns>:rejections``: ``rejection_entry`` for a rejected update or result, written by the
+  aggregator alone (and its janitor, ``coordinator/quota.lua``), one shape and one cap;
+  ``cli/views.py``, the audit and the failure fold read it. A worker's refusal of a job goes on
+  its own region's update stream (``refusal_entry``: workers may not append to the shared
+  stream, where a region could flood it or forge another region's failures) and the aggregator
+  copies it here (``copied_refusal``), the region being the stream's.
 - ``<ns>:applies``: written by the commit script (``coordinator/commit.py``, with these names);
   ``applied_updates`` reads it, ``CommitWatch`` waits for its next entry.
 """
@@ -37,6 +41,9 @@ REASON, DETAIL, VERSION, AT, WORKER, CLAIMED = (
     "worker",
     "claimed",
 )
+REFUSED = "refused"  # a worker's refusal of a job: its reason (one of REFUSALS)
+JOB_REFUSED, BUDGET_SPENT = "job_refused", "budget_spent"  # not a fedq job; past the budget
+REFUSALS = (JOB_REFUSED, BUDGET_SPENT)
 REJECTIONS_MAXLEN = 1_000_000  # approximate cap of the rejections stream
 RESULTS_MAXLEN = 100_000  # of the evaluation and metrics streams
 MAX_DETAIL = 500
@@ -79,6 +86,22 @@ def rejection_entry(entry_id: str, reason: str, detail: str, **extra: Any) -> di
             AT: f"{time.time():.3f}", **{k: str(v) for k, v in extra.items()}}  # fmt: skip
 
 
+def refusal_entry(job_id: str, reason: str, detail: str, worker: str) -> dict:
+    """A worker's refusal of a job, for its region's update stream (a few hundred bytes)."""
+    return {REFUSED: reason, ID: job_id[:300], DETAIL: detail[:MAX_DETAIL], WORKER: worker[:200]}
+
+
+def copied_refusal(fields: dict[bytes, bytes], region: str) -> dict | None:
+    """The rejections entry for a refusal read on ``region``'s update stream, or None if the
+    entry is no refusal (an update, or anything else: the aggregator judges it as an update).
+    The region is the stream's whatever the entry says, and the reason one a worker gives."""
+    reason = entry_text(fields, REFUSED)
+    if reason not in REFUSALS or entry_field(fields, UPDATE) is not None:
+        return None
+    return rejection_entry(entry_text(fields, ID), reason, entry_text(fields, DETAIL),
+                           worker=entry_text(fields, WORKER)[:200], region=region)  # fmt: skip
+
+
 def add_rejection(connection: redis.Redis, keys: Keys, fields: dict) -> None:
     connection.xadd(keys.rejections, fields, maxlen=REJECTIONS_MAXLEN, approximate=True)
 
@@ -119,6 +142,7 @@ def applied_updates(r: redis.Redis, keys: Keys, tail: int | None = None) -> list
                 "staleness": None if base is None else version - 1 - int(base),
                 "n_samples": u.get("n"), "loss": u.get("loss"),
                 "weight": float(f[b"weight"]) if b"weight" in f else None,
+                "guard": u.get("guard"),
             })  # fmt: skip
     return out[-tail:] if tail else out
 

@@ -53,6 +53,18 @@ class AggregatorMetrics(RoleMetrics):
                                 "Model versions this process committed.", registry=r)  # fmt: skip
         self.version = Gauge("fedq_aggregator_model_version", "The newest version it knows.",
                              registry=r)  # fmt: skip
+        self.suspicion = Gauge(
+            "fedq_aggregator_region_suspicion",
+            "How much the guard took from a region's recent updates (0-1; flagged from 0.5).",
+            ["region"],
+            registry=r,
+        )
+        self.guarded = Counter(
+            "fedq_aggregator_updates_guarded",
+            "Updates a guard check scaled down, down-weighted or refused, by region and check.",
+            ["region", "check"],
+            registry=r,
+        )
         self.staleness = Histogram("fedq_aggregator_update_staleness_versions",
                                    "Versions between an applied update's base and the model it "
                                    "was mixed into.", buckets=VERSIONS, registry=r)  # fmt: skip

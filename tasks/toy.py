@@ -81,7 +81,8 @@ class ToyTask:
         table=("accuracy", "log_loss"),
     )
     baselines = Baselines(max_epochs={"local": 10, "centralized": 10}, patience=2)
-    scales = ("default",)
+    # "wide": 200 features, a model whose update directions mean something (the guard's tests)
+    scales = ("default", "wide")
 
     def settings(self, raw: Mapping[str, Any]) -> dict[str, Any]:
         s = check_settings(raw, DEFAULTS, self.name)
@@ -160,7 +161,7 @@ class ToyTask:
     def generate(self, out: Path, seed: int = 0, scale: str = "default",
                  progress=None) -> list[str]:  # fmt: skip
         rng = np.random.default_rng(seed)
-        features = 4
+        features = 200 if scale == "wide" else 4
         shared = rng.normal(0, 1.5, features)
         out = Path(out)
         for region, n in REGIONS.items():

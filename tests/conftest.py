@@ -27,6 +27,14 @@ def toy_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def wide_toy_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The toy task with 200 features: a model whose updates' directions can be judged."""
+    out = tmp_path_factory.mktemp("data") / "wide-toy"
+    TOY.generate(out, seed=3, scale="wide")
+    return out
+
+
 # --- a real redis-server for system tests ---
 
 import os  # noqa: E402

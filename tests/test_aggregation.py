@@ -90,22 +90,23 @@ def test_delta_problem_names_each_fault_from_one_pass() -> None:
         d["w"][at] = fill
         return d
 
-    assert delta_problem(delta(0.1), like, 50.0, "reject") == (None, None)
+    problem, clipped_norm, norm = delta_problem(delta(0.1), like, 50.0, "reject")
+    assert (problem, clipped_norm) == (None, None) and norm == pytest.approx(0.1 * np.sqrt(15))
     for bad in (np.nan, np.inf, -np.inf):
-        (reason, _), _ = delta_problem(delta(bad), like, 50.0, "reject")
+        (reason, _), _, _ = delta_problem(delta(bad), like, 50.0, "reject")
         assert reason is RejectReason.NON_FINITE
     huge = delta(3e38)  # finite, but its square overflows float32
-    assert delta_problem(huge, like, 0.0, "reject") == (None, None)  # no bound: accepted
-    (reason, detail), _ = delta_problem(delta(3e38), like, 50.0, "reject")
+    assert delta_problem(huge, like, 0.0, "reject")[:2] == (None, None)  # no bound: accepted
+    (reason, detail), _, _ = delta_problem(delta(3e38), like, 50.0, "reject")
     assert reason is RejectReason.NORM and "3e+38" in detail  # its true norm, not inf
     clipped_huge = delta(3e38)
     assert delta_problem(clipped_huge, like, 50.0, "clip")[0] is None
     assert np.linalg.norm(clipped_huge["w"].astype(np.float64)) == pytest.approx(50.0, rel=1e-5)
     assert clipped_huge["w"][0, 0] > 0  # scaled to the bound, not zeroed
-    (reason, _), _ = delta_problem({"w": np.zeros((3, 4), np.float32), "b": like["b"]}, like,
-                                   50.0, "reject")  # fmt: skip
+    (reason, _), _, _ = delta_problem({"w": np.zeros((3, 4), np.float32), "b": like["b"]}, like,
+                                      50.0, "reject")  # fmt: skip
     assert reason is RejectReason.SHAPE
     clipped = delta(100.0)
-    problem, norm = delta_problem(clipped, like, 50.0, "clip")
-    assert problem is None and norm > 50
+    problem, norm, after = delta_problem(clipped, like, 50.0, "clip")
+    assert problem is None and norm > 50 and after == 50.0
     assert np.sqrt(sum(float(np.vdot(t, t)) for t in clipped.values())) == pytest.approx(50.0)

@@ -21,6 +21,7 @@ KEYS = Keys("t")
 def _fed(r, toy_data, **overrides):
     overrides.setdefault("target_versions", 0)  # no target: alpha does not decay
     overrides.setdefault("max_update_norm", 0.0)  # the weighting tests use large deltas
+    overrides.setdefault("robust", False)  # the exact math of each mode (the guard: test_guard.py)
     settings = FederationSettings(task="toy", **overrides)
     return service.initialise(r, KEYS, toy_data, settings)
 

@@ -145,10 +145,45 @@ def _evaluated(r, fed, version: int, headline: float, regions=None) -> None:
         r.xadd(K.metrics, streams.accepted_entry(version, region, encode_result(record)))
 
 
-def _gated(r, aggregator) -> ModelFollower:
+def _gated(r, aggregator, grace: float = 60.0) -> ModelFollower:
     fed = aggregator.fed
-    gate = EvaluationGate(r, K, fed.regions, fed.metrics)
+    gate = EvaluationGate(r, K, fed.regions, fed.metrics, grace)
     return _follower(r, aggregator, policy=SwapPolicy(evaluated=True), gate=gate)
+
+
+def test_one_lying_region_can_neither_hold_a_swap_back_nor_push_a_fallen_version(r, toy_data):
+    """cn reports a fall each time the others rise, and a rise when they fall."""
+    aggregator = _federation(r, toy_data)
+    follower = _gated(r, aggregator)
+    fed = aggregator.fed
+    honest = fed.regions[1:]
+    assert follower.check() and follower.served.version == 0
+    for i, (headline, lie) in enumerate([(0.50, 0.9), (0.55, 0.01), (0.45, 1.0)], start=1):
+        _commit(r, aggregator, 0.01)
+        _evaluated(r, fed, i, headline, regions=honest)
+        _evaluated(r, fed, i, lie, regions=fed.regions[:1])
+        follower.check()
+        if i < 3:  # every honest region rose: served despite cn's "fall"
+            assert follower.served.version == i
+    assert follower.served.version == 2  # the honest regions fell: cn's "rise" does not hide it
+    assert "fell to" in follower.held_back[3] and "(in 5 of 6 regions)" in follower.held_back[3]
+
+
+def test_a_silent_region_does_not_veto_a_swap_past_the_grace(r, toy_data):
+    aggregator = _federation(r, toy_data)
+    follower = _gated(r, aggregator, grace=0.0)
+    fed = aggregator.fed
+    assert follower.check() and follower.served.version == 0
+    _commit(r, aggregator, 0.01)
+    _evaluated(r, fed, 1, 0.5, regions=fed.regions[:3])  # 3 of 6: below the quorum of 4
+    assert not follower.check()
+    _evaluated(r, fed, 1, 0.5, regions=fed.regions[3:4])  # 4 of 6, the others silent
+    assert follower.check() and follower.served.version == 1
+    r.sadd(K.quarantined, *fed.regions[3:])  # quarantined regions' figures do not count
+    _commit(r, aggregator, 0.01)
+    _evaluated(r, fed, 2, 0.1, regions=fed.regions[3:])
+    _evaluated(r, fed, 2, 0.6, regions=fed.regions[:3])
+    assert follower.check() and follower.served.version == 2
 
 
 def test_the_evaluated_policy_serves_only_versions_whose_evaluation_did_not_fall(r, toy_data):
@@ -175,7 +210,10 @@ def test_the_evaluated_policy_serves_only_versions_whose_evaluation_did_not_fall
         _evaluated(r, fed, i, headline)
         if i == 3:  # fell from 0.60: passed over, version 1 keeps serving
             assert not follower.check() and follower.served.version == 1
-            assert "fell to 0.5500 from 0.6000 at version 1" in follower.held_back[3]
+            assert (
+                "fell to 0.5500 from 0.6000 (in 6 of 6 regions) at version 1"
+                in (follower.held_back[3])
+            )
     # 0.62 against 0.55 before it: did not fall
     assert follower.check() and follower.served.version == 4
 
@@ -195,7 +233,7 @@ def test_a_fallen_newest_version_does_not_hide_an_older_good_one(r, toy_data):
         _commit(r, aggregator, 0.01 * i)
         _evaluated(r, aggregator.fed, i, headline)
     assert follower.check() and follower.served.version == 1
-    assert "fell to 0.5000 from 0.6000 at version 1" in follower.held_back[2]
+    assert "fell to 0.5000 from 0.6000" in follower.held_back[2]
     assert not follower.check()  # nothing newer that did not fall
 
 

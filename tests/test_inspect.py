@@ -122,7 +122,7 @@ def test_updates_shows_headers_only(ran):
     assert len(tail) == 3
     assert [u["version"] for u in tail] == sorted(u["version"] for u in tail)
     assert all(set(u) == {"id", "region", "base_version", "version", "at", "staleness",
-                          "n_samples", "loss", "weight"} for u in tail)  # fmt: skip
+                          "n_samples", "loss", "weight", "guard"} for u in tail)  # fmt: skip
     assert all(u["staleness"] == u["version"] - 1 - u["base_version"] for u in tail)
 
 

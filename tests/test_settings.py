@@ -34,7 +34,7 @@ def test_toml_then_flags_override(tmp_path):
         ("time_budget = inf\n", "time_budget must be finite"),
         ("job_timeout = -5.0\n", "job_timeout and queue_ttl must be >= 1 second"),
         ("round_deadline = 0.0\n", "round_deadline > 0"),
-        ("eval_every = -1\n", "eval_every and target_versions >= 0"),
+        ("eval_every = -1\n", "eval_every, target_versions and eval_grace >= 0"),
     ],
 )
 def test_bad_settings_name_the_problem(tmp_path, text, needle):

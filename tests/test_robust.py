@@ -1,0 +1,175 @@
+"""Robust aggregation: the pure checks (shared/robust.py) and the guard's verdicts
+(coordinator/guard.py) on hand-made honest and hostile updates. No Redis."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from coordinator.guard import FLAGGED, Guard, RegionRecord, region_view
+from shared import robust
+from shared.codec import RejectReason
+from shared.settings import FederationSettings
+
+REGIONS = ("cn", "us", "eu", "in", "jp", "me")
+
+
+def vec(*values: float) -> dict[str, np.ndarray]:
+    return {"w": np.array(values, dtype=np.float32)}
+
+
+def test_the_norm_bound_is_the_median_of_region_medians_and_one_region_cannot_raise_it() -> None:
+    honest = {r: [1.0, 1.2, 0.9] for r in REGIONS[1:]}
+    assert robust.norm_bound(honest, 2.0) == pytest.approx(2.0)
+    with_liar = {**honest, "cn": [49.0] * 16}
+    assert robust.norm_bound(with_liar, 2.0) == pytest.approx(2.0)
+    two_liars = {**with_liar, "us": [49.0] * 16}
+    assert robust.norm_bound(two_liars, 2.0) == pytest.approx(2.0)
+    assert robust.norm_bound({"cn": [1.0]}, 2.0) is None  # one region: no federation figure yet
+
+
+def test_cosine_and_direction_factor() -> None:
+    assert robust.cosine(vec(1, 0), vec(2, 0)) == pytest.approx(1.0)
+    assert robust.cosine(vec(1, 0), vec(-1, 0)) == pytest.approx(-1.0)
+    assert math.isnan(robust.cosine(vec(0, 0), vec(1, 0)))
+    assert robust.direction_factor(0.3, -0.1, 0.05) == 1.0
+    assert robust.direction_factor(-0.3, -0.1, 0.05) == 0.0
+    assert robust.direction_factor(-0.025, -0.1, 0.05) == pytest.approx(0.5)
+    assert robust.direction_factor(math.nan, -0.1, 0.05) == 1.0
+
+
+def test_influence_factor_pulls_a_share_above_slack_times_the_target_back() -> None:
+    assert robust.influence_factor(0.2, 0.3, 1.5) == 1.0
+    assert robust.influence_factor(0.5, 0.3, 1.5) == pytest.approx(1 - 0.05 / (0.25 * 0.45))
+    assert robust.influence_factor(0.9, 0.3, 1.5) == 0.05  # the floor
+
+
+def test_centered_clipping_averages_honest_points_and_bounds_an_outlier() -> None:
+    rng = np.random.default_rng(0)
+    honest = [{"w": (np.ones(50) + 0.1 * rng.standard_normal(50)).astype(np.float32)}
+              for _ in range(5)]  # fmt: skip
+    mean = np.mean([p["w"] for p in honest], axis=0)
+    plain, _ = robust.centered_clip(honest, [1.0] * 5, tau=1e9)
+    assert np.allclose(plain["w"], mean, atol=1e-5)  # no clipping: the weighted mean
+    outlier = {"w": np.full(50, -1000.0, np.float32)}
+    robust_mean, distances = robust.centered_clip([*honest, outlier], [1.0] * 6, tau_factor=2.0)
+    naive = np.mean([p["w"] for p in [*honest, outlier]], axis=0)
+    assert np.linalg.norm(naive - mean) > 100  # the plain mean is wrecked
+    assert np.linalg.norm(robust_mean["w"] - mean) < 0.5 * np.linalg.norm(mean)
+    assert max(distances) == distances[-1]  # the outlier is the farthest point
+
+
+def honest_delta(rng: np.random.Generator, direction: np.ndarray, scale: float = 1.0) -> dict:
+    noise = rng.standard_normal(direction.size)
+    v = 0.5 * direction / np.linalg.norm(direction) + 0.85 * noise / np.linalg.norm(noise)
+    return {"w": (scale * v / np.linalg.norm(v)).astype(np.float32)}
+
+
+def warmed_guard(rng: np.random.Generator, direction: np.ndarray) -> Guard:
+    guard = Guard(FederationSettings(), REGIONS)
+    guard.set_data_sizes(dict.fromkeys(REGIONS, 100.0))
+    model = {"w": np.zeros(direction.size, np.float32)}
+    for i in range(60):
+        region = REGIONS[i % len(REGIONS)]
+        delta = honest_delta(rng, direction)
+        verdict = guard.judge(region, delta, robust.median([1.0]))
+        assert not verdict.refused
+        new = {"w": model["w"] + 0.1 * delta["w"]}
+        guard.applied({region: 0.1}, model, new)
+        model = new
+    return guard
+
+
+def test_the_guard_refuses_a_negation_scales_a_long_update_and_passes_honest_ones() -> None:
+    rng = np.random.default_rng(1)
+    direction = rng.standard_normal(400)
+    guard = warmed_guard(rng, direction)
+    honest = [guard.judge("us", d, 1.0) for d in (honest_delta(rng, direction) for _ in range(50))]
+    assert sum(v.refused for v in honest) == 0
+    assert sum(v.weight < 1 for v in honest) <= 3  # honest updates keep their weight
+    evil = {"w": -49.0 * honest_delta(rng, direction)["w"]}
+    verdict = guard.judge("cn", evil, 49.0)
+    assert verdict.refused and verdict.reason is RejectReason.DIRECTION
+    assert verdict.kept == pytest.approx(1.5 / 49.0, rel=0.05)  # and it was too long
+    assert (
+        "direction: cosine" in verdict.detail() and "norm: tensors w 49 > 1.5" in verdict.detail()
+    )
+    scaled_up = guard.judge("cn", {"w": 20 * honest_delta(rng, direction)["w"]}, 20.0)
+    assert not scaled_up.refused and scaled_up.kept == pytest.approx(1.5 / 20, rel=0.05)
+
+
+def test_suspicion_rises_for_a_hostile_region_only_and_survives_a_restart() -> None:
+    rng = np.random.default_rng(2)
+    direction = rng.standard_normal(400)
+    guard = warmed_guard(rng, direction)
+    for _ in range(20):
+        guard.judge("cn", {"w": -10 * honest_delta(rng, direction)["w"]}, 10.0)
+        guard.judge("us", honest_delta(rng, direction), 1.0)
+    assert guard.suspicion()["cn"] >= FLAGGED > guard.suspicion()["us"]
+    restarted = Guard(FederationSettings(), REGIONS)
+    restarted.load({r: guard.record_json(r) for r in REGIONS})
+    assert restarted.suspicion() == pytest.approx(guard.suspicion(), abs=1e-4)
+    view = region_view(guard.record_json("cn"))
+    assert view["flagged"] and view["refused"] >= 15 and view["acted"]["direction"] >= 15
+    assert RegionRecord.from_json(b"not json").judged == 0  # a broken record is an empty one
+
+
+def test_influence_holds_a_fast_region_near_its_data_share() -> None:
+    rng = np.random.default_rng(3)
+    direction = rng.standard_normal(400)
+    guard = warmed_guard(rng, direction)
+    zero = {"w": np.zeros(400)}
+    weights = []
+    for i in range(300):  # "me" (1/6 of the data) sends 4 updates for each of another region's
+        region = "me" if i % 5 else REGIONS[(i // 5) % 5]
+        verdict = guard.judge(region, honest_delta(rng, direction), 1.0)
+        if region == "me":
+            weights.append(verdict.weight)
+        guard.applied({region: 0.1 * verdict.weight}, zero, zero)
+    assert guard._share("me") <= 1.5 / 6 * 1.25  # near slack x its data share, not 0.8
+    notes = guard.judge("me", honest_delta(rng, direction), 1.0).notes
+    assert [c for c, _ in notes] == ["influence"]
+    assert min(weights) < 0.5
+    assert guard._share("us") < 1.5 / 6  # the others are not held back
+
+
+def test_announced_data_shares_are_capped() -> None:
+    guard = Guard(FederationSettings(max_region_share=0.4), REGIONS)
+    guard.set_data_sizes({"cn": 1e9, **dict.fromkeys(REGIONS[1:], 1.0)})
+    assert guard.shares["cn"] == pytest.approx(0.4)
+    assert guard.shares["us"] == pytest.approx(0.6 / 5)  # the others keep their shares
+    honest = robust.data_shares({"cn": 3.0, "us": 1.0}, 0.8)
+    assert honest == pytest.approx({"cn": 0.75, "us": 0.25})  # below the cap: as announced
+    assert robust.data_shares({"cn": float("nan"), "us": 0.0}, 0.5) == {}
+
+
+def test_a_trajectory_bent_by_a_poisoned_step_does_not_lock_honest_regions_out() -> None:
+    """An early poisoned step points the trajectory backwards: honest updates then all look
+    like negations. The band follows the other regions' own cosines, so they pass and the
+    model can straighten out (with a fixed band no step would ever be applied again)."""
+    rng = np.random.default_rng(4)
+    direction = rng.standard_normal(400)
+    guard = Guard(FederationSettings(), REGIONS)
+    guard.set_data_sizes(dict.fromkeys(REGIONS, 100.0))
+    guard.trajectory = {"w": (-direction).astype(np.float32)}  # bent backwards
+    guard.shaped_by = set(REGIONS)
+    for i in range(3):  # past the warm-up: every region's norms are known
+        guard.records[REGIONS[i]].norms.append(1.0)
+    verdicts = [guard.judge(REGIONS[i % 6], honest_delta(rng, direction), 1.0) for i in range(30)]
+    assert verdicts[0].refused  # before anyone's cosines are known: judged by the band
+    assert sum(v.refused for v in verdicts[-12:]) == 0  # then the band follows the regions
+
+
+def test_the_first_updates_weigh_little_until_three_regions_were_heard() -> None:
+    """The first update to arrive may be a hostile one: nothing can judge it yet, so every
+    update weighs 1/n until three regions sent theirs (and those steps shape no trajectory)."""
+    guard = Guard(FederationSettings(), REGIONS)
+    first = guard.judge("cn", {"w": np.full(100, 4.9, np.float32)}, 49.0)
+    assert first.weight == pytest.approx(1 / 6) and first.notes[0][0] == "warm-up"
+    assert first.penalty > 0 and guard.suspicion()["cn"] == 0  # no suspicion in the warm-up
+    for region in ("us", "eu"):
+        guard.judge(region, {"w": np.full(100, 0.1, np.float32)}, 1.0)
+    after = guard.judge("cn", {"w": np.full(100, 4.9, np.float32)}, 49.0)
+    assert after.weight == 1.0 and after.kept == pytest.approx(1.5 / 49.0)  # 1.5 x the median
