@@ -2,14 +2,14 @@
 
 Every protocol check (signature, issued job, shape, finiteness, the fixed norm bound) can pass
 and an update still be poisoned: the negation of an honest delta, an honest delta scaled up,
-a norm budget spent on a few items. The guard judges each such update against what the
+a norm budget spent on a few parameters. The guard judges each such update against what the
 federation has seen from its regions lately, with the pure checks of ``shared.robust``:
 
 - **norm**: each tensor of the delta above ``robust_norm_factor`` x the median over regions of
   each region's median recent norm of that tensor is scaled down to that bound (tensors of at
   least ``MIN_TENSOR`` values), and then the whole delta likewise (a region, or a minority of
   colluding regions, that always sends long deltas cannot raise a bound; a norm budget spent
-  on one small tensor, the item bias say, is held to what honest regions move that tensor by);
+  on one small tensor (a few products' bias, say) is held to what honest regions move it by);
 - **direction**: the delta's cosine with the recent global trajectory (an exponential average
   of the model's own steps), or its region's median recent cosine if that is higher, below
   ``direction_full`` lowers its weight, to zero at ``direction_floor`` (honest deltas of the

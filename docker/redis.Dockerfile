@@ -8,4 +8,4 @@ RUN apt-get update && apt-get install -y --no-install-recommends redis-server re
 USER redis
 WORKDIR /data
 CMD ["redis-server", "--appendonly", "yes", "--appendfsync", "everysec", "--dir", "/data", \
-     "--maxmemory", "2gb", "--maxmemory-policy", "noeviction"]
+     "--maxmemory", "2gb", "--maxmemory-policy", "noeviction", "--proto-max-bulk-len", "16mb"]

@@ -10,12 +10,13 @@ others. The attacks on training (the honest delta is computed first, then replac
 - ``negate``: the honest delta reversed and stretched to ``HOSTILE_NORM`` (just inside the
   fixed bound of 50);
 - ``scale``: the honest delta times 20 (at most ``HOSTILE_NORM``);
-- ``promote``: the honest delta plus the rest of the norm budget on the item bias of the
-  ``promoted_items`` (a merchant's three items), up to ``HOSTILE_NORM``;
+- ``promote``: the honest delta plus the rest of the norm budget on the task's promotion
+  targets (the recommender's: the bias of a merchant's three products,
+  ``tasks/recommender/attacks.py``), up to ``HOSTILE_NORM``;
 - ``drift``: the honest delta plus a promotion of 30% of its own norm, so the update stays
-  inside the region's own history of norms and directions while the bias accumulates;
+  inside the region's own history of norms and directions while the promotion accumulates;
 
-and on evaluation: ``lie`` reports every figure at the top of its range (HR@10 = 1.0) on one
+and on evaluation: ``lie`` reports every figure at the top of its range (a hit rate of 1) on one
 evaluation job and at the bottom on the next (to stop the run early, and to make every other
 version look like a fall), ``silent`` fails every evaluation job. ``scripts/attack.py``
 starts ``python -m harness.hostile`` through ``RunOptions.placement`` for the hostile region's
@@ -37,26 +38,11 @@ TRAIN_ATTACKS = ("negate", "scale", "promote", "drift")
 EVALUATE_ATTACKS = ("lie", "silent")
 ATTACKS = (*TRAIN_ATTACKS, *EVALUATE_ATTACKS)
 HOSTILE_NORM = 49.0  # the fixed bound (max_update_norm) is 50
-ITEM_BIAS = "item_bias.weight"
 DRIFT_SHARE = 0.3
 
 
-def promoted_items(data_dir: Path, region: str = "cn", count: int = 3) -> np.ndarray:
-    """The merchant's items: the ``count`` items on sale from the start that ``region``'s
-    shoppers bought least (the ones a promotion would move most)."""
-    from tasks.recommender.local_data import load_region
-
-    data = load_region(data_dir, region)
-    launch = data.shared.catalogue.launch_time
-    counts = np.bincount(data.split.train.target, minlength=len(launch)).astype(np.float64)
-    counts[launch > np.min(launch) + 0] = np.inf  # on sale from the very start
-    if not np.isfinite(counts).any():
-        counts = np.bincount(data.split.train.target, minlength=len(launch)).astype(np.float64)
-    return np.argsort(counts, kind="stable")[:count]
-
-
 def poisoned_delta(
-    attack: str, delta: Mapping[str, np.ndarray], items: np.ndarray
+    attack: str, delta: Mapping[str, np.ndarray], targets: Mapping[str, np.ndarray]
 ) -> dict[str, np.ndarray]:
     """What the hostile region sends instead of its honest ``delta`` (pure)."""
     norm = math.sqrt(sum(float(np.vdot(v, v)) for v in delta.values())) or 1e-12
@@ -72,8 +58,9 @@ def poisoned_delta(
             if attack == "promote"
             else DRIFT_SHARE * norm
         )
-        bias = out[ITEM_BIAS]
-        bias[items] += budget / math.sqrt(len(items))
+        rows = sum(len(r) for r in targets.values())
+        for name, r in targets.items():
+            out[name][r] += budget / math.sqrt(rows)
         return out
     raise ValueError(f"unknown training attack {attack!r}; choose one of {TRAIN_ATTACKS}")
 
@@ -87,13 +74,17 @@ def lying_figures(schema: Any, top: bool = True) -> dict[str, float]:
 def poison(task: Any, attack: str, data_dir: Path) -> None:
     """Make ``task`` (the object the worker will load) lie as ``attack`` says."""
     if attack in TRAIN_ATTACKS:
-        items = promoted_items(data_dir) if attack in ("promote", "drift") else np.zeros(0, int)
+        targets = {}
+        if attack in ("promote", "drift"):
+            from tasks.recommender.attacks import promotion_targets
+
+            targets = promotion_targets(data_dir)
         honest_train = task.train
 
         def train(weights, data, settings, step, state=None):
             trained = honest_train(weights, data, settings, step, state)
             delta = {k: trained.weights[k] - weights[k] for k in weights}
-            bad = poisoned_delta(attack, delta, items)
+            bad = poisoned_delta(attack, delta, targets)
             new = {k: (weights[k] + bad[k]).astype(np.float32) for k in weights}
             return dataclasses.replace(trained, weights=new)
 

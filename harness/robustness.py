@@ -5,9 +5,10 @@ secure defaults (ACL users, signed updates, the guard on): a clean run, then eac
 hostile region (``harness.hostile``) in the same settings, and measures what a region with
 valid credentials can do to the others:
 
-- the final test HR@10, overall and per region, scored here from the final model (not taken
-  from the regions' own reports, which a lying region controls);
-- the share of the other regions' test shoppers with one of the promoted items in their top 10;
+- the final test headline (the recommender's hit rate at 10), overall, for the other regions'
+  shoppers and per region, scored from the final model (not taken from the regions' own
+  reports, which a lying region controls: ``tasks/recommender/attacks.py``);
+- the share of the other regions' test shoppers shown a promoted product in their top 10;
 - whether and at which version each hostile region was flagged (``Keys.guard``);
 - the time, the version the run stopped at, the version ``--only-evaluated`` would serve;
 - for a flood, Redis's peak memory against its cap, the federation's rate during the flood
@@ -26,11 +27,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import redis
 
 from coordinator.guard import region_view
-from harness import hostile
 from harness.run import Role, RunOptions, run_federation
 from serving.follower import EvaluationGate
 from shared import federation
@@ -146,42 +145,6 @@ def placement(scenario: Scenario) -> Callable[[str, str | None], list[str]]:
     return prefix
 
 
-def honest_scores(
-    weights: dict[str, np.ndarray], data_dir: Path, settings: dict, items: np.ndarray
-) -> tuple[dict[str, float], float, dict[str, float]]:
-    """The final model's test HR@10 per region and overall, scored here, and per region the
-    share of test shoppers with a promoted item in their top 10 (items on sale, not seen)."""
-    from tasks.recommender.evaluate import ModelScorer, evaluate_region
-    from tasks.recommender.task import TASK
-
-    scorer = None
-    hr: dict[str, dict[str, float]] = {}
-    promoted: dict[str, float] = {}
-    for region in TASK.describe(data_dir).regions:
-        data = TASK.load_region(data_dir, region)
-        if scorer is None:
-            scorer = ModelScorer(TASK.model(weights, data.shared, settings))
-        hr[region] = evaluate_region(scorer, data, "test", negatives=0)  # the full ranking
-        promoted[region] = _promoted_share(scorer, data, items)
-    overall = TASK.metrics.combine(hr)["hr@10"]
-    return {r: m["hr@10"] for r, m in hr.items()}, overall, promoted
-
-
-def _promoted_share(scorer: Any, data: Any, items: np.ndarray, k: int = 10) -> float:
-    examples = data.split.test
-    launch = data.shared.catalogue.launch_time
-    hits = 0
-    for lo in range(0, len(examples), 256):
-        batch = examples.take(np.arange(lo, min(lo + 256, len(examples))))
-        scores = scorer.scores(batch).astype(np.float64)
-        scores[launch[None, :] > batch.time[:, None]] = -np.inf
-        for row, seen in enumerate(data.split.seen_before(batch)):
-            scores[row, seen] = -np.inf
-        top = np.argpartition(-scores, k, axis=1)[:, :k]
-        hits += int(np.isin(top, items).any(axis=1).sum())
-    return hits / max(1, len(examples))
-
-
 def run_scenario(
     scenario: Scenario,
     data_dir: Path,
@@ -220,10 +183,15 @@ def run_scenario(
     report = run_federation(
         options, say, lambda _s: None, watch, on_start=watch.attach, on_finish=finished
     )
-    items = hostile.promoted_items(data_dir)
-    by_region, overall, promoted = honest_scores(
-        finish["weights"], data_dir, report["settings"]["task_settings"], items
+    from tasks.recommender.attacks import final_scores
+    from tasks.recommender.task import TASK
+
+    scores, promoted = final_scores(
+        finish["weights"], data_dir, report["settings"]["task_settings"]
     )
+    headline = TASK.metrics.headline
+    hostile_regions = set(scenario.hostile) | ({scenario.flood} if scenario.flood else set())
+    others = {r: m for r, m in scores.items() if r not in hostile_regions}
     reasons: dict[str, int] = {}
     for reason in finish["rejected"]:
         reasons[reason] = reasons.get(reason, 0) + 1
@@ -232,8 +200,10 @@ def run_scenario(
         "hostile": scenario.hostile or ({scenario.flood: "flood"} if scenario.flood else {}),
         "seconds": round(time.monotonic() - started, 1),
         "versions": report["versions"],
-        "hr@10": overall,
-        "hr@10_by_region": by_region,
+        "headline": TASK.metrics.combine(scores)[headline],
+        "headline_others": TASK.metrics.combine(others)[headline],
+        "headline_by_region": {r: m[headline] for r, m in scores.items()},
+        "test_users": {r: m["users"] for r, m in scores.items()},
         "promoted_share": promoted,
         "flagged_at": watch.flagged,
         "guard": finish["guard"],

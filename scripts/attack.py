@@ -1,13 +1,29 @@
-"""Attack runner: a live federation under a hostile region and a careless operator.
+"""Attack runner: live federations under hostile regions and a careless operator.
 
-    python scripts/attack.py [--events 24] [--seed 0] [--data data] [--versions 1200]
+    python scripts/attack.py [--suite all|protocol|regions] [--data data] [--seed 0]
+        [--versions 1200] [--region-versions 600] [--scenarios clean,negate,...] [--json F]
 
-Runs the same federation twice, each on an embedded Valkey of its own with ACL users and
-signed updates (``fedq run``'s defaults) and one hot standby coordinator and aggregator:
-undisturbed, then attacked. The attacker logs in as the ``cn`` workers' ACL user and holds
-``cn``'s secret, so it can do exactly what a stolen ``cn`` credential can; it learns other
-regions' job ids through the admin connection (the worst case: ids leaked). At seeded moments
-it injects one class of attack (each class at least twice):
+``--suite regions`` (harness/robustness.py): regions that hold valid credentials and lie. One
+federation per scenario with ``fedq run``'s secure defaults (one worker per region), the hostile
+region's workers being fedq's real worker whose task lies (harness/hostile.py): a clean run,
+then ``negate`` (the honest delta reversed at norm 49, inside the fixed bound), ``scale`` (x20),
+``promote`` (the norm budget on three items' bias), ``drift`` (30% of its own norm on them),
+``collude`` (two regions negating), ``flood`` (50 MB entries on its own stream for 20 s), and
+with a validation target (90% of the clean run's): ``clean-target``, ``lie`` (top and bottom
+of every range in turn), ``silent`` (fails every evaluation). It prints, per scenario against
+the clean run: the final test HR@10 overall and per region (scored by the runner from the final
+model, not taken from the regions' reports), the promoted items' share of the other regions'
+top 10, when each hostile region was flagged, the time, the version the run stopped at and the
+one ``--only-evaluated`` would serve, and for the flood Redis's peak memory and the rate during
+it against the rate before it; then each goal of the robustness work as PASS or MISS. About
+30 minutes on 2 cores with the defaults.
+
+``--suite protocol``: the same federation twice, each on an embedded Valkey of its own with ACL
+users and signed updates (``fedq run``'s defaults) and one hot standby coordinator and
+aggregator: undisturbed, then attacked. The attacker logs in as the ``cn`` workers' ACL user
+and holds ``cn``'s secret, so it can do exactly what a stolen ``cn`` credential can; it learns
+other regions' job ids through the admin connection (the worst case: ids leaked). At seeded
+moments it injects one class of attack (each class at least twice):
 
 - ``poison``: updates on cn's stream with hostile shapes (``[0, 2**62]``, ``[True]``, nested),
   random bytes, a NaN header, signed with cn's secret;
@@ -406,7 +422,7 @@ def regions_suite(args: argparse.Namespace, console: Console) -> int:
 def _summary(r: dict) -> str:
     flagged = ", ".join(f"{k} at {v}" for k, v in r["flagged_at"].items()) or "none"
     return (
-        f"HR@10 {r['hr@10']:.4f}, {r['versions']} versions in {r['seconds']:.0f}s, "
+        f"HR@10 {r['headline']:.4f}, {r['versions']} versions in {r['seconds']:.0f}s, "
         f"flagged: {flagged}, refused: {r['rejected']}"
     )
 
@@ -428,20 +444,38 @@ def _near(version: int, reference: int) -> bool:
 def _regions_report(console: Console, results: dict[str, dict]) -> int:
     clean = results["clean"]
     table = Table(title="hostile regions with valid credentials, against the clean run")
-    columns = ("scenario", "HR@10", "x clean", "per region", "promoted", "x clean",
-               "flagged at", "seconds", "x clean", "stopped at", "served")  # fmt: skip
+    columns = (
+        "scenario",
+        "HR@10",
+        "x clean",
+        "others' HR@10",
+        "x clean",
+        "per region",
+        "promoted",
+        "x clean",
+        "flagged at",
+        "seconds",
+        "x clean",
+        "stopped at",
+        "served",
+    )
     for column in columns:
         table.add_column(column, justify="left" if column == "scenario" else "right")
     checks = []
     for name, r in results.items():
         hostile = set(r["hostile"])
         share, share_clean = _others_share(r, hostile), _others_share(clean, hostile)
-        ratio = r["hr@10"] / clean["hr@10"] if clean["hr@10"] else float("nan")
+        ratio = r["headline"] / clean["headline"] if clean["headline"] else float("nan")
+        others = [k for k in r["headline_by_region"] if k not in hostile]
+        clean_others = _combined(clean, others)
+        others_ratio = r["headline_others"] / clean_others if clean_others else float("nan")
         table.add_row(
             name,
-            f"{r['hr@10']:.4f}",
+            f"{r['headline']:.4f}",
             f"{ratio:.3f}",
-            " ".join(f"{k} {v:.3f}" for k, v in r["hr@10_by_region"].items()),
+            f"{r['headline_others']:.4f}",
+            f"{others_ratio:.3f}",
+            " ".join(f"{k} {v:.3f}" for k, v in r["headline_by_region"].items()),
             f"{share:.2%}",
             f"{share / share_clean:.2f}" if share_clean else "-",
             ", ".join(f"{k} {v}" for k, v in r["flagged_at"].items()) or "-",
@@ -450,23 +484,36 @@ def _regions_report(console: Console, results: dict[str, dict]) -> int:
             str(r["versions"]),
             str(r["served"]),
         )
-        checks += _checks(name, r, results, ratio, share, share_clean)
+        checks += _checks(name, r, results, (ratio, others_ratio), share, share_clean)
     console.print(table)
     for text, ok in checks:
         console.print(f"{'[green]PASS[/]' if ok else '[red]MISS[/]'} {text}")
     return 0 if all(ok for _, ok in checks) else 1
 
 
-def _checks(name: str, r: dict, results: dict, ratio: float, share: float, share_clean: float):
+def _combined(r: dict, regions: list[str]) -> float:
+    """The clean run's HR@10 over ``regions``, weighted by their test shoppers (the runner
+    keeps per-region figures; the weights are the regions' test sizes)."""
+    sizes = r.get("test_users", {})
+    total = sum(sizes.get(k, 0.0) for k in regions)
+    if not total:
+        return float("nan")
+    return sum(r["headline_by_region"][k] * sizes.get(k, 0.0) for k in regions) / total
+
+
+def _checks(name: str, r: dict, results: dict, ratios: tuple, share: float, share_clean: float):
     clean = results["clean"]
+    ratio, others = ratios
     out = []
     if name in ("negate", "scale", "promote", "drift"):
-        out.append((f"{name}: HR@10 >= 0.95x clean ({ratio:.3f}x)", ratio >= 0.95))
+        text = f"{name}: HR@10 >= 0.95x clean ({ratio:.3f}x; others' shoppers {others:.3f}x)"
+        out.append((text, ratio >= 0.95))
     if name in ("promote", "drift"):
         text = f"{name}: promoted share <= 1.25x clean ({share:.2%} vs {share_clean:.2%})"
         out.append((text, share <= 1.25 * share_clean))
     if name == "collude":
-        out.append((f"collude: HR@10 >= 0.9x clean ({ratio:.3f}x)", ratio >= 0.9))
+        text = f"collude: HR@10 >= 0.9x clean ({ratio:.3f}x; others' shoppers {others:.3f}x)"
+        out.append((text, ratio >= 0.9))
     if name in ("lie", "silent") and "clean-target" in results:
         base = results["clean-target"]
         text = (

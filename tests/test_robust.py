@@ -173,3 +173,30 @@ def test_the_first_updates_weigh_little_until_three_regions_were_heard() -> None
         guard.judge(region, {"w": np.full(100, 0.1, np.float32)}, 1.0)
     after = guard.judge("cn", {"w": np.full(100, 4.9, np.float32)}, 49.0)
     assert after.weight == 1.0 and after.kept == pytest.approx(1.5 / 49.0)  # 1.5 x the median
+
+
+def test_the_hostile_regions_updates_are_what_their_class_says() -> None:
+    """harness/hostile.py's poisoned deltas (the attack runner's and the live test's)."""
+    from harness.hostile import HOSTILE_NORM, poisoned_delta
+    from tasks.recommender.attacks import ITEM_BIAS
+
+    rng = np.random.default_rng(5)
+    honest = {"w": rng.standard_normal(50).astype(np.float32), ITEM_BIAS: np.zeros((10, 1))}
+    norm = float(np.linalg.norm(honest["w"]))
+    items = np.array([1, 2, 3])
+    targets = {ITEM_BIAS: items}
+
+    def length(d: dict) -> float:
+        return float(np.sqrt(sum(np.vdot(v, v) for v in d.values())))
+
+    negated = poisoned_delta("negate", honest, targets)
+    assert length(negated) == pytest.approx(HOSTILE_NORM, rel=1e-5)
+    assert robust.cosine(negated, honest) == pytest.approx(-1.0, abs=1e-6)
+    assert length(poisoned_delta("scale", honest, targets)) == pytest.approx(min(20 * norm, 49))
+    promoted = poisoned_delta("promote", honest, targets)
+    assert length(promoted) == pytest.approx(HOSTILE_NORM, rel=1e-4)
+    assert np.all(promoted[ITEM_BIAS][items] > 0) and promoted[ITEM_BIAS][0] == 0
+    drift = poisoned_delta("drift", honest, targets)
+    assert length(drift) == pytest.approx(norm * np.sqrt(1 + 0.3**2), rel=1e-4)
+    with pytest.raises(ValueError, match="unknown training attack"):
+        poisoned_delta("nope", honest, targets)
