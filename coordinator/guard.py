@@ -47,6 +47,7 @@ INFLUENCE_WINDOW = 200  # applied updates the influence shares are measured over
 TRAJECTORY_DECAY = 0.9  # the trajectory averages the model's last ~10 steps
 SUSPICION_RATE = 0.1  # the suspicion is an exponential average over ~10 updates
 FLAGGED = 0.5  # suspicion from which a region is shown as flagged
+TRUSTED = 0.2  # suspicion below this costs a region nothing; above, its weight x (1 - it)
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,7 @@ class Verdict:
     notes: tuple[tuple[str, str], ...] = ()  # (check, detail) for each check that acted
     tensor_scales: Mapping[str, float] = field(default_factory=dict)  # tensors scaled down
     kept: float = 1.0  # the delta's norm after the norm check, over its norm before
+    judged: float = 1.0  # its weight from the direction check (speed is no evidence)
 
     @property
     def refused(self) -> bool:
@@ -67,8 +69,10 @@ class Verdict:
 
     @property
     def penalty(self) -> float:
-        """How much of the update the guard took away, 0..1."""
-        return 1.0 - max(0.0, min(1.0, self.kept * self.weight))
+        """How much of the update the norm and direction checks took away, 0..1 (not what the
+        influence cap took, a fast region's, nor its region's suspicion, which would feed on
+        itself)."""
+        return 1.0 - max(0.0, min(1.0, self.kept * self.judged))
 
     def factors(self) -> dict[str, float]:
         """Tensor name -> what to multiply it by (tensors not named: ``scale``)."""
@@ -136,10 +140,11 @@ class Guard:
         self.s = settings
         self.regions = regions
         self.records = {r: RegionRecord() for r in regions}
-        self.trajectory: dict[str, np.ndarray] | None = None
-        # regions whose applied steps are in the trajectory: it judges nobody until several
-        # regions shaped it (the first update to arrive may be a hostile one)
-        self.shaped_by: set[str] = set()
+        # each region's part of the model's recent steps (an exponential average, decayed
+        # lazily: region -> its sum, the step count it is as of, its norm then)
+        self.steps: dict[str, tuple[dict[str, np.ndarray], int, float]] = {}
+        self.clock = 0  # steps committed since this guard started
+        self.path: dict[str, np.ndarray] | None = None  # the model's path, after a restart
         self.recent: deque[tuple[str, float]] = deque(maxlen=INFLUENCE_WINDOW)
         self.shares: dict[str, float] = {}  # target influence shares (data shares, capped)
 
@@ -173,8 +178,7 @@ class Guard:
     def start_trajectory(self, current: Weights, earlier: Weights | None) -> None:
         """Seed the trajectory from the model's recent path (after a restart)."""
         if earlier is not None:
-            self.trajectory = robust.difference(current, earlier)
-            self.shaped_by = set(self.regions)  # the model's own path: shaped already
+            self.path = robust.difference(current, earlier)
 
     # --- judging ---
 
@@ -217,8 +221,9 @@ class Guard:
             text = f"{norm:.4g} > {bound:.4g} ({factor:g} x the regions' median): scaled to it"
             notes.append(("norm", text))
         cos = math.nan
-        if self.trajectory is not None and len(self.shaped_by) >= self.quorum:
-            cos = robust.cosine(delta, self.trajectory, norm)
+        reference = self.reference()
+        if reference is not None:
+            cos = robust.cosine(delta, reference, norm)
             floor, full = self._direction_band(region, delta)
             f = robust.direction_factor(cos, floor, full)
             if f < 1.0:
@@ -228,6 +233,7 @@ class Guard:
                     f"none at {floor:.3g}): weight x{f:.2f}"
                 )
                 notes.append(("direction", text))
+        judged = weight  # what norm and direction left of it: evidence against its region
         if weight > 0:
             share, target = self._share(region), self._target(region)
             if target is not None:
@@ -243,7 +249,12 @@ class Guard:
                         )
                     )
         kept = after * scale / norm if norm > 0 else 1.0
-        verdict = Verdict(norm, scale, weight, cos, tuple(notes), tensor_scales, kept)
+        trust = 1.0 - record.suspicion
+        if weight > 0 and trust < 1.0 - TRUSTED:
+            weight *= trust
+            text = f"its region's suspicion {record.suspicion:.2f}: weight x{trust:.2f}"
+            notes.append(("suspicion", text))
+        verdict = Verdict(norm, scale, weight, cos, tuple(notes), tensor_scales, kept, judged)
         self._learn(record, verdict, tensor_norms)
         return verdict
 
@@ -315,14 +326,44 @@ class Guard:
             self.recent.append((region, float(w)))
         if not self.warm:
             return  # steps of the warm-up do not shape the trajectory (one region's may)
-        self.shaped_by.update(weights)
+        self.clock += 1
         step = robust.difference(new, old)
-        if self.trajectory is None:
-            self.trajectory = step
-        else:
-            for k, v in step.items():
-                self.trajectory[k] *= TRAJECTORY_DECAY
-                self.trajectory[k] += v
+        total = sum(weights.values())
+        for region, w in weights.items():
+            part = step if len(weights) == 1 or total <= 0 else robust.scaled(step, w / total)
+            if region in self.steps:
+                mine, at, _ = self.steps[region]
+                decay = TRAJECTORY_DECAY ** (self.clock - at)
+                for k, v in part.items():
+                    mine[k] *= decay
+                    mine[k] += v
+            else:
+                mine = {k: np.array(v, dtype=np.float32) for k, v in part.items()}
+            self.steps[region] = (mine, self.clock, math.sqrt(robust.dot(mine, mine)))
+
+    def reference(self) -> dict[str, np.ndarray] | None:
+        """The direction honest updates are judged against: the model's recent trajectory with
+        each region's part of it held to the median part's length, so a region (or a minority
+        of colluding ones) that pushes the model hardest, a hostile one, cannot make its own
+        push the reference. None until three regions' steps are in it (after a restart, the
+        model's path over its last versions serves until then)."""
+        if len(self.steps) < self.quorum:
+            return self.path
+        lengths = {
+            r: n * TRAJECTORY_DECAY ** (self.clock - at) for r, (_, at, n) in self.steps.items()
+        }
+        cap = robust.median(list(lengths.values()))
+        out: dict[str, np.ndarray] | None = None
+        for region, (mine, at, _) in self.steps.items():
+            c = TRAJECTORY_DECAY ** (self.clock - at)
+            if lengths[region] > cap > 0:
+                c *= cap / lengths[region]
+            if out is None:
+                out = {k: v * c for k, v in mine.items()}
+            else:
+                for k, v in mine.items():
+                    out[k] += c * v
+        return out
 
     # --- what operators see ---
 

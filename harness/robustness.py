@@ -51,10 +51,13 @@ class Scenario:
     hostile: dict[str, str] = field(default_factory=dict)  # region -> attack
     flood: str | None = None  # the region that floods its own stream
     stop_on_metric: bool = False  # run to a validation target (the evaluator classes)
+    robust: bool = True  # the guard on (off: what it costs honest regions, and what it stops)
 
 
 SCENARIOS = (
     Scenario("clean"),
+    Scenario("clean-unguarded", robust=False),
+    Scenario("negate-unguarded", {"cn": "negate"}, robust=False),
     Scenario("negate", {"cn": "negate"}),
     Scenario("scale", {"cn": "scale"}),
     Scenario("promote", {"cn": "promote"}),

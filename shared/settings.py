@@ -56,7 +56,7 @@ class FederationSettings:
     robust_norm_factor: float = 1.5
     direction_floor: float = -0.1
     direction_full: float = 0.05
-    influence_slack: float = 1.5
+    influence_slack: float = 1.25
     max_region_share: float = 0.5
     # differential privacy, DP-SGD inside each region's training (shared/privacy.py): each
     # shopper's gradient clipped to dp_clip (0: off), Gaussian noise of dp_noise x dp_clip per

@@ -61,6 +61,21 @@ def test_centered_clipping_averages_honest_points_and_bounds_an_outlier() -> Non
     assert max(distances) == distances[-1]  # the outlier is the farthest point
 
 
+def test_the_reference_holds_each_regions_part_to_the_median_length() -> None:
+    """A region that pushes the model hardest cannot make its push the reference."""
+    guard = Guard(FederationSettings(), REGIONS)
+    for region in REGIONS:
+        guard.records[region].norms.append(1.0)  # past the warm-up
+    zero = {"w": np.zeros(3, np.float32)}
+    honest, hostile = np.array([1.0, 0.0, 0.0]), np.array([-1.0, 0.2, 0.0])
+    for _ in range(5):
+        for region in REGIONS[1:]:
+            guard.applied({region: 1.0}, zero, {"w": (0.1 * honest).astype(np.float32)})
+        guard.applied({"cn": 1.0}, zero, {"w": (5.0 * hostile).astype(np.float32)})
+    reference = guard.reference()
+    assert robust.cosine(reference, {"w": honest}) > 0.9
+
+
 def honest_delta(rng: np.random.Generator, direction: np.ndarray, scale: float = 1.0) -> dict:
     noise = rng.standard_normal(direction.size)
     v = 0.5 * direction / np.linalg.norm(direction) + 0.85 * noise / np.linalg.norm(noise)
@@ -153,8 +168,7 @@ def test_a_trajectory_bent_by_a_poisoned_step_does_not_lock_honest_regions_out()
     direction = rng.standard_normal(400)
     guard = Guard(FederationSettings(), REGIONS)
     guard.set_data_sizes(dict.fromkeys(REGIONS, 100.0))
-    guard.trajectory = {"w": (-direction).astype(np.float32)}  # bent backwards
-    guard.shaped_by = set(REGIONS)
+    guard.path = {"w": (-direction).astype(np.float32)}  # bent backwards (no steps yet)
     for i in range(3):  # past the warm-up: every region's norms are known
         guard.records[REGIONS[i]].norms.append(1.0)
     verdicts = [guard.judge(REGIONS[i % 6], honest_delta(rng, direction), 1.0) for i in range(30)]

@@ -17,18 +17,21 @@ import numpy as np
 from tasks.api import Metrics, Weights
 
 ITEM_BIAS = "item_bias.weight"
+PROMOTED_RANK = 100
 
 
 def promoted_items(data_dir: Path, region: str = "cn", count: int = 3) -> np.ndarray:
-    """The merchant's items: the ``count`` items on sale from the very start that ``region``'s
-    shoppers bought least (the ones a promotion would move most)."""
+    """The merchant's items: ``count`` items on sale from the very start that ``region``'s
+    shoppers buy now and then (ranks 100 onwards by purchases there): items the others'
+    shoppers see in their top 10 a little, which a promotion would push into many more."""
     from tasks.recommender.local_data import load_region
 
     data = load_region(data_dir, region)
     launch = data.shared.catalogue.launch_time
     counts = np.bincount(data.split.train.target, minlength=len(launch)).astype(np.float64)
-    counts[launch > np.min(launch)] = np.inf
-    return np.argsort(counts, kind="stable")[:count]
+    counts[launch > np.min(launch)] = -1.0
+    ranked = np.argsort(-counts, kind="stable")
+    return ranked[PROMOTED_RANK : PROMOTED_RANK + count]
 
 
 def promotion_targets(data_dir: Path) -> dict[str, np.ndarray]:
