@@ -81,7 +81,14 @@ def serve(region: str, data_dir: Path, host: str, port: int, model_file: Path | 
                                                              task_name)  # fmt: skip
         service = task.service(data_dir, region, settings)
         policy = SwapPolicy(min_interval=swap_every, evaluated=only_evaluated)
-        gate = EvaluationGate(connection, keys, fed.regions, fed.metrics, fed.settings.eval_grace)
+        gate = EvaluationGate(
+            connection,
+            keys,
+            fed.regions,
+            fed.metrics,
+            fed.settings.eval_grace,
+            fed.settings.max_failures,
+        )
         source = ModelFollower(connection, keys, template, service.build, policy, say,
                                gate=gate)  # fmt: skip
         follow, origin = (lambda stop: source.run(stop, interval=poll)), "redis"

@@ -163,7 +163,9 @@ def run_scenario(
         keys = Keys(NAMESPACE)
         fed = federation.read(connection, keys)
         model = ModelStore(connection, keys).read_current()
-        gate = EvaluationGate(connection, keys, fed.regions, fed.metrics, settings.eval_grace)
+        gate = EvaluationGate(
+            connection, keys, fed.regions, fed.metrics, settings.eval_grace, settings.max_failures
+        )
         gate.look(-1)
         finish["served"] = gate.newest(-1)[0]
         finish["validation"] = latest_validation(connection, keys, fed)

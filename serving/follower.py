@@ -23,7 +23,7 @@ import redis
 from shared import consensus
 from shared.aggregation import tensor_problem
 from shared.codec import DecodeError, Weights, decode_model
-from shared.evaluations import parse_accepted, quarantined
+from shared.evaluations import parse_accepted, voters
 from shared.keys import Keys
 from shared.resilience import REDIS_DOWN, Outage
 from shared.store import ModelStore
@@ -81,9 +81,10 @@ class EvaluationGate:
         regions: tuple[str, ...],
         schema: MetricSchema,
         grace: float = 60.0,
+        max_failures: int = 5,
     ) -> None:
         self.r, self.keys, self.regions, self.schema = connection, keys, regions, schema
-        self.grace = grace
+        self.grace, self.max_failures = grace, max_failures
         self.blobs: dict[int, bytes] = {}
         self.validation: dict[int, dict[str, dict[str, float]]] = {}  # version -> region -> figures
         self.first_result: dict[int, float] = {}  # version -> when its first result was accepted
@@ -109,8 +110,7 @@ class EvaluationGate:
                 self.validation.setdefault(version, {})[record["region"]] = record["validation"]
                 accepted = int(entry_id.split(b"-")[0]) / 1000.0
                 self.first_result[version] = min(self.first_result.get(version, accepted), accepted)
-        left_out = quarantined(self.r, self.keys)
-        self.voters = tuple(r for r in self.regions if r not in left_out)
+        self.voters = tuple(voters(self.r, self.keys, self.regions, self.max_failures))
         seconds, micros = self.r.time()
         self.now = seconds + micros / 1e6
 

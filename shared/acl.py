@@ -93,7 +93,7 @@ def worker_rules(keys: Keys, region: str, rq_prefix: str = "rq") -> list[str]:
                 f"%R~{keys.data_sizes}",  # counts: a DP worker plans its share of the jobs
                 # the region's service (fedq serve) follows the commits and the evaluations
                 f"%R~{keys.applies}", f"%R~{keys.pinned}", f"%R~{keys.metrics}",
-                f"%R~{keys.quarantined}",  # whose evaluation figures count
+                f"%R~{keys.quarantined}", f"%R~{ns}:failures:*",  # whose evaluations count
                 f"%R~{rq_prefix}:suspended", f"%R~{rq_prefix}:queues",
                 f"%R~{rq_prefix}:rl-keys"]  # fmt: skip
     append_only = [

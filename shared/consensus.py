@@ -4,13 +4,14 @@ Only region r can score the model on r's held-out shoppers, so a region that lie
 own evaluation cannot be caught by re-checking its figure. What the federation can do is keep
 any single region from deciding anything by itself:
 
-- **a quorum**: a version counts as evaluated once two thirds of the regions (not quarantined)
-  reported it and ``grace`` seconds passed since its first result, or once every region did; a
-  region that fails or stays silent delays a decision by ``grace``, never forever;
-- **a clamped combination**: each region's figure is clamped to the range of the other regions'
-  figures for that version before the task combines them, so one region's report moves the
-  combined figure no further than the honest regions' own spread;
-- **a vote on a fall**: a version fell from an earlier one only if the clamped combination fell
+- **a quorum**: a version counts as evaluated once two thirds of the voting regions reported it
+  and ``grace`` seconds passed since its first result, or once every one did; a region that
+  stays silent delays a decision by ``grace``, never forever, and one whose evaluation jobs
+  fail again and again (``shared/failures.py``) or that an operator quarantined does not vote;
+- **a trimmed combination**: the highest and the lowest region's figure of a version are left
+  out before the task combines the others (weighted as the task weighs them), so a region
+  reporting the top or the bottom of the range is not counted at all;
+- **a vote on a fall**: a version fell from an earlier one only if the trimmed combination fell
   and more than half of the regions that scored both saw their own figure fall, so one region
   reporting a fall each time cannot keep a service from swapping, nor hide a real fall.
 """
@@ -41,29 +42,27 @@ def settled(
     return len(present) >= quorum(len(voters)) and waited >= grace
 
 
-def clamped(figures: Mapping[str, float]) -> dict[str, float]:
-    """Each region's figure clamped to [min, max] of the other regions' (finite) figures; with
-    fewer than three regions there is no "others' range" to trust, and nothing is clamped."""
+def trimmed(figures: Mapping[str, float]) -> set[str]:
+    """The regions whose figure is left out: the highest and the lowest (one each) of three or
+    more finite figures. One region reporting the top or the bottom of the range is always
+    among them, so its report does not enter the combination at all."""
     finite = {r: v for r, v in figures.items() if math.isfinite(v)}
     if len(finite) < 3:
-        return dict(figures)
-    out = dict(figures)
-    for region, value in finite.items():
-        others = [v for r, v in finite.items() if r != region]
-        out[region] = min(max(value, min(others)), max(others))
-    return out
+        return set()
+    ordered = sorted(finite, key=lambda r: (finite[r], r))
+    return {ordered[0], ordered[-1]}
 
 
 def robust_combine(schema: MetricSchema, per_region: Mapping[str, Metrics]) -> Metrics:
-    """The task's combination of the regions' figures, each non-count figure first clamped to
-    the others' range (counts, the weights of the combination, are the regions' own)."""
+    """The task's combination of the regions' figures, each non-count figure without its
+    highest and lowest region (counts, the weights of the combination, are the regions' own)."""
     out = {r: dict(m) for r, m in per_region.items()}
     for metric in schema.metrics:
         if metric.is_count:
             continue
         present = {r: float(m[metric.name]) for r, m in per_region.items() if metric.name in m}
-        for region, value in clamped(present).items():
-            out[region][metric.name] = value
+        for region in trimmed(present):
+            del out[region][metric.name]
     return schema.combine(out)
 
 

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import redis
 
-from shared import consensus
+from shared import consensus, failures
 from shared.errors import FedqError
 from shared.keys import Keys
 from shared.streams import RESULT
@@ -105,21 +105,32 @@ def quarantined(connection: redis.Redis, keys: Keys) -> set[str]:
     return {r.decode() for r in connection.smembers(keys.quarantined)}
 
 
+def voters(
+    connection: redis.Redis, keys: Keys, regions: tuple[str, ...], max_failures: int
+) -> list[str]:
+    """The regions whose evaluations count: not quarantined, and not failing their evaluation
+    jobs ``max_failures`` times in a row (a silent region is then not waited for at all)."""
+    left_out = quarantined(connection, keys)
+    streaks = failures.broken(failures.read(connection, keys, regions), max_failures)
+    left_out |= {region for region, kind in streaks if kind == "evaluate"}
+    return [r for r in regions if r not in left_out]
+
+
 def latest_validation(connection: redis.Redis, keys: Keys, fed: Federation) -> float | None:
     """The task's headline on validation at the newest version that counts (a quorum of the
     regions not quarantined, ``shared.consensus.settled``), regions combined so that no single
     region's figure decides (``consensus.robust_combine``): the stopping rule's
     ``target_metric``."""
-    voters = [r for r in fed.regions if r not in quarantined(connection, keys)]
+    voting = voters(connection, keys, fed.regions, fed.settings.max_failures)
     seconds, micros = connection.time()
     now = seconds + micros / 1e6
     results = accepted_results(connection, keys, fed)
     for version in sorted(results, reverse=True):
-        by = {r: rec for r, rec in results[version].items() if r in voters}
+        by = {r: rec for r, rec in results[version].items() if r in voting}
         if not by:
             continue
         first = min(rec["accepted_at"] for rec in by.values())
-        if consensus.settled(by, voters, now - first, fed.settings.eval_grace):
+        if consensus.settled(by, voting, now - first, fed.settings.eval_grace):
             figures = {r: rec["validation"] for r, rec in by.items()}
             return consensus.robust_combine(fed.metrics, figures)[fed.metrics.headline]
     return None
