@@ -108,7 +108,7 @@ class Role:
     region: str | None = None  # a worker's
 
     def sample_rss(self) -> None:
-        self.peak_rss_mb = max(self.peak_rss_mb, _peak_rss_mb(self.process.pid))
+        self.peak_rss_mb = max(self.peak_rss_mb, peak_rss_mb(self.process.pid))
 
 
 # called on every poll with the roles (which it may kill and replace), a way to start a role
@@ -404,7 +404,7 @@ def _peak_by_kind(roles: list[Role]) -> dict[str, float]:
     return out
 
 
-def _peak_rss_mb(pid: int) -> float:
+def peak_rss_mb(pid: int) -> float:
     """VmHWM (peak resident set) of a live process, in MB; 0 once it is gone."""
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():

@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import redis  # noqa: E402
 
-from harness.run import Role, RunOptions, run_federation  # noqa: E402
+from harness.run import Role, RunOptions, peak_rss_mb, run_federation  # noqa: E402
 from shared.acl import Users  # noqa: E402
 from shared.auth import load_password  # noqa: E402
 from shared.keys import Keys  # noqa: E402
@@ -42,18 +42,6 @@ from tasks.toy import TASK as TOY  # noqa: E402
 HOSTILE = "cn"
 NAMESPACE = "fedq"
 MB = 1024 * 1024
-
-
-def _rss_mb(pid: int) -> float:
-    """Peak resident memory of a process so far (VmHWM: no spike between two samples is
-    missed), 0 once it is gone."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return 0.0
 
 
 @dataclass
@@ -141,10 +129,10 @@ class Flood:
         w.end, w.last = now, version
 
     def _rss(self) -> dict[str, float]:
-        out: dict[str, float] = {"redis": _rss_mb(self.redis_pid)}
+        out: dict[str, float] = {"redis": peak_rss_mb(self.redis_pid)}
         for role in list(self.roles):
             kind = role.kind if role.region != HOSTILE else f"{role.kind}-{HOSTILE}"
-            out[kind] = max(out.get(kind, 0.0), _rss_mb(role.process.pid))
+            out[kind] = max(out.get(kind, 0.0), peak_rss_mb(role.process.pid))
         return out
 
     def _aof(self) -> int:
