@@ -52,3 +52,11 @@ class Fleet:
     def __exit__(self, *exc: object) -> None:
         stop_processes(self.procs)
         self._logs.cleanup()
+
+
+def started_job(r, keys, region: str = "cn") -> str | None:
+    """A train job of ``region`` that a worker is running now (RQ's status), if any."""
+    for job_id in r.hkeys(keys.inflight(region)):
+        if r.hget(f"rq:job:{job_id.decode()}", "status") == b"started":
+            return job_id.decode()
+    return None

@@ -13,7 +13,7 @@ from harness.audit import audit
 from shared.keys import Keys
 from shared.redis_server import RedisServer, default_maxmemory, parse_size
 from shared.settings import FederationSettings
-from tests.fleet import FEDQ, Fleet, wait_until
+from tests.fleet import FEDQ, Fleet, started_job, wait_until
 
 
 def test_a_write_refused_at_the_cap_is_retried_in_one_line_and_the_update_lands_after(
@@ -31,8 +31,8 @@ def test_a_write_refused_at_the_cap_is_retried_in_one_line_and_the_update_lands_
         with Fleet(server.url, "full", toy_data) as fleet:
             roles = [fleet.aggregator(), fleet.coordinator(), fleet.worker("cn")]
             assert wait_until(lambda: int(r.get(keys.version) or 0) >= 1, 90)
-            assert wait_until(lambda: _started(r, keys), 30)
-            job_id = _started(r, keys)  # finishes while Redis refuses writes
+            assert wait_until(lambda: started_job(r, keys), 30)
+            job_id = started_job(r, keys)  # finishes while Redis refuses writes
             r.config_set("maxmemory", str(r.info("memory")["used_memory"] // 2))
             with_update = _applied(r, keys)
             assert wait_until(lambda: "Redis refuses writes" in fleet.log(roles[2]), 30)
@@ -54,13 +54,6 @@ def test_a_write_refused_at_the_cap_is_retried_in_one_line_and_the_update_lands_
         assert result.ok and result.applied >= 4, result.problems
     finally:
         server.stop()
-
-
-def _started(r: redis.Redis, keys: Keys) -> str | None:
-    for job_id in r.hkeys(keys.inflight("cn")):
-        if r.hget(f"rq:job:{job_id.decode()}", "status") == b"started":
-            return job_id.decode()
-    return None
 
 
 def _applied(r: redis.Redis, keys: Keys) -> set[bytes]:

@@ -19,7 +19,7 @@ from shared.keys import Keys
 from shared.redis_server import RedisServer, free_port
 from shared.settings import FederationSettings
 from shared.store import ModelStore
-from tests.fleet import FEDQ, Fleet, wait_until
+from tests.fleet import FEDQ, Fleet, started_job, wait_until
 from tests.updates import publish
 
 
@@ -121,8 +121,8 @@ def test_a_worker_holds_its_finished_update_through_an_outage_and_publishes_it_a
         with Fleet(server.url, "held", toy_data) as fleet:
             fleet.coordinator()
             worker = fleet.worker("cn")
-            assert wait_until(lambda: _started(r, keys), 90)
-            job_id = _started(r, keys)
+            assert wait_until(lambda: started_job(r, keys), 90)
+            job_id = started_job(r, keys)
             port = server.port
             server.stop()  # the job finishes while Redis is away
             time.sleep(12)
@@ -137,13 +137,6 @@ def test_a_worker_holds_its_finished_update_through_an_outage_and_publishes_it_a
             assert worker.poll() is None
     finally:
         server.stop()
-
-
-def _started(r: redis.Redis, keys: Keys) -> str | None:
-    for job_id in r.hkeys(keys.inflight("cn")):
-        if r.hget(f"rq:job:{job_id.decode()}", "status") == b"started":
-            return job_id.decode()
-    return None
 
 
 def test_a_role_started_before_its_redis_waits_for_it_or_says_in_one_line_why_not(
