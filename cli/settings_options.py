@@ -44,6 +44,11 @@ FLAGS: dict[str, tuple[str, Any, str]] = {
         float,
         "scale down deltas longer than this x the regions' median norm",
     ),
+    "--robust-row-factor": (
+        "robust_row_factor",
+        float,
+        "scale down a table's row moved more than this x the regions' median move (0: off)",
+    ),
     "--direction-floor": (
         "direction_floor",
         float,

@@ -367,12 +367,7 @@ class Aggregator:
         if verdict.refused:
             self.settle(Outcome().reject(pending, verdict.reason, verdict.detail()))
             return None
-        if verdict.kept < 1.0:
-            delta, factors = pending.update.delta, verdict.factors()
-            for name, tensor in delta.items():
-                f = factors.get(name, verdict.scale)
-                if f != 1.0:
-                    delta[name] = (tensor * f).astype(tensor.dtype, copy=False)
+        verdict.apply(pending.update.delta)
         return replace(pending, weight=verdict.weight, guard=verdict.detail())
 
     def _guard_records(self) -> dict[str, str]:

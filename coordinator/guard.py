@@ -5,19 +5,28 @@ and an update still be poisoned: the negation of an honest delta, an honest delt
 a norm budget spent on a few parameters. The guard judges each such update against what the
 federation has seen from its regions lately, with the pure checks of ``shared.robust``:
 
-- **norm**: each tensor of the delta above ``robust_norm_factor`` x the median over regions of
-  each region's median recent norm of that tensor is scaled down to that bound (tensors of at
-  least ``MIN_TENSOR`` values), and then the whole delta likewise (a region, or a minority of
-  colluding regions, that always sends long deltas cannot raise a bound; a norm budget spent
-  on one small tensor (a few products' bias, say) is held to what honest regions move it by);
-- **direction**: the delta's cosine with the recent global trajectory (an exponential average
-  of the model's own steps), or its region's median recent cosine if that is higher, below
-  ``direction_full`` lowers its weight, to zero at ``direction_floor`` (honest deltas of the
-  recommender measure 0.2-0.4 at the median and rarely below -0.1); the band moves down when
-  the other regions' own cosines are low, and stays below what chance gives a random direction
-  in a model of few values (at an optimum honest updates are mostly noise);
+- **rows**: each row of a large table (one entity's embedding or bias: matrices of at least
+  ``MIN_ROWS`` rows) moved by more than ``robust_row_factor`` x what regions typically move
+  that row by is scaled down to it (a norm budget spent on a few products' rows is held to
+  what honest regions move them by; honest regions' row moves are alike, so they lose almost
+  nothing); while too few regions were heard, x the update's own median row move. The typical
+  moves are an exponential average kept in memory only;
+- **norm**: each tensor of the delta above ``robust_norm_factor`` x the regions' figure for it
+  (the ``rank``-th largest of each region's median recent norm: no minority of regions can
+  raise it, however few were heard) is scaled down to that bound (tensors of at least
+  ``MIN_TENSOR`` values), and then the whole delta likewise;
+- **length**: an update cut to less than ``KEPT_FULL`` of its length loses weight in
+  proportion (what is left of a negation at the fixed bound is no honest update);
+- **direction**: the median over the other regions of the delta's cosine with each one's part
+  of the model's recent steps (each region counts once, its own steps not at all) below
+  ``direction_full`` lowers its weight, to zero at ``direction_floor``; the band moves down
+  when the other regions' own cosines are low, and stays below what chance gives a random
+  direction in a model of few values (at an optimum honest updates are mostly noise);
+- **suspicion**: a region whose recent updates lost much of their length or weight weighs
+  less, and nothing from ``DISTRUSTED`` (its updates are refused, ``suspected``);
 - **influence**: a region whose share of the recently applied weight exceeds
-  ``influence_slack`` x its data share has its weight scaled back to that cap.
+  ``influence_slack`` x its data share (among the regions whose updates the guard lets
+  through) has its weight scaled back to that cap.
 
 Each check that acts is named in the verdict; the region's suspicion (an average of how much
 the guard took from its updates) is kept per region, written to Redis (``Keys.guard``) for
@@ -41,13 +50,24 @@ from shared.settings import FederationSettings
 
 HISTORY = 16  # recent updates per region the norm and direction figures are taken over
 MIN_TENSOR = 64  # tensors with fewer values are bounded only as part of the whole delta
+MIN_ROWS = 64  # tables with fewer rows (one per region, say) are not bounded row by row
+ROW_RATE = 0.2  # a region's typical row moves: an exponential average over ~5 updates
+# the rows check is named (and counted against the region) when it took at least this share of
+# the update's norm: one-value rows (a product's bias) of honest tables pass the bound now and
+# then, by a little; what that takes is still taken, and shows in the applied norm
+ROW_NOTICE = 0.01
 DIRECTION_MARGIN = 0.4  # how far below the other regions' median cosine the band may sit
 CHANCE = 1.5  # the floor stays this many standard deviations of a random cosine below zero
 INFLUENCE_WINDOW = 200  # applied updates the influence shares are measured over
 TRAJECTORY_DECAY = 0.9  # the trajectory averages the model's last ~10 steps
 SUSPICION_RATE = 0.1  # the suspicion is an exponential average over ~10 updates
 FLAGGED = 0.5  # suspicion from which a region is shown as flagged
-TRUSTED = 0.2  # suspicion below this costs a region nothing; above, its weight x (1 - it)
+TRUSTED = 0.2  # suspicion below this costs a region nothing; above, its weight falls with it
+DISTRUSTED = 0.8  # ... to zero here: its updates are refused (``suspected``) until it mends
+# an update the rows and norm checks cut to less than this share of its length also loses
+# weight in proportion: what is left of a negation at the fixed bound, or of a budget spent on
+# a few rows, is not an honest update (honest ones scaled down keep far more than half)
+KEPT_FULL = 0.5
 
 
 @dataclass(frozen=True)
@@ -62,6 +82,8 @@ class Verdict:
     tensor_scales: Mapping[str, float] = field(default_factory=dict)  # tensors scaled down
     kept: float = 1.0  # the delta's norm after the norm check, over its norm before
     judged: float = 1.0  # its weight from the direction check (speed is no evidence)
+    # tensor -> each row's factor (shaped to broadcast over the row's values)
+    row_scales: Mapping[str, np.ndarray] = field(default_factory=dict)
 
     @property
     def refused(self) -> bool:
@@ -74,14 +96,32 @@ class Verdict:
         itself)."""
         return 1.0 - max(0.0, min(1.0, self.kept * self.judged))
 
-    def factors(self) -> dict[str, float]:
+    def factors(self) -> dict[str, float | np.ndarray]:
         """Tensor name -> what to multiply it by (tensors not named: ``scale``)."""
-        return {k: f * self.scale for k, f in self.tensor_scales.items()}
+        out: dict[str, float | np.ndarray] = {
+            k: f * self.scale for k, f in self.tensor_scales.items()
+        }
+        for k, rows in self.row_scales.items():
+            out[k] = rows * out.get(k, self.scale)
+        return out
+
+    def apply(self, delta: dict[str, np.ndarray]) -> None:
+        """Scale ``delta`` in place as the row and norm checks said."""
+        if self.kept >= 1.0:
+            return
+        factors = self.factors()
+        for name, tensor in delta.items():
+            f = factors.get(name, self.scale)
+            if np.any(f != 1.0):
+                delta[name] = (tensor * f).astype(tensor.dtype, copy=False)
 
     @property
     def reason(self) -> RejectReason:
+        """The check that took the last of its weight."""
+        if self.judged <= 0:
+            return RejectReason.DIRECTION
         checks = [c for c, _ in self.notes]
-        return RejectReason.INFLUENCE if checks == ["influence"] else RejectReason.DIRECTION
+        return RejectReason.SUSPECTED if "suspicion" in checks else RejectReason.INFLUENCE
 
     def detail(self) -> str:
         return "; ".join(f"{check}: {text}" for check, text in self.notes)
@@ -98,6 +138,8 @@ class RegionRecord:
     acted: dict[str, int] = field(default_factory=dict)  # check -> updates it acted on
     refused: int = 0
     tensors: dict[str, deque[float]] = field(default_factory=dict)  # tensor -> recent norms
+    # tensor -> each row's typical move (not persisted: rebuilt from the next updates)
+    rows: dict[str, np.ndarray] = field(default_factory=dict)
 
     def to_json(self) -> str:
         return json.dumps(
@@ -146,6 +188,9 @@ class Guard:
         self.clock = 0  # steps committed since this guard started
         self.path: dict[str, np.ndarray] | None = None  # the model's path, after a restart
         self.recent: deque[tuple[str, float]] = deque(maxlen=INFLUENCE_WINDOW)
+        # region -> the weight factor of its recent updates before the influence cap (what
+        # the rows, norm, direction and suspicion left; 0 for a refusal): its presence
+        self.accepted: dict[str, deque[float]] = {}
         self.shares: dict[str, float] = {}  # target influence shares (data shares, capped)
 
     @property
@@ -153,10 +198,17 @@ class Guard:
         return self.s.robust
 
     @property
+    def rank(self) -> int:
+        """The region figure the bounds are taken from: the rank-th largest, rank being half
+        the federation rounded up, so that no minority of regions can raise a bound (about the
+        median once every region was heard)."""
+        return math.ceil(len(self.regions) / 2)
+
+    @property
     def quorum(self) -> int:
-        """Regions whose figures the guard needs before it judges by them: three, so that one
-        region is always outvoted (fewer in a federation of fewer)."""
-        return min(3, len(self.regions))
+        """Regions whose figures the guard needs before it judges by them: three (fewer in a
+        federation of fewer), and at least ``rank``."""
+        return max(self.rank, min(3, len(self.regions)))
 
     @property
     def warm(self) -> bool:
@@ -188,30 +240,47 @@ class Guard:
         record = self.records[region]
         notes: list[tuple[str, str]] = []
         weight = 1.0
+        moves = {k: robust.row_magnitudes(v) for k, v in delta.items() if _rowed(v)}
+        row_scales, clipped = self._row_scales(moves, {k: np.ndim(delta[k]) for k in moves})
         tensor_norms, tensor_scales = self._tensor_norms(delta), {}
+        bounded = dict(tensor_norms)  # each tensor's norm once its rows were bounded
+        for name, rows in row_scales.items():
+            bounded[name] = float(np.linalg.norm(moves[name] * rows.reshape(-1)))
+        taken = sum(tensor_norms[k] ** 2 - bounded[k] ** 2 for k in row_scales)
+        if norm > 0 and 1.0 - math.sqrt(max(0.0, 1.0 - taken / norm**2)) >= ROW_NOTICE:
+            worst = sorted(clipped, key=clipped.get, reverse=True)
+            named = ", ".join(f"{clipped[k]} rows of {k}" for k in worst[:3])
+            more = f" and {len(worst) - 3} more tables" if len(worst) > 3 else ""
+            text = (
+                f"{named}{more} above {self.s.robust_row_factor:g} x the typical move of "
+                "their rows: scaled to it"
+            )
+            notes.append(("rows", text))
         factor = self.s.robust_norm_factor
-        for name, n in tensor_norms.items():
+        for name, n in bounded.items():
             if np.size(delta[name]) < MIN_TENSOR:
                 continue  # a few values' norm varies too much between honest updates
             history = {r: rec.tensors.get(name, ()) for r, rec in self.records.items()}
-            bound = robust.norm_bound(history, factor)
+            bound = robust.norm_bound(history, factor, self.rank, self.quorum)
             if bound is not None and n > bound > 0:
                 tensor_scales[name] = bound / n
         if tensor_scales:
             worst = sorted(tensor_scales, key=tensor_scales.get)[:3]
             named = ", ".join(
-                f"{k} {tensor_norms[k]:.3g} > {tensor_norms[k] * tensor_scales[k]:.3g}"
-                for k in worst
+                f"{k} {bounded[k]:.3g} > {bounded[k] * tensor_scales[k]:.3g}" for k in worst
             )
             more = f" and {len(tensor_scales) - 3} more" if len(tensor_scales) > 3 else ""
             text = f"tensors {named}{more} ({factor:g} x the regions' median): scaled to them"
             notes.append(("norm", text))
-        # the norm once the tensors were scaled (tensors too small to bound keep theirs)
-        removed = sum(tensor_norms[k] ** 2 * (1.0 - f**2) for k, f in tensor_scales.items())
+        # the norm once rows and tensors were scaled (tensors too small to bound keep theirs)
+        removed = sum(
+            tensor_norms[k] ** 2 - (bounded[k] * tensor_scales.get(k, 1.0)) ** 2
+            for k in set(tensor_scales) | set(row_scales)
+        )
         after = math.sqrt(max(norm**2 - removed, 0.0))
         scale = 1.0
         history = {r: rec.norms for r, rec in self.records.items()}
-        bound = robust.norm_bound(history, factor, self.quorum)
+        bound = robust.norm_bound(history, factor, self.rank, self.quorum)
         if bound is None:  # warming up: nothing to judge by that one region cannot sway
             weight = 1.0 / len(self.regions)
             text = f"fewer than {self.quorum} regions heard from: weight x{weight:.2f}"
@@ -220,20 +289,29 @@ class Guard:
             scale = bound / after
             text = f"{norm:.4g} > {bound:.4g} ({factor:g} x the regions' median): scaled to it"
             notes.append(("norm", text))
-        cos = math.nan
-        reference = self.reference()
-        if reference is not None:
-            cos = robust.cosine(delta, reference, norm)
+        cos = self.direction(region, delta, norm)
+        if math.isfinite(cos):
             floor, full = self._direction_band(region, delta)
             f = robust.direction_factor(cos, floor, full)
             if f < 1.0:
                 weight *= f
                 text = (
-                    f"cosine {cos:.3f} with the recent trajectory (full weight from {full:.3g}, "
-                    f"none at {floor:.3g}): weight x{f:.2f}"
+                    f"cosine {cos:.3f} with the other regions' recent steps (full weight from "
+                    f"{full:.3g}, none at {floor:.3g}): weight x{f:.2f}"
                 )
                 notes.append(("direction", text))
         judged = weight  # what norm and direction left of it: evidence against its region
+        kept = after * scale / norm if norm > 0 else 1.0
+        if weight > 0 and kept < KEPT_FULL:
+            f = kept / KEPT_FULL
+            weight *= f
+            notes.append(("length", f"{kept:.0%} of its length kept: weight x{f:.2f}"))
+        if weight > 0 and record.suspicion > TRUSTED:
+            trust = max(0.0, 1.0 - record.suspicion / DISTRUSTED)
+            weight *= trust
+            text = f"its region's suspicion {record.suspicion:.2f}: weight x{trust:.2f}"
+            notes.append(("suspicion", text))
+        self.accepted.setdefault(region, deque(maxlen=HISTORY)).append(weight)
         if weight > 0:
             share, target = self._share(region), self._target(region)
             if target is not None:
@@ -248,15 +326,43 @@ class Guard:
                             f"allowed): weight x{f:.2f}",
                         )
                     )
-        kept = after * scale / norm if norm > 0 else 1.0
-        trust = 1.0 - record.suspicion
-        if weight > 0 and trust < 1.0 - TRUSTED:
-            weight *= trust
-            text = f"its region's suspicion {record.suspicion:.2f}: weight x{trust:.2f}"
-            notes.append(("suspicion", text))
-        verdict = Verdict(norm, scale, weight, cos, tuple(notes), tensor_scales, kept, judged)
-        self._learn(record, verdict, tensor_norms)
+        verdict = Verdict(
+            norm, scale, weight, cos, tuple(notes), tensor_scales, kept, judged, row_scales
+        )
+        self._learn(record, verdict, tensor_norms, moves)
         return verdict
+
+    def _row_scales(
+        self, moves: dict[str, np.ndarray], ndims: dict[str, int]
+    ) -> tuple[dict[str, np.ndarray], dict[str, int]]:
+        """Each large table's per-row factors (shaped to broadcast) and how many rows they
+        scale down, for tables where a row moved by more than ``robust_row_factor`` x the
+        regions' typical move of it; while too few regions were heard to say what is typical,
+        by more than that x the update's own median row move (the first update may spend the
+        fixed bound on a few rows, and at the warm-up's weight of 1/n a promoted product's bias
+        took hundreds of honest updates to come back down)."""
+        factor = self.s.robust_row_factor
+        if factor <= 0:
+            return {}, {}
+        out: dict[str, np.ndarray] = {}
+        clipped: dict[str, int] = {}
+        for name, m in moves.items():
+            typical = {
+                r: rec.rows[name]
+                for r, rec in self.records.items()
+                if name in rec.rows and rec.rows[name].shape == m.shape
+            }
+            bound = robust.row_bound(typical, factor, self.rank, self.quorum)
+            if bound is None:  # warming up: no row may stand out of the update's own table
+                own = float(np.median(m))
+                if own <= 0:
+                    continue
+                bound = np.full_like(m, factor * own)
+            rows = robust.row_factors(m, bound)
+            if (rows < 1.0).any():
+                out[name] = rows.reshape((-1,) + (1,) * (ndims[name] - 1))
+                clipped[name] = int((rows < 1.0).sum())
+        return out, clipped
 
     def _direction_band(self, region: str, delta: Weights) -> tuple[float, float]:
         """(floor, full) of the direction check for ``region``: the settings', lowered
@@ -289,9 +395,19 @@ class Guard:
         }
 
     def _learn(
-        self, record: RegionRecord, verdict: Verdict, tensor_norms: dict[str, float]
+        self,
+        record: RegionRecord,
+        verdict: Verdict,
+        tensor_norms: dict[str, float],
+        moves: dict[str, np.ndarray],
     ) -> None:
         record.norms.append(verdict.norm)
+        for name, m in moves.items():
+            old = record.rows.get(name)
+            if old is None or old.shape != m.shape:
+                record.rows[name] = m.astype(np.float32)
+            else:
+                old += ROW_RATE * (m - old)
         for name, n in tensor_norms.items():
             record.tensors.setdefault(name, deque(maxlen=HISTORY)).append(n)
         if math.isfinite(verdict.cosine):
@@ -305,12 +421,19 @@ class Guard:
         record.suspicion += SUSPICION_RATE * (verdict.penalty - record.suspicion)
 
     def _target(self, region: str) -> float | None:
-        """The region's data share among the regions that took part lately (a region that is
-        offline does not lower everyone else's cap)."""
-        present = {r for r, _ in self.recent} | {region}
-        total = sum(self.shares.get(r, 0.0) for r in present)
+        """The region's data share among the regions that took part lately, each other region
+        counted by how much of its recent updates' weight the guard let through (a region
+        that is offline, or whose updates the guard cuts, does not lower everyone else's cap:
+        the honest regions' shares rise when a hostile one's weight is taken away)."""
+        present = {r for r, _ in self.recent} - {region}
+        total = sum(self.shares.get(r, 0.0) * self._acceptance(r) for r in present)
         mine = self.shares.get(region)
-        return None if mine is None or total <= 0 else mine / total
+        return None if mine is None or total + mine <= 0 else mine / (total + mine)
+
+    def _acceptance(self, region: str) -> float:
+        """The mean weight factor the guard gave ``region``'s recent updates (1: untouched)."""
+        accepted = self.accepted.get(region)
+        return sum(accepted) / len(accepted) if accepted else 1.0
 
     def _share(self, region: str) -> float:
         total = sum(w for _, w in self.recent)
@@ -341,29 +464,20 @@ class Guard:
                 mine = {k: np.array(v, dtype=np.float32) for k, v in part.items()}
             self.steps[region] = (mine, self.clock, math.sqrt(robust.dot(mine, mine)))
 
-    def reference(self) -> dict[str, np.ndarray] | None:
-        """The direction honest updates are judged against: the model's recent trajectory with
-        each region's part of it held to the median part's length, so a region (or a minority
-        of colluding ones) that pushes the model hardest, a hostile one, cannot make its own
-        push the reference. None until three regions' steps are in it (after a restart, the
-        model's path over its last versions serves until then)."""
-        if len(self.steps) < self.quorum:
-            return self.path
-        lengths = {
-            r: n * TRAJECTORY_DECAY ** (self.clock - at) for r, (_, at, n) in self.steps.items()
-        }
-        cap = robust.median(list(lengths.values()))
-        out: dict[str, np.ndarray] | None = None
-        for region, (mine, at, _) in self.steps.items():
-            c = TRAJECTORY_DECAY ** (self.clock - at)
-            if lengths[region] > cap > 0:
-                c *= cap / lengths[region]
-            if out is None:
-                out = {k: v * c for k, v in mine.items()}
-            else:
-                for k, v in mine.items():
-                    out[k] += c * v
-        return out
+    def direction(self, region: str, delta: Weights, norm: float) -> float:
+        """How far ``delta`` goes the other regions' way: the median over the other regions of
+        its cosine with that region's part of the model's recent steps (NaN until two other
+        regions' steps are in; after a restart, its cosine with the model's own recent path).
+
+        Each region counts once, however hard it pushed the model or however much data it
+        claims, so a minority of colluding regions cannot make its push the direction; and the
+        judged region's own steps are left out, so they cannot vouch for it (a negating region,
+        once applied, looked aligned with a trajectory holding its own negations; two colluding
+        regions with one holding both)."""
+        parts = [(mine, n) for r, (mine, _, n) in self.steps.items() if r != region and n > 0]
+        if len(parts) < max(1, self.quorum - 1) or norm <= 0:
+            return robust.cosine(delta, self.path, norm) if self.path is not None else math.nan
+        return robust.median([robust.dot(delta, mine) / (norm * n) for mine, n in parts])
 
     # --- what operators see ---
 
@@ -372,6 +486,12 @@ class Guard:
 
     def record_json(self, region: str) -> str:
         return self.records[region].to_json()
+
+
+def _rowed(tensor: np.ndarray) -> bool:
+    """A table bounded row by row: at least ``MIN_ROWS`` rows of one or more values each (the
+    values of a vector are not rows: one value's move is noise, its tail heavy)."""
+    return np.ndim(tensor) >= 2 and len(tensor) >= MIN_ROWS
 
 
 def region_view(raw: str | bytes | None) -> dict[str, object]:

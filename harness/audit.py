@@ -46,7 +46,12 @@ from shared.keys import Keys
 
 NOT_A_COPY = {"replayed", "job_refused"}  # rejections-stream entries that settle no copy
 # the rejection reasons that are the guard's (or the operator's) doing, shown per region
-GUARD_REASONS = (RejectReason.DIRECTION, RejectReason.INFLUENCE, RejectReason.QUARANTINED)
+GUARD_REASONS = (
+    RejectReason.DIRECTION,
+    RejectReason.INFLUENCE,
+    RejectReason.SUSPECTED,
+    RejectReason.QUARANTINED,
+)
 
 
 @dataclass

@@ -29,6 +29,7 @@ from typing import Any
 
 import redis
 
+from cli.views import quarantine
 from coordinator.guard import region_view
 from harness.run import Role, RunOptions, run_federation
 from serving.follower import EvaluationGate
@@ -39,6 +40,7 @@ from shared.evaluations import latest_validation
 from shared.keys import Keys
 from shared.settings import FederationSettings
 from shared.store import ModelStore
+from shared.streams import applied_updates
 
 NAMESPACE = "fedq"
 FLOOD_ENTRY = 50 * 1024 * 1024
@@ -52,12 +54,14 @@ class Scenario:
     flood: str | None = None  # the region that floods its own stream
     stop_on_metric: bool = False  # run to a validation target (the evaluator classes)
     robust: bool = True  # the guard on (off: what it costs honest regions, and what it stops)
+    excluded: tuple[str, ...] = ()  # regions quarantined from the start: none of their data
 
 
 SCENARIOS = (
     Scenario("clean"),
     Scenario("clean-unguarded", robust=False),
     Scenario("negate-unguarded", {"cn": "negate"}, robust=False),
+    Scenario("without-cn", excluded=("cn",)),
     Scenario("negate", {"cn": "negate"}),
     Scenario("scale", {"cn": "scale"}),
     Scenario("promote", {"cn": "promote"}),
@@ -89,6 +93,8 @@ class Watch:
 
     def attach(self, url: str, connection: redis.Redis) -> None:
         self.url, self.admin = url, connection
+        for region in self.scenario.excluded:  # before the first job: the best any guard does
+            quarantine(connection, Keys(NAMESPACE), region)
 
     def __call__(self, roles: list[Role], respawn, version: int, done: bool) -> None:
         now = time.monotonic()
@@ -175,6 +181,7 @@ def run_scenario(
         finish["redis_peak_mb"] = round(info["used_memory_peak"] / 2**20, 1)
         finish["redis_cap_mb"] = round(int(connection.config_get("maxmemory")["maxmemory"]) / 2**20)
         finish["rejected"] = [v.decode() for v in connection.hvals(keys.rejected)]
+        finish["timeline"] = timeline(applied_updates(connection, keys))
 
     options = RunOptions(
         data_dir,
@@ -195,14 +202,19 @@ def run_scenario(
         finish["weights"], data_dir, report["settings"]["task_settings"]
     )
     headline = TASK.metrics.headline
-    hostile_regions = set(scenario.hostile) | ({scenario.flood} if scenario.flood else set())
+    hostile_regions = set(scenario.hostile) | set(scenario.excluded)
+    hostile_regions |= {scenario.flood} if scenario.flood else set()
     others = {r: m for r, m in scores.items() if r not in hostile_regions}
     reasons: dict[str, int] = {}
     for reason in finish["rejected"]:
         reasons[reason] = reasons.get(reason, 0) + 1
     figures = {
         "scenario": scenario.name,
-        "hostile": scenario.hostile or ({scenario.flood: "flood"} if scenario.flood else {}),
+        "hostile": {
+            **scenario.hostile,
+            **dict.fromkeys(scenario.excluded, "excluded"),
+            **({scenario.flood: "flood"} if scenario.flood else {}),
+        },
         "seconds": round(time.monotonic() - started, 1),
         "versions": report["versions"],
         "headline": TASK.metrics.combine(scores)[headline],
@@ -215,6 +227,7 @@ def run_scenario(
         "served": finish["served"],
         "validation": finish["validation"],
         "rejected": reasons,
+        "timeline": finish["timeline"],
         "updates": report["updates"],
         "peak_rss_mb": report["peak_rss_mb"],
         "redis_peak_mb": finish["redis_peak_mb"],
@@ -229,6 +242,21 @@ def run_scenario(
             "rate_during": watch.rate(lo, hi),
         }
     return figures
+
+
+def timeline(applied: list[dict[str, Any]], every: int = 50) -> list[dict[str, Any]]:
+    """Per ``every`` versions: each region's applied updates and the sum of their step weights
+    (how much of the model each region moved, and when)."""
+    out: dict[int, dict[str, list[float]]] = {}
+    for u in applied:
+        bucket = out.setdefault(u["version"] // every * every, {})
+        count = bucket.setdefault(u["region"], [0, 0.0])
+        count[0] += 1
+        count[1] += u["weight"] or 0.0
+    return [
+        {"from": v, **{r: [c, round(w, 3)] for r, (c, w) in sorted(b.items())}}
+        for v, b in sorted(out.items())
+    ]
 
 
 def suite_settings(versions: int, seed: int) -> FederationSettings:

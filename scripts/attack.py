@@ -6,7 +6,9 @@
 ``--suite regions`` (harness/robustness.py): regions that hold valid credentials and lie. One
 federation per scenario with ``fedq run``'s secure defaults (one worker per region), the hostile
 region's workers being fedq's real worker whose task lies (harness/hostile.py): a clean run,
-then ``negate`` (the honest delta reversed at norm 49, inside the fixed bound), ``scale`` (x20),
+``without-cn`` (cn quarantined from the start: what the others keep when none of cn's data
+reaches the model, the most any defence keeps against a region that wrecks), then ``negate``
+(the honest delta reversed at norm 49, inside the fixed bound), ``scale`` (x20),
 ``promote`` (the norm budget on three items' bias), ``drift`` (30% of its own norm on them),
 ``collude`` (two regions negating), ``flood`` (50 MB entries on its own stream for 20 s), and
 with a validation target (90% of the clean run's): ``clean-target``, ``lie`` (top and bottom
@@ -433,7 +435,7 @@ def _others_share(r: dict, hostile: set[str]) -> float:
     return sum(shares) / max(1, len(shares))
 
 
-GUARD_REASONS = ("direction", "influence")
+GUARD_REASONS = ("direction", "influence", "suspected")
 
 
 def _near(version: int, reference: int) -> bool:
@@ -487,6 +489,15 @@ def _regions_report(console: Console, results: dict[str, dict]) -> int:
         )
         checks += _checks(name, r, results, (ratio, others_ratio), share, share_clean)
     console.print(table)
+    if "without-cn" in results:
+        r = results["without-cn"]
+        others = [k for k in r["headline_by_region"] if k != "cn"]
+        kept = r["headline_others"] / _combined(clean, others)
+        console.print(
+            f"without cn's data at all (quarantined from the start) the other regions' shoppers "
+            f"keep {kept:.3f}x their clean HR@10: the most any defence keeps against a cn that "
+            "sends nothing useful"
+        )
     for text, ok in checks:
         console.print(f"{'[green]PASS[/]' if ok else '[red]MISS[/]'} {text}")
     return 0 if all(ok for _, ok in checks) else 1

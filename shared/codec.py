@@ -55,6 +55,7 @@ class RejectReason(StrEnum):
     QUOTA = "quota"  # past its region's backlog bound on its stream (coordinator/quota.py)
     DIRECTION = "direction"  # points against the model's recent trajectory (coordinator/guard.py)
     INFLUENCE = "influence"  # its region already holds more than its share of the recent weight
+    SUSPECTED = "suspected"  # its region's recent updates lost most of their length or weight
     QUARANTINED = "quarantined"  # an operator quarantined its region
 
 

@@ -4,10 +4,18 @@ A region that holds valid credentials may still send a poisoned update that pass
 protocol check. These functions judge an update against what the federation has seen from
 honest regions, without any server-side data:
 
-- ``norm_bound``: an update's L2 norm may not exceed ``factor`` times the median, over regions,
-  of each region's median recent norm (Sun et al., arXiv 1911.07963, with the bound learned
-  from the federation instead of fixed). A median of per-region medians: a region (or a
-  minority of colluding regions) that always sends at the bound cannot raise it.
+- ``norm_bound``: an update's L2 norm may not exceed ``factor`` times the ``rank``-th largest,
+  over regions, of each region's median recent norm (Sun et al., arXiv 1911.07963, with the
+  bound learned from the federation instead of fixed). With ``rank`` half the federation,
+  rounded up, that is about the median of the per-region medians once every region was heard,
+  and no minority of colluding regions that always sends long deltas can raise it, however few
+  regions were heard so far (a median of the regions heard was theirs while they were most of
+  those: the first to send are the regions with the most jobs).
+- ``row_magnitudes`` / ``row_bound`` / ``row_factors``: each row of a large table (one
+  entity's embedding or bias) may not move by more than ``factor`` times what regions typically
+  move that row by (the same ``rank``-th largest over regions): a norm budget spent on a few
+  rows (chosen products' bias) is held to what honest regions move those rows by, while honest
+  regions, whose row moves are alike under adaptive optimisers, lose almost nothing.
 - ``cosine`` / ``direction_factor``: an update pointing against the recent global trajectory
   is down-weighted, to zero when it points further against it than honest updates ever do.
 - ``influence_factor``: a region's share of the applied weight follows its data share, not its
@@ -32,14 +40,40 @@ def median(values: Sequence[float]) -> float:
 
 
 def norm_bound(
-    history: Mapping[str, Sequence[float]], factor: float, min_regions: int = 2
+    history: Mapping[str, Sequence[float]], factor: float, rank: int = 1, min_regions: int = 2
 ) -> float | None:
-    """``factor`` x the median over regions of each region's median recent norm; None while
-    fewer than ``min_regions`` regions have a history (the fixed bound then holds alone)."""
-    medians = [median(h) for h in history.values() if len(h)]
-    if len(medians) < min_regions:
+    """``factor`` x the ``rank``-th largest of the regions' median recent norms; None while
+    fewer than ``max(rank, min_regions)`` regions have a history (the fixed bound then holds
+    alone). Fewer than ``rank`` regions, whatever they send, cannot raise it."""
+    medians = sorted((median(h) for h in history.values() if len(h)), reverse=True)
+    if len(medians) < max(rank, min_regions):
         return None
-    return factor * median(medians)
+    return factor * medians[rank - 1]
+
+
+def row_magnitudes(tensor: np.ndarray) -> np.ndarray:
+    """The L2 norm of each row (first axis) of ``tensor``; of each value if it is 1-D."""
+    rows = np.asarray(tensor, dtype=np.float32).reshape(len(tensor), -1)
+    return np.sqrt(np.einsum("ij,ij->i", rows, rows))
+
+
+def row_bound(
+    typical: Mapping[str, np.ndarray], factor: float, rank: int = 1, min_regions: int = 2
+) -> np.ndarray | None:
+    """``factor`` x, row by row, the ``rank``-th largest of the regions' typical row
+    magnitudes; None while fewer than ``max(rank, min_regions)`` regions have figures."""
+    known = [np.asarray(v, dtype=np.float32) for v in typical.values()]
+    if len(known) < max(rank, min_regions):
+        return None
+    return factor * np.sort(np.stack(known), axis=0)[len(known) - rank]
+
+
+def row_factors(magnitudes: np.ndarray, bound: np.ndarray) -> np.ndarray:
+    """What to multiply each row by so none exceeds its bound (1 where it does not)."""
+    over = magnitudes > bound
+    out = np.ones_like(magnitudes)
+    out[over] = bound[over] / magnitudes[over]
+    return out
 
 
 def dot(a: Weights, b: Weights) -> float:

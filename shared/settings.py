@@ -54,6 +54,7 @@ class FederationSettings:
     # held to influence_slack x its data share (an announced share counts up to max_region_share)
     robust: bool = True
     robust_norm_factor: float = 1.5
+    robust_row_factor: float = 4.0  # each row of a large table: this x the regions' median (0: off)
     direction_floor: float = -0.1
     direction_full: float = 0.05
     influence_slack: float = 1.25
@@ -114,6 +115,8 @@ class FederationSettings:
             problems.append("max_staleness, max_inflight >= 0 and inflight_per_region >= 1")
         if self.max_update_norm < 0 or self.norm_action not in NORM_ACTIONS:
             problems.append(f"max_update_norm >= 0 and norm_action in {', '.join(NORM_ACTIONS)}")
+        if self.robust_row_factor != 0 and self.robust_row_factor < 1:
+            problems.append("robust_row_factor must be 0 (off) or >= 1")
         if self.robust_norm_factor < 1 or self.influence_slack < 1:
             problems.append("robust_norm_factor and influence_slack must be >= 1")
         if not -1 <= self.direction_floor < self.direction_full <= 1:

@@ -23,9 +23,9 @@ KEYS = Keys("t")
 HONEST = ("us", "eu", "in", "jp", "me")
 
 
-def _aggregator(r, wide_toy_data, **overrides) -> Aggregator:
-    settings = FederationSettings(task="toy", target_versions=0, **overrides)
-    fed = service.initialise(r, KEYS, wide_toy_data, settings)
+def _aggregator(r, data, task: str = "toy", **overrides) -> Aggregator:
+    settings = FederationSettings(task=task, target_versions=0, **overrides)
+    fed = service.initialise(r, KEYS, data, settings)
     for region in fed.regions:
         r.set(KEYS.data_size(region), 100)
     return Aggregator(r, KEYS, fed)
@@ -95,7 +95,8 @@ def test_a_negation_is_refused_a_scaled_update_clipped_and_the_region_flagged(r,
     applied = {u["id"]: u for u in applied_updates(r, KEYS)}
     assert "norm: " in applied[scaled]["guard"]  # applied, at the bound's length
     honest = [u["guard"] for u in applied.values() if u["region"] != "cn" and u["guard"]]
-    assert all(note.startswith("warm-up: ") for note in honest if "norm: " not in note)
+    odd = [note for note in honest if "norm: " not in note and not note.startswith("warm-up: ")]
+    assert not odd, odd
     cn = region_view(r.hget(KEYS.guard, "cn"))
     us = region_view(r.hget(KEYS.guard, "us"))
     assert cn["flagged"] and cn["suspicion"] >= FLAGGED and cn["refused"] >= 8
@@ -115,6 +116,26 @@ def test_the_guard_learned_survives_a_restarted_aggregator(r, wide_toy_data):
     update = regions.send("cn", {k: -40 * v for k, v in regions.honest().items()})
     _drain(again)
     assert _rejections(r)[update]["reason"] == "direction"
+
+
+def test_a_budget_spent_on_a_few_rows_is_held_to_what_the_regions_move_them_by(r, small_data):
+    """Promotion: three products' bias pushed hard by a region whose update is otherwise
+    honest. The rows check holds those rows to a few times the regions' usual move."""
+    agg = _aggregator(r, small_data, task="recommender")
+    regions = Regions(agg)
+    regions.warm_up()
+    bias, rows = "item_bias.weight", [7, 8, 9]
+    before = agg.weights[bias][rows].copy()
+    promoted = regions.honest()
+    promoted[bias][rows] += 3.0
+    update = regions.send("cn", promoted)
+    _drain(agg)
+    applied = {u["id"]: u["guard"] for u in applied_updates(r, KEYS)}
+    detail = applied.get(update) or _rejections(r)[update]["detail"]
+    assert "rows: " in detail and "rows of item_bias.weight above 4 x" in detail
+    moved = np.abs(agg.weights[bias][rows] - before)
+    assert moved.max() < 0.05  # unguarded, FedAsync would have moved them by alpha x 3 = 1.8
+    assert region_view(r.hget(KEYS.guard, "cn"))["acted"].get("rows") == 1
 
 
 def test_a_quarantined_region_is_refused_until_released(r, wide_toy_data):

@@ -42,7 +42,9 @@ def test_a_region_that_sends_negated_updates_is_refused_and_flagged(wide_toy_dat
     report = run_federation(options, lambda _m: None, lambda _s: None, on_finish=finished)
     assert report["versions"] >= 60
     refused = [u for u in seen["rejected"] if u.startswith("cn-")]
-    assert refused and all(seen["rejected"][u] == "direction" for u in refused)
+    # refused for pointing against the others, or, once its suspicion passed 0.8, for that
+    assert refused and {seen["rejected"][u] for u in refused} <= {"direction", "suspected"}
+    assert "direction" in {seen["rejected"][u] for u in refused}
     # what cn got applied was scaled to the regions' norm and down-weighted, every update
     cn_applied = [u for updates in seen["applied"] for u in updates if u["region"] == "cn"]
     assert all(u.get("guard") for u in cn_applied)

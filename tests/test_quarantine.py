@@ -199,7 +199,14 @@ def test_status_and_audit_show_what_the_guard_recorded_of_each_region(redis_serv
     r.hset(keys.guard, "cn", record.to_json())
     r.sadd(keys.quarantined, "us")
     ids = {}
-    for name, region in (("a", "cn"), ("b", "cn"), ("c", "cn"), ("d", "cn"), ("e", "us")):
+    for name, region in (
+        ("a", "cn"),
+        ("b", "cn"),
+        ("c", "cn"),
+        ("d", "cn"),
+        ("e", "us"),
+        ("f", "cn"),
+    ):
         job_id = f"{region}-{name}-0123456789abcdef"
         record_issued(r, keys, job_id, JobSpec(kind="train", region=region))
         ids[name] = f"{job_id}.00000000"
@@ -211,7 +218,12 @@ def test_status_and_audit_show_what_the_guard_recorded_of_each_region(redis_serv
     r.xadd(keys.applies, {"version": 1, "at": 1.0, "updates": json.dumps(updates)})
     r.sadd(keys.applied, ids["a"], ids["b"])
     r.set(keys.version, 1)
-    for name, reason in (("c", "direction"), ("d", "influence"), ("e", "quarantined")):
+    for name, reason in (
+        ("c", "direction"),
+        ("d", "influence"),
+        ("e", "quarantined"),
+        ("f", "suspected"),
+    ):
         r.hset(keys.rejected, ids[name], reason)
         r.xadd(keys.rejections, {"id": ids[name], "reason": reason})
 
@@ -234,14 +246,20 @@ def test_status_and_audit_show_what_the_guard_recorded_of_each_region(redis_serv
         "flagged": True,
         "quarantined": False,
         "down_weighted": 1,
-        "refused": {"direction": 1, "influence": 1, "quarantined": 0},
+        "refused": {"direction": 1, "influence": 1, "suspected": 1, "quarantined": 0},
         "replays": 0,
     }
     assert report["regions"]["us"]["quarantined"] is True
-    assert report["regions"]["us"]["refused"] == {"direction": 0, "influence": 0, "quarantined": 1}
+    assert report["regions"]["us"]["refused"] == {
+        "direction": 0,
+        "influence": 0,
+        "suspected": 0,
+        "quarantined": 1,
+    }
     text = fedq(url, ns, "audit")
     assert text.returncode == 0 and text.stdout.strip().endswith("audit: ok")
     assert (
-        "cn: suspicion 0.700 (FLAGGED); refused: direction 1, influence 1, quarantined 0; "
+        "cn: suspicion 0.700 (FLAGGED); refused: direction 1, influence 1, suspected 1, "
+        "quarantined 0; "
         "down-weighted 1; replays 0" in text.stdout
     )

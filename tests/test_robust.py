@@ -20,14 +20,20 @@ def vec(*values: float) -> dict[str, np.ndarray]:
     return {"w": np.array(values, dtype=np.float32)}
 
 
-def test_the_norm_bound_is_the_median_of_region_medians_and_one_region_cannot_raise_it() -> None:
+def test_the_norm_bound_is_a_rank_no_minority_of_regions_can_raise() -> None:
     honest = {r: [1.0, 1.2, 0.9] for r in REGIONS[1:]}
-    assert robust.norm_bound(honest, 2.0) == pytest.approx(2.0)
+    assert robust.norm_bound(honest, 2.0, rank=3) == pytest.approx(2.0)
     with_liar = {**honest, "cn": [49.0] * 16}
-    assert robust.norm_bound(with_liar, 2.0) == pytest.approx(2.0)
+    assert robust.norm_bound(with_liar, 2.0, rank=3) == pytest.approx(2.0)
     two_liars = {**with_liar, "us": [49.0] * 16}
-    assert robust.norm_bound(two_liars, 2.0) == pytest.approx(2.0)
-    assert robust.norm_bound({"cn": [1.0]}, 2.0) is None  # one region: no federation figure yet
+    assert robust.norm_bound(two_liars, 2.0, rank=3) == pytest.approx(2.0)
+    # the first regions heard are the two liars and one honest region: a median would be 49
+    first = {"cn": [49.0], "us": [49.0], "eu": [1.0]}
+    assert robust.norm_bound(first, 2.0, rank=3) == pytest.approx(2.0)
+    assert robust.norm_bound(first, 2.0, rank=3, min_regions=4) is None
+    assert (
+        robust.norm_bound({"cn": [1.0]}, 2.0, rank=3) is None
+    )  # one region: no federation figure yet
 
 
 def test_cosine_and_direction_factor() -> None:
@@ -61,8 +67,8 @@ def test_centered_clipping_averages_honest_points_and_bounds_an_outlier() -> Non
     assert max(distances) == distances[-1]  # the outlier is the farthest point
 
 
-def test_the_reference_holds_each_regions_part_to_the_median_length() -> None:
-    """A region that pushes the model hardest cannot make its push the reference."""
+def test_the_direction_counts_each_region_once_however_hard_it_pushes() -> None:
+    """A region that pushes the model hardest cannot make its push the direction."""
     guard = Guard(FederationSettings(), REGIONS)
     for region in REGIONS:
         guard.records[region].norms.append(1.0)  # past the warm-up
@@ -72,8 +78,8 @@ def test_the_reference_holds_each_regions_part_to_the_median_length() -> None:
         for region in REGIONS[1:]:
             guard.applied({region: 1.0}, zero, {"w": (0.1 * honest).astype(np.float32)})
         guard.applied({"cn": 1.0}, zero, {"w": (5.0 * hostile).astype(np.float32)})
-    reference = guard.reference()
-    assert robust.cosine(reference, {"w": honest}) > 0.9
+    assert guard.direction("us", {"w": honest}, 1.0) > 0.9
+    assert guard.direction("cn", {"w": hostile}, float(np.linalg.norm(hostile))) < -0.9
 
 
 def honest_delta(rng: np.random.Generator, direction: np.ndarray, scale: float = 1.0) -> dict:
@@ -186,7 +192,9 @@ def test_the_first_updates_weigh_little_until_three_regions_were_heard() -> None
     for region in ("us", "eu"):
         guard.judge(region, {"w": np.full(100, 0.1, np.float32)}, 1.0)
     after = guard.judge("cn", {"w": np.full(100, 4.9, np.float32)}, 49.0)
-    assert after.weight == 1.0 and after.kept == pytest.approx(1.5 / 49.0)  # 1.5 x the median
+    assert after.kept == pytest.approx(1.5 / 49.0)  # 1.5 x the honest regions' norm
+    assert after.weight == pytest.approx(2 * 1.5 / 49.0)  # what is left of it weighs little
+    assert [c for c, _ in after.notes] == ["norm", "length"]
 
 
 def test_the_hostile_regions_updates_are_what_their_class_says() -> None:
@@ -214,3 +222,60 @@ def test_the_hostile_regions_updates_are_what_their_class_says() -> None:
     assert length(drift) == pytest.approx(norm * np.sqrt(1 + 0.3**2), rel=1e-4)
     with pytest.raises(ValueError, match="unknown training attack"):
         poisoned_delta("nope", honest, targets)
+
+
+def test_a_regions_own_steps_do_not_vouch_for_it() -> None:
+    """A region is judged against the other regions' steps only: one that always pushes its
+    own way, and is applied, does not make that way the direction."""
+    rng = np.random.default_rng(4)
+    guard = Guard(FederationSettings(), REGIONS)
+    for region in REGIONS:
+        guard.records[region].norms.append(1.0)  # past the warm-up
+    common = rng.standard_normal(400)
+    hostile = -common + 3.0 * rng.standard_normal(400)  # against the others, mostly its own way
+    zero = {"w": np.zeros(400, np.float32)}
+    for _ in range(10):
+        for region in REGIONS:
+            own = hostile if region == "cn" else common + 3.0 * rng.standard_normal(400)
+            guard.applied({region: 1.0}, zero, {"w": (0.1 * own).astype(np.float32)})
+    its_own = {"w": hostile.astype(np.float32)}
+    assert robust.cosine(its_own, guard.steps["cn"][0]) > 0.9  # its own steps would vouch
+    assert guard.direction("cn", its_own, float(np.linalg.norm(hostile))) < 0  # others' do not
+    assert guard.direction("us", {"w": common}, float(np.linalg.norm(common))) > 0
+
+
+def test_rows_bound_a_budget_spent_on_a_few_rows_and_spare_honest_tables() -> None:
+    rng = np.random.default_rng(5)
+    guard = Guard(FederationSettings(), REGIONS)
+
+    def table() -> dict:
+        return {"t": (0.01 * rng.standard_normal((200, 8))).astype(np.float32)}
+
+    for _ in range(5):
+        for region in REGIONS:
+            assert "rows" not in [c for c, _ in guard.judge(region, table(), 0.4).notes]
+    typical = np.median(np.stack([guard.records[r].rows["t"] for r in REGIONS]), axis=0)
+    honest = [guard.judge(r, table(), 0.4) for r in REGIONS for _ in range(10)]
+    assert sum("rows" in [c for c, _ in v.notes] for v in honest) <= 1  # honest tables pass
+    promoted = table()
+    promoted["t"][[7, 8, 9]] += 0.5  # the budget on three rows (three products' vectors)
+    verdict = guard.judge("cn", promoted, float(np.linalg.norm(promoted["t"])))
+    assert "3 rows of t above 4 x" in verdict.detail()
+    verdict.apply(promoted)
+    moved = robust.row_magnitudes(promoted["t"])
+    assert np.all(moved[[7, 8, 9]] <= 4.0 * typical[[7, 8, 9]] * 1.3 + 1e-6)
+    assert verdict.penalty > 0.5  # most of its norm was taken: evidence against cn
+
+
+def test_the_first_update_of_all_cannot_spend_its_norm_on_a_few_rows() -> None:
+    """Nothing is known of the regions yet, but no row may stand far out of its own table."""
+    rng = np.random.default_rng(6)
+    guard = Guard(FederationSettings(), REGIONS)
+    first = {"t": (0.01 * rng.standard_normal((200, 8))).astype(np.float32)}
+    first["t"][[7, 8, 9]] += 28.0
+    verdict = guard.judge("cn", first, float(np.linalg.norm(first["t"])))
+    assert [c for c, _ in verdict.notes] == ["rows", "warm-up", "length"]  # and it weighs less
+    assert "3 rows of t above 4 x" in verdict.detail()
+    verdict.apply(first)
+    moved = robust.row_magnitudes(first["t"])
+    assert moved[[7, 8, 9]].max() <= 4.0 * np.median(moved) * 1.01
