@@ -104,6 +104,33 @@ def test_a_negation_is_refused_a_scaled_update_clipped_and_the_region_flagged(r,
     assert agg.metrics.suspicion.labels("cn")._value.get() >= FLAGGED
 
 
+def test_two_colluding_regions_that_negate_from_the_first_update_are_both_held(r, wide_toy_data):
+    """cn and us negate at the fixed bound from their first update on, and are the first
+    regions heard: no bound or direction may be theirs to set."""
+    agg = _aggregator(r, wide_toy_data)
+    regions = Regions(agg)
+    start = {k: v.copy() for k, v in agg.weights.items()}
+    hostile = []
+    for _i in range(12):
+        for region in ("cn", "us"):
+            hostile.append(regions.send(region, {k: -49 * v for k, v in regions.honest().items()}))
+        for region in HONEST[1:]:
+            regions.send(region, regions.honest())
+        _drain(agg)
+    moved = {k: agg.weights[k] - start[k] for k in start}
+    along = sum(float(np.vdot(moved[k], regions.direction[k])) for k in moved)
+    assert along > 0  # the model went the honest regions' way, not the colluders'
+    applied = {u["id"]: u for u in applied_updates(r, KEYS)}
+    rejections = _rejections(r)
+    for update in hostile[6:]:  # after the first three rounds: cut to nothing, or refused
+        assert update in rejections or applied[update]["weight"] < 0.05
+    for region in ("cn", "us"):
+        assert region_view(r.hget(KEYS.guard, region))["flagged"]
+    for region in HONEST[1:]:
+        view = region_view(r.hget(KEYS.guard, region))
+        assert not view["flagged"] and view["refused"] == 0
+
+
 def test_the_guard_learned_survives_a_restarted_aggregator(r, wide_toy_data):
     agg = _aggregator(r, wide_toy_data)
     regions = Regions(agg)
