@@ -15,8 +15,9 @@ federation has seen from its regions lately, with the pure checks of ``shared.ro
   (the ``rank``-th largest of each region's median recent norm: no minority of regions can
   raise it, however few were heard) is scaled down to that bound (tensors of at least
   ``MIN_TENSOR`` values), and then the whole delta likewise;
-- **length**: an update cut to less than ``KEPT_FULL`` of its length loses weight in
-  proportion (what is left of a negation at the fixed bound is no honest update);
+- **length**: an update cut to less than ``KEPT_FULL`` of its length loses weight, as the
+  square of the share it kept (what is left of a negation at the fixed bound is no honest
+  update);
 - **direction**: the median over the other regions of the delta's cosine with each one's part
   of the model's recent steps (each region counts once, its own steps not at all) below
   ``direction_full`` lowers its weight, to zero at ``direction_floor``; the band moves down
@@ -65,8 +66,10 @@ FLAGGED = 0.5  # suspicion from which a region is shown as flagged
 TRUSTED = 0.2  # suspicion below this costs a region nothing; above, its weight falls with it
 DISTRUSTED = 0.8  # ... to zero here: its updates are refused (``suspected``) until it mends
 # an update the rows and norm checks cut to less than this share of its length also loses
-# weight in proportion: what is left of a negation at the fixed bound, or of a budget spent on
-# a few rows, is not an honest update (honest ones scaled down keep far more than half)
+# weight, as the square of the share kept over it: what is left of a negation at the fixed
+# bound, or of a budget spent on a few rows, is not an honest update (honest ones scaled down
+# keep far more than half); in proportion only, two colluders' remains still held a third of
+# the applied weight over the first 50 versions
 KEPT_FULL = 0.5
 
 
@@ -303,7 +306,7 @@ class Guard:
         judged = weight  # what norm and direction left of it: evidence against its region
         kept = after * scale / norm if norm > 0 else 1.0
         if weight > 0 and kept < KEPT_FULL:
-            f = kept / KEPT_FULL
+            f = (kept / KEPT_FULL) ** 2
             weight *= f
             notes.append(("length", f"{kept:.0%} of its length kept: weight x{f:.2f}"))
         if weight > 0 and record.suspicion > TRUSTED:

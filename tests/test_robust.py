@@ -193,7 +193,7 @@ def test_the_first_updates_weigh_little_until_three_regions_were_heard() -> None
         guard.judge(region, {"w": np.full(100, 0.1, np.float32)}, 1.0)
     after = guard.judge("cn", {"w": np.full(100, 4.9, np.float32)}, 49.0)
     assert after.kept == pytest.approx(1.5 / 49.0)  # 1.5 x the honest regions' norm
-    assert after.weight == pytest.approx(2 * 1.5 / 49.0)  # what is left of it weighs little
+    assert after.weight == pytest.approx((2 * 1.5 / 49.0) ** 2)  # what is left weighs ~nothing
     assert [c for c, _ in after.notes] == ["norm", "length"]
 
 
